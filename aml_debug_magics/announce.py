@@ -1,0 +1,190 @@
+"""The lines a debug node prints to say where to attach, and the parser that reads them back.
+
+One module for both sides, so the format cannot drift: ``bootstrap.py`` writes these lines on the
+node, the notebook's log watcher parses them. Standard library only: this file travels into an
+Azure ML run's snapshot next to ``bootstrap.py``.
+
+Two dialects are understood:
+
+* ours, one machine-readable line per debugged process::
+
+      AML_DEBUG v1 announce {"addresses": ["10.0.0.4"], "port": 5678, ...}
+      AML_DEBUG v1 outcome {"attached": false, "pid": 4242, "rank": 0}
+
+* the human lines of Microsoft's "Interactive debugging with VS Code" guide, which we also print,
+  and which scripts carrying the guide's boilerplate print themselves::
+
+      Timeout for debug connection: 300
+      ip_address: 10.0.0.4
+      Debugger attached = True
+"""
+
+from __future__ import annotations
+
+import json
+import ntpath
+import posixpath
+import re
+import time
+from dataclasses import asdict, dataclass
+
+PREFIX = "AML_DEBUG"
+VERSION = 1
+GUIDE_PORT = 5678  # the guide's default; its lines never print a port
+
+_OURS = re.compile(r"^AML_DEBUG v(\d+) (announce|outcome) (\{.*\})\s*$")
+_GUIDE_TIMEOUT = re.compile(r"^Timeout for debug connection: (\d+(?:\.\d+)?)\s*$")
+_GUIDE_ADDRESS = re.compile(r"^ip_address: (\S+)\s*$")
+_GUIDE_ATTACHED = re.compile(r"^Debugger attached = (True|False)\s*$")
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """Where and until when a debugger can attach to one process.
+
+    ``mode`` is ``listen`` (the node listens, the client connects to ``addresses[0]:port``) or
+    ``connect`` (the node connects out to a client listening at ``addresses[0]:port``).
+    """
+
+    addresses: tuple[str, ...]
+    port: int
+    mode: str = "listen"
+    attach_deadline: float | None = None
+    pid: int | None = None
+    rank: int = 0
+    local_rank: int = 0
+    script: str | None = None
+    cwd: str | None = None
+    hostname: str | None = None
+    just_my_code: bool = True
+    source: str = "aml_debug"  # or "guide": read from the guide's human lines
+
+    @property
+    def remote_root(self) -> str | None:
+        """The folder on the node that holds the script: the attach config's ``remoteRoot``."""
+        if not self.script:
+            return self.cwd
+        paths = ntpath if "\\" in self.script else posixpath
+        return paths.dirname(self.script) or self.cwd
+
+    def seconds_left(self, now: float) -> float | None:
+        if self.attach_deadline is None:
+            return None
+        return max(0.0, self.attach_deadline - now)
+
+
+@dataclass(frozen=True)
+class AttachOutcome:
+    """Whether a debugger attached before the deadline (printed once the wait is over)."""
+
+    attached: bool
+    pid: int | None = None
+    rank: int = 0
+    source: str = "aml_debug"
+
+
+def format_announcement(announcement: Announcement) -> str:
+    """The machine-readable line for ``announcement`` (no newline)."""
+    body = asdict(announcement)
+    body["addresses"] = list(announcement.addresses)
+    del body["source"]
+    return f"{PREFIX} v{VERSION} announce {json.dumps(body, sort_keys=True)}"
+
+
+def format_outcome(outcome: AttachOutcome) -> str:
+    body = {"attached": outcome.attached, "pid": outcome.pid, "rank": outcome.rank}
+    return f"{PREFIX} v{VERSION} outcome {json.dumps(body, sort_keys=True)}"
+
+
+def guide_lines_before_wait(announcement: Announcement, timeout: float) -> list[str]:
+    """The guide's own lines, so people and tools that follow the guide find what they expect."""
+    return [
+        f"Timeout for debug connection: {timeout:g}",
+        f"ip_address: {announcement.addresses[0]}",
+    ]
+
+
+def guide_line_after_wait(attached: bool) -> str:
+    return f"Debugger attached = {attached}"
+
+
+def parse_line(line: str) -> Announcement | AttachOutcome | None:
+    """Parse one of our machine-readable lines; anything else (or a newer version) gives None.
+
+    >>> parse_line('AML_DEBUG v1 outcome {"attached": true, "pid": 7, "rank": 0}')
+    AttachOutcome(attached=True, pid=7, rank=0, source='aml_debug')
+    """
+    match = _OURS.match(line.strip())
+    if not match or int(match.group(1)) != VERSION:
+        return None
+    try:
+        body = json.loads(match.group(3))
+    except ValueError:
+        return None
+    if match.group(2) == "outcome":
+        return AttachOutcome(
+            attached=bool(body.get("attached")), pid=body.get("pid"), rank=body.get("rank", 0)
+        )
+    try:
+        return Announcement(
+            addresses=tuple(body["addresses"]),
+            port=int(body["port"]),
+            mode=body.get("mode", "listen"),
+            attach_deadline=body.get("attach_deadline"),
+            pid=body.get("pid"),
+            rank=int(body.get("rank", 0)),
+            local_rank=int(body.get("local_rank", 0)),
+            script=body.get("script"),
+            cwd=body.get("cwd"),
+            hostname=body.get("hostname"),
+            just_my_code=bool(body.get("just_my_code", True)),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+@dataclass
+class LogReader:
+    """Reads a process's output line by line and reports announcements and outcomes.
+
+    Our own lines are taken as they come. The guide's lines (``Timeout for debug connection``,
+    ``ip_address``, ``Debugger attached``) are combined into an announcement as well, on port
+    5678, the guide's default, with the deadline counted from when the timeout line was read.
+    When both dialects appear (our bootstrap prints both), ours wins and the guide's are ignored.
+
+    ``clock`` gives the time a guide line is read at; inject one to test without sleeping.
+    """
+
+    clock: object = time.time
+    _ours_seen: bool = False
+    _guide_timeout: float | None = None
+    _guide_timeout_read_at: float | None = None
+
+    def feed(self, line: str) -> list[Announcement | AttachOutcome]:
+        """Everything ``line`` tells; usually an empty list."""
+        found = parse_line(line)
+        if found is not None:
+            self._ours_seen = True
+            return [found]
+        if self._ours_seen:
+            return []
+        text = line.strip()
+        if match := _GUIDE_TIMEOUT.match(text):
+            self._guide_timeout = float(match.group(1))
+            self._guide_timeout_read_at = self.clock()
+            return []
+        if match := _GUIDE_ADDRESS.match(text):
+            deadline = None
+            if self._guide_timeout is not None:
+                deadline = self._guide_timeout_read_at + self._guide_timeout
+            return [
+                Announcement(
+                    addresses=(match.group(1),),
+                    port=GUIDE_PORT,
+                    attach_deadline=deadline,
+                    source="guide",
+                )
+            ]
+        if match := _GUIDE_ATTACHED.match(text):
+            return [AttachOutcome(attached=match.group(1) == "True", source="guide")]
+        return []

@@ -1,0 +1,853 @@
+"""Run any Python script under debugpy on the machine it lands on, without editing it.
+
+    python -m aml_debug_magics.bootstrap [--listen HOST:PORT | --connect HOST:PORT]
+        [--timeout SECONDS] [--on-timeout continue|exit] [--ranks 0|all|0,2]
+        [--just-my-code | --no-just-my-code] -- SCRIPT [ARGS...]
+
+This file runs ON THE NODE: on Azure ML it travels in the run's snapshot as
+``aml_debug_bootstrap.py`` next to ``aml_debug_announce.py``, where this package is not installed,
+so it imports only the standard library and debugpy.
+
+What it does, in order: binds the debug port, starts debugpy behind it, prints one announcement
+line (and the human lines of Microsoft's guide), waits for a debugger until a real deadline, then
+runs the script with ``runpy`` exactly as ``python SCRIPT ARGS`` would. A missed deadline closes the
+port and stops tracing, so the script runs at full speed.
+
+The public port belongs to a small gate, not to debugpy: a bare TCP connect and close on a
+debugpy listener (a port scanner, a health check) makes debugpy's adapter exit while the script
+waits forever. The gate passes on only connections that start with a debug-protocol header.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import runpy
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+
+try:
+    from aml_debug_magics import announce
+except ImportError:  # shipped into a run's snapshot beside this file
+    import aml_debug_announce as announce  # type: ignore[no-redef]
+
+SHIPPED_NAMES = {"bootstrap.py": "aml_debug_bootstrap.py", "announce.py": "aml_debug_announce.py"}
+DEFAULT_PORT = 5678
+DEFAULT_TIMEOUT = 300.0
+MAX_TIMEOUT = 24 * 3600.0
+EXIT_USAGE = 2
+EXIT_NOT_ATTACHED = 3
+ATTACH_GRACE = 30.0  # a client in the middle of attaching at the deadline gets this much more
+HANDSHAKE_TIMEOUT = 30.0  # a connection that says nothing for this long is dropped
+EXIT_GRACE = 5.0  # after the script ends, open debug sessions get this long to finish
+DAP_HEADER = b"Content-Length:"
+ADAPTER_MARKER = "AML_DEBUG_ADAPTER_OF"
+RANK_VARIABLES = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID")
+VIRTUAL_INTERFACE_PREFIXES = ("docker", "br-", "veth", "virbr", "cni", "flannel", "cali", "vxlan")
+
+_out = sys.stdout
+
+
+def say(message: str) -> None:
+    """One human line from the bootstrap, flushed at once (the log may be all a user sees)."""
+    print(f"aml-debug: {message}", file=_out, flush=True)
+
+
+def emit(line: str) -> None:
+    print(line, file=_out, flush=True)
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line and exit status 2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Options
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class RankChoice:
+    """Which ranks wait for a debugger: ``all``, or a set of global rank numbers."""
+
+    ranks: frozenset[int] | None  # None means all
+
+    def includes(self, rank: int | None) -> bool:
+        return self.ranks is None or (rank is not None and rank in self.ranks)
+
+    def __str__(self) -> str:
+        return "all" if self.ranks is None else ",".join(str(r) for r in sorted(self.ranks))
+
+
+@dataclass(frozen=True)
+class Options:
+    mode: str  # "listen" or "connect"
+    address: Address
+    timeout: float
+    on_timeout: str
+    ranks: RankChoice
+    just_my_code: bool
+    script: str
+    script_args: list[str]
+
+
+def parse_address(text: str, flag: str) -> Address:
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text:
+        raise UsageError(f"{flag} takes HOST:PORT, like 0.0.0.0:5678 (got {text!r})")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise UsageError(f"{flag} port must be a number (got {port_text!r} in {text!r})") from None
+    if not 0 <= port <= 65535:
+        raise UsageError(f"{flag} port must be between 0 and 65535 (got {port})")
+    return Address(host.strip("[]"), port)
+
+
+def parse_ranks(text: str) -> RankChoice:
+    if text.strip() == "all":
+        return RankChoice(None)
+    try:
+        ranks = frozenset(int(part) for part in text.split(","))
+    except ValueError:
+        ranks = frozenset({-1})
+    if not ranks or min(ranks) < 0:
+        raise UsageError(f"--ranks takes 'all' or rank numbers like 0 or 0,2 (got {text!r})")
+    return RankChoice(ranks)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see --help)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="bootstrap.py",
+        description="Run a Python script under debugpy: listen (or connect), announce where to "
+        "attach, wait until a deadline, then run the script unchanged.",
+        epilog="Example: python bootstrap.py --listen 0.0.0.0:5678 --timeout 300 -- train.py "
+        "--epochs 3",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help=f"listen for a debugger here (default 0.0.0.0:{DEFAULT_PORT}; port 0 picks a free "
+        "one; the port grows by the local rank)",
+    )
+    where.add_argument(
+        "--connect",
+        metavar="HOST:PORT",
+        help="connect out to a debugger that listens there (no port opens on this machine)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"how long to wait for a debugger (default {DEFAULT_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--on-timeout",
+        choices=("continue", "exit"),
+        default="continue",
+        help="when no debugger came: run the script anyway (default) or exit with status 3",
+    )
+    parser.add_argument(
+        "--ranks",
+        default="0",
+        help="which ranks wait for a debugger in a distributed run: 0 (default), all, or 0,2",
+    )
+    parser.add_argument(
+        "--just-my-code",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="step only through your own code (written into the announcement for the attach "
+        "config; default on)",
+    )
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- SCRIPT [ARGS...]")
+    return parser
+
+
+def parse_options(argv: list[str]) -> Options:
+    args = _build_parser().parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise UsageError("no script given: put it after --, like -- train.py --epochs 3")
+    script, script_args = command[0], command[1:]
+    if not os.path.isfile(script):
+        raise UsageError(f"script not found: {script} (working directory {os.getcwd()})")
+    if not 0 < args.timeout <= MAX_TIMEOUT:
+        raise UsageError(
+            f"--timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds (got {args.timeout:g})"
+        )
+    if args.connect:
+        mode, address = "connect", parse_address(args.connect, "--connect")
+        if address.port == 0:
+            raise UsageError("--connect needs the port the debugger listens on, not 0")
+    else:
+        mode = "listen"
+        address = parse_address(args.listen or f"0.0.0.0:{DEFAULT_PORT}", "--listen")
+    return Options(
+        mode=mode,
+        address=address,
+        timeout=args.timeout,
+        on_timeout=args.on_timeout,
+        ranks=parse_ranks(args.ranks),
+        just_my_code=args.just_my_code,
+        script=script,
+        script_args=script_args,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Where this process stands: rank and addresses
+
+
+@dataclass(frozen=True)
+class Rank:
+    rank: int | None  # None: a worker node that does not say its rank
+    local_rank: int
+
+
+def _first_int(environ: dict[str, str], names: tuple[str, ...]) -> int | None:
+    for name in names:
+        value = environ.get(name, "").strip()
+        if value.isdigit():
+            return int(value)
+    return None
+
+
+def detect_rank(environ: dict[str, str]) -> Rank:
+    """This process's rank from the launcher's variables (torch, MPI, Azure Batch)."""
+    rank = _first_int(environ, RANK_VARIABLES)
+    local_rank = _first_int(environ, LOCAL_RANK_VARIABLES)
+    if rank is None:
+        is_master = environ.get("AZ_BATCH_IS_CURRENT_NODE_MASTER", "true").lower() != "false"
+        rank = (local_rank or 0) if is_master else None
+    return Rank(rank, local_rank or 0)
+
+
+def _interface_ipv4(name: str) -> str | None:
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    siocgifaddr = 0x8915  # Linux
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            packed = fcntl.ioctl(probe.fileno(), siocgifaddr, struct.pack("256s", name[:15].encode()))
+        except OSError:
+            return None
+    return socket.inet_ntoa(packed[20:24])
+
+
+def _default_route_interfaces() -> set[str]:
+    try:
+        with open("/proc/net/route") as routes:
+            rows = [line.split() for line in routes.readlines()[1:]]
+    except OSError:
+        return set()
+    return {row[0] for row in rows if len(row) > 1 and row[1] == "00000000"}
+
+
+def node_addresses(bind_host: str) -> list[str]:
+    """This machine's IPv4 addresses a debugger could reach, best first; never loopback alone
+    unless that is all there is or all that is bound.
+
+    ``gethostbyname(gethostname())`` is only one candidate among others: on many images it gives
+    127.0.1.1 or a docker bridge.
+    """
+    if bind_host not in ("0.0.0.0", "", "::"):
+        return [bind_host]
+    default_interfaces = _default_route_interfaces()
+    scored: dict[str, int] = {}
+
+    def consider(address: str, score: int) -> None:
+        try:
+            ip = ipaddress.IPv4Address(address)
+        except ValueError:
+            return
+        if ip.is_loopback or ip.is_unspecified:
+            return
+        if ip.is_link_local:
+            score += 10
+        scored[address] = min(score, scored.get(address, score))
+
+    try:
+        interfaces = [name for _, name in socket.if_nameindex()]
+    except OSError:
+        interfaces = []
+    for name in interfaces:
+        address = _interface_ipv4(name)
+        if address:
+            if name in default_interfaces:
+                consider(address, 0)
+            elif name.startswith(VIRTUAL_INTERFACE_PREFIXES):
+                consider(address, 5)
+            else:
+                consider(address, 1)
+    try:
+        for address in socket.gethostbyname_ex(socket.gethostname())[2]:
+            consider(address, 2)
+    except OSError:
+        pass
+    return sorted(scored, key=lambda a: (scored[a], a)) or ["127.0.0.1"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The gate in front of debugpy: a small process of its own
+
+
+def _hide_from_debugger(thread: threading.Thread) -> threading.Thread:
+    # pydevd skips threads marked as its own; a traced helper thread stalls the attach
+    thread.is_pydev_daemon_thread = True  # type: ignore[attr-defined]
+    thread.daemon = True
+    return thread
+
+
+def _kill(pid: int | None) -> None:
+    """End a process (debugpy's adapter): SIGTERM, then SIGKILL if it lingers."""
+    if pid is None or not _is_running(pid):
+        return
+    for sig, wait in ((signal.SIGTERM, 1.0), (signal.SIGKILL, 1.0)):
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            return
+        until = time.monotonic() + wait
+        while time.monotonic() < until:
+            if not _is_running(pid):
+                return
+            time.sleep(0.02)
+
+
+class DebugGate:
+    """Owns the public debug port; forwards only debug-protocol clients to debugpy on loopback.
+
+    Runs in a process of its own (``--serve-gate``), so it outlives the script long enough to
+    deliver debugpy's last messages, and then ends the adapter whatever state it is in. Anything
+    that does not open with a debug-protocol header (a bare connect and close, an HTTP probe) is
+    closed without debugpy ever seeing it.
+
+    Commands arrive on stdin, one a line: ``upstream PORT`` (debugpy's loopback port),
+    ``adapter PID``, ``close`` (the deadline passed: close everything now). End of input means
+    the script is over: stop accepting, let open sessions finish, then end the adapter.
+    """
+
+    def __init__(self, listener: socket.socket, control: socket.socket | None = None) -> None:
+        self._listener = listener
+        self._control = control
+        self._control_buffer = b""
+        self._selector = selectors.DefaultSelector()
+        self._upstream_port: int | None = None
+        self._adapter_pid: int | None = None
+        self._pending: dict[socket.socket, tuple[str, bytes, float]] = {}
+        self._waiting: list[tuple[socket.socket, str, bytes]] = []  # spoke before debugpy was up
+        self._peers: dict[socket.socket, socket.socket] = {}
+        self._draining_since: float | None = None
+
+    def serve(self) -> None:
+        self._listener.setblocking(False)
+        self._selector.register(self._listener, selectors.EVENT_READ)
+        if self._control is not None:
+            self._selector.register(self._control, selectors.EVENT_READ)
+        try:
+            while not self._finished():
+                for key, _ in self._selector.select(timeout=0.5):
+                    sock = key.fileobj
+                    if sock is self._control:
+                        self._command()
+                    elif sock is self._listener:
+                        self._accept()
+                    elif sock in self._pending:
+                        self._handshake(sock)
+                    elif sock in self._peers:
+                        self._pump(sock)
+                self._drop_silent()
+        finally:
+            self._shut()
+            _kill(self._adapter_pid)
+
+    def _finished(self) -> bool:
+        if self._listener.fileno() >= 0 or self._draining_since is None:
+            return False
+        return not self._peers or time.monotonic() - self._draining_since > EXIT_GRACE
+
+    def _command(self) -> None:
+        chunk = self._control.recv(4096) if self._control else b""
+        if not chunk:  # the script ended: no new connections, let sessions finish
+            self._selector.unregister(self._control)
+            self._control = None
+            self._close_listener()
+            self._draining_since = time.monotonic()
+            return
+        self._control_buffer += chunk
+        *lines, self._control_buffer = self._control_buffer.split(b"\n")
+        for line in lines:
+            verb, _, value = line.decode().partition(" ")
+            if verb == "upstream":
+                self._upstream_port = int(value)
+                for conn, who, seen in self._waiting:
+                    self._forward(conn, who, seen)
+                self._waiting.clear()
+            elif verb == "adapter":
+                self._adapter_pid = int(value)
+            elif verb == "close":
+                self._close_listener()
+                self._draining_since = time.monotonic() - EXIT_GRACE - 1
+                for sock in list(self._peers):
+                    self._drop_pair(sock)
+
+    def _close_listener(self) -> None:
+        if self._listener.fileno() >= 0:
+            self._selector.unregister(self._listener)
+            self._listener.close()
+
+    def _shut(self) -> None:
+        for sock in [self._listener, *self._pending, *self._peers]:
+            sock.close()
+        for conn, _, _ in self._waiting:
+            conn.close()
+
+    def _accept(self) -> None:
+        try:
+            conn, (host, port, *_) = self._listener.accept()
+        except OSError:
+            return
+        conn.setblocking(True)
+        self._pending[conn] = (f"{host}:{port}", b"", time.monotonic())
+        self._selector.register(conn, selectors.EVENT_READ)
+
+    def _handshake(self, conn: socket.socket) -> None:
+        who, seen, since = self._pending[conn]
+        chunk = self._recv(conn)
+        seen += chunk
+        if chunk and len(seen) < len(DAP_HEADER) and DAP_HEADER.startswith(seen):
+            self._pending[conn] = (who, seen, since)
+            return
+        del self._pending[conn]
+        self._selector.unregister(conn)
+        if not seen.startswith(DAP_HEADER):
+            if seen:
+                say(f"ignored a connection from {who}: it did not speak the debug protocol")
+            conn.close()
+        elif self._upstream_port is None:
+            self._waiting.append((conn, who, seen))
+        else:
+            self._forward(conn, who, seen)
+
+    def _forward(self, conn: socket.socket, who: str, seen: bytes) -> None:
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self._upstream_port), timeout=10)
+            upstream.settimeout(None)
+            upstream.sendall(seen)
+        except OSError as error:
+            say(f"could not reach the debugger for {who}: {error}")
+            conn.close()
+            return
+        say(f"debugger connected from {who}")
+        self._peers[conn], self._peers[upstream] = upstream, conn
+        self._selector.register(conn, selectors.EVENT_READ)
+        self._selector.register(upstream, selectors.EVENT_READ)
+
+    def _pump(self, sock: socket.socket) -> None:
+        data = self._recv(sock)
+        if data:
+            try:
+                self._peers[sock].sendall(data)
+                return
+            except OSError:
+                pass
+        self._drop_pair(sock)
+
+    def _drop_pair(self, sock: socket.socket) -> None:
+        for end in (sock, self._peers[sock]):
+            self._selector.unregister(end)
+            self._peers.pop(end, None)
+            end.close()
+
+    @staticmethod
+    def _recv(sock: socket.socket) -> bytes:
+        try:
+            return sock.recv(65536)
+        except OSError:
+            return b""
+
+    def _drop_silent(self) -> None:
+        now = time.monotonic()
+        for conn, (_, _, since) in list(self._pending.items()):
+            if now - since > HANDSHAKE_TIMEOUT:
+                del self._pending[conn]
+                self._selector.unregister(conn)
+                conn.close()
+
+
+class GateHandle:
+    """The script's side of the gate process: starts it and tells it what it needs to know."""
+
+    def __init__(self, listener: socket.socket) -> None:
+        self.port = listener.getsockname()[1]
+        spec = globals().get("__spec__")
+        entry = ["-m", spec.name] if spec is not None else [os.path.abspath(__file__)]
+        ours, theirs = socket.socketpair()
+        self._control = ours
+        self._process = subprocess.Popen(
+            [sys.executable, *entry, "--serve-gate", str(listener.fileno()), str(theirs.fileno())],
+            pass_fds=(listener.fileno(), theirs.fileno()),
+            stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        listener.close()
+
+    def tell(self, line: str) -> None:
+        try:
+            self._control.sendall(line.encode() + b"\n")
+        except OSError:
+            pass
+
+    def close_now(self) -> None:
+        """Close the port and every connection, end the adapter, and wait until that is done."""
+        self.tell("close")
+        self.release()
+        try:
+            self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+
+    def release(self) -> None:
+        """The script is over: the gate lets open sessions finish, then ends the adapter."""
+        self._control.close()
+
+
+def serve_gate(listener_fd: int, control_fd: int) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C for the script must not cut the log
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # runs serve()'s cleanup
+    listener = socket.socket(fileno=listener_fd)
+    control = socket.socket(fileno=control_fd)
+    DebugGate(listener, control).serve()
+    return 0
+
+
+def bind_public_port(address: Address) -> socket.socket:
+    """Bind the debug port now, so a port in use is a clear error before anything starts."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.bind((address.host, address.port))
+        listener.listen(16)
+    except OSError as error:
+        listener.close()
+        if error.errno in (98, 48, 10048):  # EADDRINUSE on Linux, macOS, Windows
+            raise UsageError(
+                f"port {address.port} on {address.host} is in use: choose another with "
+                "--listen HOST:PORT (port 0 picks a free one)"
+            ) from None
+        raise UsageError(f"cannot listen on {address.host}:{address.port}: {error.strerror}") from None
+    return listener
+
+
+# ---------------------------------------------------------------------------------------------
+# debugpy, started and stopped
+
+
+def _find_adapter_pid(marker: str) -> int | None:
+    """The pid of debugpy's adapter, which daemonizes: found by a variable only its env has."""
+    needle = f"{ADAPTER_MARKER}={marker}".encode()
+    try:
+        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as environ:
+                if needle in environ.read().split(b"\0"):
+                    return int(pid)
+        except OSError:
+            continue
+    return None
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+class Debugger:
+    """debugpy in this process, with the cleanup debugpy itself does not offer."""
+
+    def __init__(self) -> None:
+        os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+        import debugpy
+
+        self.debugpy = debugpy
+        self._cancelled = False
+
+    def listen_on_loopback(self) -> tuple[int, int | None]:
+        """Start debugpy on a loopback port; return it and the adapter's pid (None if unknown)."""
+        marker = uuid.uuid4().hex
+        self.debugpy.configure(pythonEnv=dict(os.environ, **{ADAPTER_MARKER: marker}))
+        _, port = self.debugpy.listen(("127.0.0.1", 0))
+        return port, _find_adapter_pid(marker)
+
+    def connect(self, address: Address, deadline: float) -> bool:
+        """Connect out, retrying a refused connection until the deadline (debugpy tries once)."""
+        import debugpy.server  # noqa: F401  (puts debugpy's vendored pydevd on sys.path)
+        import pydevd
+
+        original = pydevd.start_client
+
+        def start_client_until_deadline(host: str, port: int):  # type: ignore[no-untyped-def]
+            while True:
+                try:
+                    return original(host, port)
+                except OSError:
+                    if time.time() + 0.5 >= deadline:
+                        raise
+                    time.sleep(0.5)
+
+        pydevd.start_client = start_client_until_deadline
+        try:
+            self.debugpy.connect((address.host, address.port))
+        except OSError:
+            return False
+        finally:
+            pydevd.start_client = original
+        return True
+
+    def wait_until(self, deadline: float) -> bool:
+        """Wait for a debugger's configurationDone until ``deadline``; True if one attached.
+
+        A client caught in the middle of attaching at the deadline gets ``ATTACH_GRACE`` more.
+        """
+
+        def on_deadline() -> None:
+            mid_attach = self.debugpy.is_client_connected()
+            if mid_attach and time.time() < deadline + ATTACH_GRACE:
+                self._schedule(0.5, on_deadline)
+                return
+            self._cancelled = True
+            try:
+                self.debugpy.wait_for_client.cancel()
+            except RuntimeError:  # the wait has not begun yet
+                self._schedule(0.05, on_deadline)
+
+        self._schedule(max(0.0, deadline - time.time()), on_deadline)
+        self.debugpy.wait_for_client()
+        return not self._cancelled
+
+    def absorb_script_calls(self, public: tuple[str, int]) -> None:
+        """Make the script's own debugpy calls (the guide's boilerplate) harmless.
+
+        ``listen()`` works once per process and the guide's ``wait_for_client()`` never times
+        out; this process already listens, and its wait is over by the time the script runs.
+        """
+
+        def listen(*args: object, **kwargs: object) -> tuple[str, int]:
+            say("the script called debugpy.listen(); already listening, so the call is skipped")
+            return public
+
+        def connect(*args: object, **kwargs: object) -> None:
+            say("the script called debugpy.connect(); already set up, so the call is skipped")
+
+        def wait_for_client() -> None:
+            say("the script called debugpy.wait_for_client(); the wait is already over")
+
+        wait_for_client.cancel = lambda: None  # type: ignore[attr-defined]
+        self.debugpy.listen = listen
+        self.debugpy.connect = connect
+        self.debugpy.wait_for_client = wait_for_client
+
+    @staticmethod
+    def _schedule(delay: float, action) -> None:  # type: ignore[no-untyped-def]
+        _hide_from_debugger(threading.Timer(delay, action)).start()
+
+    def report_uncaught(self, error: BaseException) -> None:
+        if self.debugpy.is_client_connected():
+            self.debugpy.trigger_exception_handler(error, as_uncaught=True)
+
+    def stop_tracing(self) -> None:
+        """Stop tracing, so a script nobody debugs runs at full speed (2x to 11x on 3.11)."""
+        try:
+            import pydevd
+
+            pydevd.stoptrace()
+        except Exception as error:  # stopping must never hide the script's own outcome
+            say(f"could not stop tracing: {error}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the script as plain python would
+
+
+def run_script(script: str, args: list[str], debugger: Debugger | None = None) -> int:
+    """Run ``script`` as ``__main__`` with ``sys.argv = [script, *args]``; return its exit status.
+
+    ``SystemExit`` passes through untouched. An uncaught exception goes to ``sys.excepthook``
+    with a traceback that starts in the user's script, as under plain python, and gives 1.
+    """
+    path = os.path.abspath(script)
+    sys.argv = [script, *args]
+    sys.path[0] = os.path.dirname(path)
+    try:
+        runpy.run_path(path, run_name="__main__")
+    except SystemExit:
+        raise
+    except BaseException as error:
+        if debugger is not None:
+            debugger.report_uncaught(error)
+        traceback_tail = error.__traceback__
+        while traceback_tail is not None and traceback_tail.tb_frame.f_code.co_filename != path:
+            traceback_tail = traceback_tail.tb_next
+        sys.excepthook(type(error), error, traceback_tail or error.__traceback__)
+        if isinstance(error, KeyboardInterrupt):
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        return 1
+    return 0
+
+
+def _tag_run_in_background(line: str) -> None:
+    """Tag the Azure ML run with the announcement: tags arrive before late log uploads."""
+    if not os.environ.get("AZUREML_RUN_ID"):
+        return
+
+    def tag() -> None:
+        try:
+            from azureml.core import Run
+
+            run = Run.get_context(allow_offline=True)
+            if hasattr(run, "set_tags") and not type(run).__name__.startswith("_Offline"):
+                run.set_tags({"aml_debug.announce": line})
+        except Exception as error:  # the log line is the fallback
+            say(f"could not tag the run with the announcement ({error}); the log has it")
+
+    _hide_from_debugger(threading.Thread(target=tag, name="aml-debug-tag")).start()
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole flow
+
+
+def _announce(announcement: announce.Announcement, timeout: float) -> None:
+    line = announce.format_announcement(announcement)
+    emit(line)  # first: a reader takes ours and then ignores the guide's lines
+    for guide_line in announce.guide_lines_before_wait(announcement, timeout):
+        emit(guide_line)
+    _tag_run_in_background(line)
+
+
+def _finish_wait(attached: bool, options: Options, rank: Rank, where: str) -> None:
+    emit(announce.guide_line_after_wait(attached))
+    emit(announce.format_outcome(announce.AttachOutcome(attached, os.getpid(), rank.rank or 0)))
+    if not attached:
+        what = "runs now" if options.on_timeout == "continue" else "will not run (--on-timeout exit)"
+        say(
+            f"no debugger attached within {options.timeout:g} s; {where} is closed and the "
+            f"script {what} without the debugger"
+        )
+
+
+def debug_and_run(options: Options, rank: Rank) -> int:
+    deadline = time.time() + options.timeout
+    gate: GateHandle | None = None
+    if options.mode == "listen":
+        port = options.address.port + rank.local_rank if options.address.port else 0
+        gate = GateHandle(bind_public_port(Address(options.address.host, port)))
+    debugger = Debugger()
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        if gate is not None:
+            gate.close_now()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        if gate is not None:
+            upstream, adapter_pid = debugger.listen_on_loopback()
+            gate.tell(f"upstream {upstream}")
+            if adapter_pid is not None:
+                gate.tell(f"adapter {adapter_pid}")
+            addresses, port = node_addresses(options.address.host), gate.port
+        else:
+            addresses, port = [options.address.host], options.address.port
+        _announce(
+            announce.Announcement(
+                addresses=tuple(addresses),
+                port=port,
+                mode=options.mode,
+                attach_deadline=round(deadline, 3),
+                pid=os.getpid(),
+                rank=rank.rank or 0,
+                local_rank=rank.local_rank,
+                script=os.path.abspath(options.script),
+                cwd=os.getcwd(),
+                hostname=socket.gethostname(),
+                just_my_code=options.just_my_code,
+            ),
+            options.timeout,
+        )
+        if gate is None:
+            say(f"connecting to the debugger at {options.address.host}:{port} until the deadline")
+            attached = debugger.connect(options.address, deadline) and debugger.wait_until(deadline)
+        else:
+            say(f"waiting up to {options.timeout:g} s for a debugger on port {port}")
+            attached = debugger.wait_until(deadline)
+        _finish_wait(attached, options, rank, "the port" if gate else "the connection")
+        if not attached:
+            if gate is not None:
+                gate.close_now()
+            debugger.stop_tracing()
+            if options.on_timeout == "exit":
+                return EXIT_NOT_ATTACHED
+        debugger.absorb_script_calls((addresses[0], port))
+        return run_script(options.script, options.script_args, debugger)
+    finally:
+        if gate is not None:
+            gate.release()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--serve-gate"]:
+        return serve_gate(int(argv[1]), int(argv[2]))
+    try:
+        options = parse_options(argv)
+        rank = detect_rank(dict(os.environ))
+        if not options.ranks.includes(rank.rank):
+            say(f"rank {rank.rank} runs without the debugger (--ranks {options.ranks})")
+            return run_script(options.script, options.script_args)
+        return debug_and_run(options, rank)
+    except UsageError as error:
+        print(f"aml-debug: error: {error}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

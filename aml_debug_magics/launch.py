@@ -1,0 +1,324 @@
+"""VS Code attach configurations, and a safe merge into ``.vscode/launch.json``.
+
+VS Code reads launch.json as JSON with comments and trailing commas. The merge edits the text in
+place (it never re-serialises the user's file), so their comments, formatting and other
+configurations survive; it writes atomically and keeps a backup of what was there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aml_debug_magics.announce import Announcement
+
+UNROUTABLE_HOSTS = {"0.0.0.0", "::", ""}
+
+
+class LaunchJsonError(Exception):
+    """launch.json cannot be parsed or written; the message names the file and the line."""
+
+
+def attach_config(
+    announcement: Announcement,
+    local_root: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    host: str | None = None,
+    just_my_code: bool | None = None,
+) -> dict[str, Any]:
+    """The launch.json configuration that attaches VS Code to the announced process.
+
+    >>> a = Announcement(addresses=("10.0.0.4",), port=5678, script="/mnt/code/train.py")
+    >>> attach_config(a, "/home/me/src")["connect"]
+    {'host': '10.0.0.4', 'port': 5678}
+
+    ``host`` overrides the address (an SSH tunnel's ``localhost``, a container's published port).
+    A listen-mode announcement gives ``connect``; a connect-mode one gives ``listen``, since there
+    VS Code is the side that waits.
+    """
+    target_host = host or next(
+        (a for a in announcement.addresses if a not in UNROUTABLE_HOSTS), "localhost"
+    )
+    if target_host in UNROUTABLE_HOSTS:
+        raise ValueError(f"{target_host!r} is not an address a debugger can connect to")
+    label = name or default_name(announcement)
+    endpoint = "connect" if announcement.mode == "listen" else "listen"
+    config: dict[str, Any] = {
+        "name": label,
+        "type": "debugpy",
+        "request": "attach",
+        endpoint: {"host": target_host, "port": announcement.port},
+        "justMyCode": announcement.just_my_code if just_my_code is None else just_my_code,
+    }
+    if announcement.remote_root:
+        config["pathMappings"] = [
+            {"localRoot": str(Path(local_root).resolve()), "remoteRoot": announcement.remote_root}
+        ]
+    return config
+
+
+def default_name(announcement: Announcement) -> str:
+    script = (announcement.script or "script").replace("\\", "/").rsplit("/", 1)[-1]
+    where = announcement.hostname or announcement.addresses[0]
+    return f"Attach: {script} on {where} rank {announcement.rank}"
+
+
+def compound(name: str, configs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A compound configuration that attaches to several ranks at once."""
+    return {"name": name, "configurations": [c["name"] for c in configs]}
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON with comments, read with the positions of what it holds
+
+
+@dataclass
+class Node:
+    """A parsed value with its span in the text; objects keep (key, Node) pairs in order."""
+
+    value: Any
+    start: int
+    end: int
+    items: list[Any] | None = None  # object: [(key, Node)], array: [Node]
+
+
+class _Reader:
+    def __init__(self, text: str, path: Path) -> None:
+        self.text, self.path, self.pos = text, path, 0
+
+    def fail(self, what: str) -> LaunchJsonError:
+        line = self.text.count("\n", 0, self.pos) + 1
+        column = self.pos - (self.text.rfind("\n", 0, self.pos) + 1) + 1
+        return LaunchJsonError(
+            f"{self.path}: line {line}, column {column}: {what}; fix it in the editor "
+            "(the file was left unchanged)"
+        )
+
+    def skip(self) -> None:
+        text = self.text
+        while self.pos < len(text):
+            if text[self.pos] in " \t\r\n\ufeff":
+                self.pos += 1
+            elif text.startswith("//", self.pos):
+                newline = text.find("\n", self.pos)
+                self.pos = len(text) if newline < 0 else newline + 1
+            elif text.startswith("/*", self.pos):
+                close = text.find("*/", self.pos + 2)
+                if close < 0:
+                    raise self.fail("a /* comment is never closed")
+                self.pos = close + 2
+            else:
+                return
+
+    def value(self) -> Node:
+        self.skip()
+        if self.pos >= len(self.text):
+            raise self.fail("the file ends where a value was expected")
+        char = self.text[self.pos]
+        if char == "{":
+            return self.container("}", keyed=True)
+        if char == "[":
+            return self.container("]", keyed=False)
+        if char == '"':
+            start = self.pos
+            return Node(self.string(), start, self.pos)
+        return self.scalar()
+
+    def string(self) -> str:
+        decoder = json.JSONDecoder()
+        try:
+            parsed, end = decoder.raw_decode(self.text, self.pos)
+        except ValueError:
+            raise self.fail("a string is not closed or has a bad escape") from None
+        self.pos = end
+        return parsed
+
+    def scalar(self) -> Node:
+        start = self.pos
+        while self.pos < len(self.text) and self.text[self.pos] not in ",]} \t\r\n/":
+            self.pos += 1
+        token = self.text[start : self.pos]
+        try:
+            return Node(json.loads(token), start, self.pos)
+        except ValueError:
+            self.pos = start
+            raise self.fail(f"unexpected {token[:20]!r}") from None
+
+    def container(self, closer: str, keyed: bool) -> Node:
+        start = self.pos
+        self.pos += 1
+        items: list[Any] = []
+        while True:
+            self.skip()
+            if self.text.startswith(closer, self.pos):
+                self.pos += 1
+                break
+            if keyed:
+                if not self.text.startswith('"', self.pos):
+                    raise self.fail(f"expected a quoted key or '{closer}'")
+                key = self.string()
+                self.skip()
+                if not self.text.startswith(":", self.pos):
+                    raise self.fail("expected ':' after a key")
+                self.pos += 1
+                items.append((key, self.value()))
+            else:
+                items.append(self.value())
+            self.skip()
+            if self.text.startswith(",", self.pos):
+                self.pos += 1
+            elif not self.text.startswith(closer, self.pos):
+                raise self.fail(f"expected ',' or '{closer}'")
+        if keyed:
+            value = {key: node.value for key, node in items}
+        else:
+            value = [node.value for node in items]
+        return Node(value, start, self.pos, items)
+
+
+def parse_jsonc(text: str, path: Path = Path("launch.json")) -> Node:
+    """Parse JSON with comments and trailing commas, keeping each value's position."""
+    reader = _Reader(text, path)
+    root = reader.value()
+    reader.skip()
+    if reader.pos != len(text):
+        raise reader.fail("unexpected text after the end")
+    return root
+
+
+# ---------------------------------------------------------------------------------------------
+# The merge
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    path: Path
+    backup: Path | None  # None when there was no file before
+    replaced: list[str]
+    added: list[str]
+
+
+def _indent_of(text: str, pos: int) -> str:
+    line_start = text.rfind("\n", 0, pos) + 1
+    prefix = text[line_start:pos]
+    return prefix if prefix.strip() == "" else ""
+
+
+def _dump(value: Any, indent: str) -> str:
+    return json.dumps(value, indent=4).replace("\n", "\n" + indent)
+
+
+def _merge_list(text: str, array: Node, entries: list[dict[str, Any]], report: dict) -> str:
+    """Replace same-named entries of ``array`` and append the others, editing ``text``."""
+    by_name = {e["name"]: e for e in entries}
+    edits: list[tuple[int, int, str]] = []
+    for node in array.items or []:
+        if isinstance(node.value, dict) and node.value.get("name") in by_name:
+            entry = by_name.pop(node.value["name"])
+            edits.append((node.start, node.end, _dump(entry, _indent_of(text, node.start))))
+            report["replaced"].append(entry["name"])
+    if by_name:
+        if array.items:
+            last = array.items[-1]
+            indent = _indent_of(text, last.start)
+            at = last.end
+            insert = "".join(",\n" + indent + _dump(e, indent) for e in by_name.values())
+        else:
+            outer = _indent_of(text, array.start)
+            indent = outer + "    "
+            at = array.start + 1
+            insert = "".join(
+                ("" if i == 0 else ",") + "\n" + indent + _dump(e, indent)
+                for i, e in enumerate(by_name.values())
+            ) + "\n" + outer
+        edits.append((at, at, insert))
+        report["added"].extend(by_name)
+    for start, end, replacement in sorted(edits, reverse=True):
+        text = text[:start] + replacement + text[end:]
+    return text
+
+
+def merge_text(
+    text: str,
+    configurations: list[dict[str, Any]],
+    compounds: list[dict[str, Any]] | None = None,
+    path: Path = Path("launch.json"),
+) -> tuple[str, dict[str, list[str]]]:
+    """The launch.json ``text`` with ``configurations`` (and ``compounds``) merged in by name."""
+    report: dict[str, list[str]] = {"replaced": [], "added": []}
+    if not text.strip():
+        document = {"version": "0.2.0", "configurations": configurations}
+        if compounds:
+            document["compounds"] = compounds
+        report["added"] = [c["name"] for c in configurations]
+        return json.dumps(document, indent=4) + "\n", report
+    for key, entries in (("compounds", compounds or []), ("configurations", configurations)):
+        if not entries:
+            continue
+        root = parse_jsonc(text, path)
+        if not isinstance(root.value, dict):
+            raise LaunchJsonError(f"{path}: the top level is not an object {{...}}; fix it first")
+        members = dict(root.items or [])
+        if key in members and not isinstance(members[key].value, list):
+            raise LaunchJsonError(f"{path}: \"{key}\" is not a list [...]; fix it first")
+        if key in members:
+            text = _merge_list(text, members[key], entries, report)
+            continue
+        indent = _indent_of(text, root.items[-1][1].start) if root.items else "    "
+        member = f'"{key}": ' + _dump(entries, indent)
+        if root.items:
+            at = root.items[-1][1].end
+            text = text[:at] + ",\n" + indent + member + text[at:]
+        else:
+            text = text[: root.start + 1] + "\n" + indent + member + "\n" + text[root.start + 1 :]
+        report["added"].extend(e["name"] for e in entries)
+    return text, report
+
+
+def merge_into_launch_json(
+    path: str | os.PathLike[str],
+    configurations: list[dict[str, Any]],
+    compounds: list[dict[str, Any]] | None = None,
+) -> MergeResult:
+    """Merge configurations into a launch.json: comments kept, atomic write, backup kept.
+
+    A file that cannot be parsed is left byte for byte as it was, and the error names its line.
+    """
+    target = Path(path)
+    original = target.read_bytes() if target.exists() else None
+    text = ""
+    if original is not None:
+        try:
+            text = original.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise LaunchJsonError(f"{target}: not UTF-8 text; fix or move it aside") from None
+    merged, report = merge_text(text, configurations, compounds, target)
+    parse_jsonc(merged, target)  # never write what VS Code could not read
+    target.parent.mkdir(parents=True, exist_ok=True)
+    backup = None
+    if original is not None:
+        backup = target.with_name(f"{target.name}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
+        serial = 1
+        while backup.exists():
+            serial += 1
+            backup = target.with_name(f"{target.name}.{time.strftime('%Y%m%d-%H%M%S')}-{serial}.bak")
+        shutil.copy2(target, backup)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
+            out.write(merged)
+        if original is not None:
+            shutil.copymode(target, temporary)
+        os.replace(temporary, target)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    return MergeResult(target, backup, report["replaced"], report["added"])

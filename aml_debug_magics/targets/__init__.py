@@ -1,0 +1,1 @@
+"""Where a debugged script runs: ``local`` (this machine), later ``azureml``."""

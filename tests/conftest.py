@@ -1,0 +1,89 @@
+"""Shared helpers: start the bootstrap for real, and check nothing is left running."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from aml_debug_magics.bootstrap import ADAPTER_MARKER
+from aml_debug_magics.targets.local import LocalProcess
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def live_adapters() -> list[int]:
+    """Pids of debug adapters started by a bootstrap that are still running (not zombies)."""
+    needle = f"{ADAPTER_MARKER}=".encode()
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as environ:
+                if not any(v.startswith(needle) for v in environ.read().split(b"\0")):
+                    continue
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    continue
+        except OSError:
+            continue
+        found.append(int(pid))
+    return found
+
+
+def wait_for(condition, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def port_refuses(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def start_local(tmp_path):
+    """Start scripts under the bootstrap as the local target does; stop them all afterwards."""
+    started: list[LocalProcess] = []
+
+    def start(script: Path, *args: str, **options) -> LocalProcess:
+        process = LocalProcess(script, args, cwd=options.pop("cwd", script.parent), **options)
+        started.append(process.start())
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_adapter_left_behind():
+    before = set(live_adapters())
+    yield
+    wait_for(lambda: not (set(live_adapters()) - before), 10, "debug adapters to end")
+
+
+def run_bootstrap(*args: str, cwd: Path | None = None, env=None, timeout: float = 60):
+    """Run ``python -m aml_debug_magics.bootstrap ARGS`` to the end; return the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", "aml_debug_magics.bootstrap", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )

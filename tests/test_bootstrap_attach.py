@@ -1,0 +1,284 @@
+"""End to end: a real debug-protocol client attaches to a real script under the bootstrap."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+from conftest import port_refuses
+from dap_client import DapClient
+
+from aml_debug_magics.launch import attach_config
+
+TRAIN = textwrap.dedent(
+    """\
+    import sys
+
+    learning_rate = float(sys.argv[1])
+    steps = []
+    for step in range(3):
+        loss = 10.0 / (step + 1) * learning_rate
+        steps.append(loss)
+    print("final loss", steps[-1], flush=True)
+    sys.exit(7)
+    """
+)
+BREAK_LINE = 7  # steps.append(loss)
+
+
+@pytest.fixture
+def remote_and_local(tmp_path):
+    """The script as the node runs it, and a copy in another folder as the user's editor has it,
+    so a stop proves the attach config's pathMappings (a wrong mapping still 'verifies')."""
+    remote, local = tmp_path / "node", tmp_path / "laptop"
+    remote.mkdir()
+    local.mkdir()
+    (remote / "train.py").write_text(TRAIN)
+    shutil.copy(remote / "train.py", local / "train.py")
+    return remote / "train.py", local / "train.py"
+
+
+def attach_and_inspect(process, local_script) -> dict[str, str]:
+    assert process.announced.wait(30), list(process.last_lines)
+    config = attach_config(process.announcement, local_script.parent)
+    client = DapClient.connect(config["connect"]["host"], config["connect"]["port"])
+    try:
+        client.attach(config, {str(local_script): [BREAK_LINE]})
+        frame = client.wait_stopped()
+        assert frame["line"] == BREAK_LINE
+        assert frame["source"]["path"] == str(local_script)
+        seen = client.locals_of(frame)
+        seen["argv"] = client.evaluate(frame, "sys.argv[1:]")
+        client.resume()
+        second = client.wait_stopped()
+        seen["second_step"] = client.locals_of(second)["step"]
+        client.request("setBreakpoints", source={"path": str(local_script)}, breakpoints=[])
+        client.resume()
+        client.event("terminated", timeout=30)
+    finally:
+        client.close()
+    return seen
+
+
+def test_attach_stops_at_breakpoint_reads_variables_and_script_finishes(
+    remote_and_local, start_local
+):
+    remote_script, local_script = remote_and_local
+    process = start_local(remote_script, "0.5", timeout=60)
+    seen = attach_and_inspect(process, local_script)
+    assert seen["step"] == "0"
+    assert seen["loss"] == "5.0"
+    assert seen["argv"] == "['0.5']"
+    assert seen["second_step"] == "1"
+    assert process.wait(30) == 7
+    assert "final loss 1.6666666666666667" in process.last_lines
+    assert "Debugger attached = True" in process.last_lines
+    assert port_refuses("127.0.0.1", process.announcement.port)
+
+
+def test_bare_connects_before_the_attach_do_not_break_it(remote_and_local, start_local):
+    remote_script, local_script = remote_and_local
+    process = start_local(remote_script, "1.0", timeout=60)
+    assert process.announced.wait(30)
+    port = process.announcement.port
+    for _ in range(5):  # a port scanner, nc -z, a health check
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as http_probe:
+        http_probe.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert http_probe.recv(100) == b""  # closed by the gate, never seen by debugpy
+    seen = attach_and_inspect(process, local_script)
+    assert seen["loss"] == "10.0"
+    assert process.wait(30) == 7
+    assert any("did not speak the debug protocol" in line for line in process.last_lines)
+
+
+def test_missed_deadline_runs_the_script_closes_the_port_and_ends_the_adapter(
+    remote_and_local, start_local
+):
+    remote_script, _ = remote_and_local
+    process = start_local(remote_script, "2", timeout=1.5)
+    assert process.wait(60) == 7
+    lines = list(process.last_lines)
+    assert "Debugger attached = False" in lines
+    assert "final loss 6.666666666666667" in lines
+    assert lines.index("Debugger attached = False") < lines.index("final loss 6.666666666666667")
+    assert port_refuses("127.0.0.1", process.announcement.port)
+    assert process.outcome is not None and process.outcome.attached is False
+
+
+def test_on_timeout_exit_does_not_run_the_script(remote_and_local, start_local):
+    remote_script, _ = remote_and_local
+    process = start_local(remote_script, "2", timeout=1, on_timeout="exit")
+    assert process.wait(60) == 3
+    assert not any(line.startswith("final loss") for line in process.last_lines)
+
+
+def test_a_client_that_sends_garbage_after_the_header_cannot_orphan_the_adapter(
+    remote_and_local, start_local
+):
+    """debugpy's adapter, fed a bad message, keeps its session (and port) open for good; the
+    bootstrap ends it at the deadline anyway (the autouse fixture checks no adapter is left)."""
+    remote_script, _ = remote_and_local
+    process = start_local(remote_script, "1", timeout=2)
+    assert process.announced.wait(30)
+    junk = socket.create_connection(("127.0.0.1", process.announcement.port), timeout=5)
+    junk.sendall(b"Content-Length: 9\r\n\r\nnot json!")
+    try:
+        assert process.wait(60) == 7
+    finally:
+        junk.close()
+    assert port_refuses("127.0.0.1", process.announcement.port)
+
+
+def test_sigterm_while_waiting_leaves_nothing_running(remote_and_local, start_local):
+    remote_script, _ = remote_and_local
+    process = start_local(remote_script, "1", timeout=120)
+    assert process.announced.wait(30)
+    process.stop()
+    assert process.returncode == -15
+    assert port_refuses("127.0.0.1", process.announcement.port)
+
+
+def _stdio_adapter():
+    """debugpy's adapter over stdio, as VS Code runs it for a 'listen' attach configuration."""
+    adapter = subprocess.Popen(
+        [sys.executable, "-m", "debugpy.adapter"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    return adapter, DapClient(adapter.stdout, adapter.stdin)
+
+
+@pytest.mark.parametrize("client_first", [True, False], ids=["client-listens-first", "late"])
+def test_connect_mode_reaches_a_listening_client(remote_and_local, tmp_path, client_first):
+    from conftest import free_port
+
+    from aml_debug_magics.announce import LogReader
+
+    remote_script, local_script = remote_and_local
+    port = free_port()
+    adapter, client = _stdio_adapter()
+    bootstrap = None
+    try:
+        def start_bootstrap():
+            return subprocess.Popen(
+                [sys.executable, "-u", "-m", "aml_debug_magics.bootstrap", "--connect",
+                 f"127.0.0.1:{port}", "--timeout", "60", "--", str(remote_script), "3"],
+                stdout=subprocess.PIPE, text=True,
+            )
+
+        early_output: list[str] = []
+        if not client_first:
+            bootstrap = start_bootstrap()
+            while "connecting to the debugger" not in (early_output or [""])[-1]:
+                early_output.append(bootstrap.stdout.readline())
+                assert early_output[-1], "the bootstrap ended before connecting"
+            time.sleep(1)  # let it meet a refused port at least once before the client listens
+        client.request("initialize", clientID="vscode", adapterID="debugpy", pathFormat="path",
+                       linesStartAt1=True, columnsStartAt1=True)
+        reader = LogReader()
+        config = {"name": "listen", "type": "debugpy", "request": "attach",
+                  "listen": {"host": "127.0.0.1", "port": port},
+                  "pathMappings": [{"localRoot": str(local_script.parent),
+                                    "remoteRoot": str(remote_script.parent)}]}
+        attach_seq = client.send("attach", **config)
+        if client_first:
+            bootstrap = start_bootstrap()
+        client.event("initialized", timeout=60)
+        client.request("setBreakpoints", source={"path": str(local_script)},
+                       breakpoints=[{"line": BREAK_LINE}])
+        client.request("configurationDone")
+        client.response(attach_seq)
+        frame = client.wait_stopped()
+        assert frame["source"]["path"] == str(local_script)
+        assert client.locals_of(frame)["learning_rate"] == "3.0"
+        client.request("setBreakpoints", source={"path": str(local_script)}, breakpoints=[])
+        client.resume()
+        output = "".join(early_output) + bootstrap.communicate(timeout=60)[0]
+        assert bootstrap.returncode == 7
+        news = [n for line in output.splitlines() for n in reader.feed(line)]
+        assert news[0].mode == "connect" and news[0].port == port
+        assert "Debugger attached = True" in output
+        assert "final loss 10.0" in output
+    finally:
+        client.close()
+        for process in (bootstrap, adapter):
+            if process and process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+GUIDE_SCRIPT = textwrap.dedent(
+    """\
+    import argparse
+    import debugpy
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--remote_debug", action="store_true")
+    parser.add_argument("--remote_debug_connection_timeout", type=int, default=300)
+    parser.add_argument("--remote_debug_client_ip")
+    parser.add_argument("--remote_debug_port", type=int, default=5678)
+    args = parser.parse_args()
+    if args.remote_debug:
+        print(f"Timeout for debug connection: {args.remote_debug_connection_timeout}")
+        print(f"ip_address: {args.remote_debug_client_ip}")
+        debugpy.listen(address=(args.remote_debug_client_ip, args.remote_debug_port))
+        debugpy.wait_for_client()
+        print(f"Debugger attached = {debugpy.is_client_connected()}")
+    answer = 6 * 7
+    print("answer", answer)
+    """
+)
+
+
+def test_a_script_with_the_guides_boilerplate_runs_and_attaches(tmp_path, start_local):
+    script = tmp_path / "guide_train.py"
+    script.write_text(GUIDE_SCRIPT)
+    process = start_local(
+        script, "--remote_debug", "--remote_debug_client_ip", "10.9.9.9", timeout=60
+    )
+    assert process.announced.wait(30)
+    announced = process.announcement
+    config = attach_config(announced, tmp_path)
+    client = DapClient.connect("127.0.0.1", announced.port)
+    try:
+        client.attach(config, {str(script): [17]})
+        frame = client.wait_stopped()
+        assert frame["line"] == 17
+        assert client.locals_of(frame)["answer"] == "42"
+        client.resume()
+    finally:
+        client.close()
+    assert process.wait(30) == 0
+    assert "answer 42" in process.last_lines
+    assert process.announcement == announced  # the guide's own lines did not override ours
+    assert any("debugpy.listen(); already listening" in line for line in process.last_lines)
+
+
+def test_many_probes_in_parallel_with_the_attach(remote_and_local, start_local):
+    remote_script, local_script = remote_and_local
+    process = start_local(remote_script, "1.0", timeout=60)
+    assert process.announced.wait(30)
+    stop = threading.Event()
+
+    def probe():
+        while not stop.is_set():
+            try:
+                socket.create_connection(("127.0.0.1", process.announcement.port), 2).close()
+            except OSError:
+                return
+
+    prober = threading.Thread(target=probe, daemon=True)
+    prober.start()
+    try:
+        seen = attach_and_inspect(process, local_script)
+    finally:
+        stop.set()
+        prober.join(5)
+    assert seen["step"] == "0"
+    assert process.wait(30) == 7
