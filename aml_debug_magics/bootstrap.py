@@ -5,26 +5,27 @@
         [--just-my-code | --no-just-my-code] -- SCRIPT [ARGS...]
 
 This file runs ON THE NODE: on Azure ML it travels in the run's snapshot as
-``aml_debug_bootstrap.py`` next to ``aml_debug_announce.py``, where this package is not installed,
-so it imports only the standard library and debugpy.
+``aml_debug_bootstrap.py`` beside ``aml_debug_announce.py`` and ``aml_debug_gate.py``, where this
+package is not installed, so it imports only the standard library and debugpy.
 
 What it does, in order: binds the debug port, starts debugpy behind it, prints one announcement
 line (and the human lines of Microsoft's guide), waits for a debugger until a real deadline, then
-runs the script with ``runpy`` exactly as ``python SCRIPT ARGS`` would. A missed deadline closes the
+runs the script exactly as ``python SCRIPT ARGS`` would. A missed deadline closes the
 port and stops tracing, so the script runs at full speed.
 
-The public port belongs to a small gate, not to debugpy: a bare TCP connect and close on a
-debugpy listener (a port scanner, a health check) makes debugpy's adapter exit while the script
-waits forever. The gate passes on only connections that start with a debug-protocol header.
+The public port belongs to a small gate process (``gate.py``), not to debugpy: a bare TCP
+connect and close on a debugpy listener (a port scanner, a health check) makes debugpy's adapter
+exit while the script waits forever. The gate passes on only debug-protocol connections.
 """
 
 from __future__ import annotations
 
 import argparse
+import builtins
+import importlib.machinery
+import io
 import ipaddress
 import os
-import runpy
-import selectors
 import signal
 import socket
 import struct
@@ -32,26 +33,27 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
+import types
 import uuid
 from dataclasses import dataclass
 
 try:
-    from aml_debug_magics import announce
+    from aml_debug_magics import announce, gate
 except ImportError:  # shipped into a run's snapshot beside this file
     import aml_debug_announce as announce  # type: ignore[no-redef]
+    import aml_debug_gate as gate  # type: ignore[no-redef]
 
-SHIPPED_NAMES = {"bootstrap.py": "aml_debug_bootstrap.py", "announce.py": "aml_debug_announce.py"}
+SHIPPED_NAMES = {
+    "bootstrap.py": "aml_debug_bootstrap.py",
+    "announce.py": "aml_debug_announce.py",
+    "gate.py": "aml_debug_gate.py",
+}
 DEFAULT_PORT = 5678
 DEFAULT_TIMEOUT = 300.0
 MAX_TIMEOUT = 24 * 3600.0
 EXIT_USAGE = 2
 EXIT_NOT_ATTACHED = 3
 ATTACH_GRACE = 30.0  # a client in the middle of attaching at the deadline gets this much more
-HANDSHAKE_TIMEOUT = 30.0  # a connection that says nothing for this long is dropped
-EXIT_GRACE = 5.0  # after the script ends, open debug sessions get this long to finish
-DAP_HEADER = b"Content-Length:"
-ADAPTER_MARKER = "AML_DEBUG_ADAPTER_OF"
 RANK_VARIABLES = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
 LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID")
 VIRTUAL_INTERFACE_PREFIXES = ("docker", "br-", "veth", "virbr", "cni", "flannel", "cali", "vxlan")
@@ -196,7 +198,8 @@ def parse_options(argv: list[str]) -> Options:
         raise UsageError(f"script not found: {script} (working directory {os.getcwd()})")
     if not 0 < args.timeout <= MAX_TIMEOUT:
         raise UsageError(
-            f"--timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds (got {args.timeout:g})"
+            f"--timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds "
+            f"(got {args.timeout:g})"
         )
     if args.connect:
         mode, address = "connect", parse_address(args.connect, "--connect")
@@ -253,7 +256,8 @@ def _interface_ipv4(name: str) -> str | None:
     siocgifaddr = 0x8915  # Linux
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         try:
-            packed = fcntl.ioctl(probe.fileno(), siocgifaddr, struct.pack("256s", name[:15].encode()))
+            request = struct.pack("256s", name[:15].encode())
+            packed = fcntl.ioctl(probe.fileno(), siocgifaddr, request)
         except OSError:
             return None
     return socket.inet_ntoa(packed[20:24])
@@ -323,195 +327,18 @@ def _hide_from_debugger(thread: threading.Thread) -> threading.Thread:
     return thread
 
 
-def _kill(pid: int | None) -> None:
-    """End a process (debugpy's adapter): SIGTERM, then SIGKILL if it lingers."""
-    if pid is None or not _is_running(pid):
-        return
-    for sig, wait in ((signal.SIGTERM, 1.0), (signal.SIGKILL, 1.0)):
-        try:
-            os.kill(pid, sig)
-        except OSError:
-            return
-        until = time.monotonic() + wait
-        while time.monotonic() < until:
-            if not _is_running(pid):
-                return
-            time.sleep(0.02)
-
-
-class DebugGate:
-    """Owns the public debug port; forwards only debug-protocol clients to debugpy on loopback.
-
-    Runs in a process of its own (``--serve-gate``), so it outlives the script long enough to
-    deliver debugpy's last messages, and then ends the adapter whatever state it is in. Anything
-    that does not open with a debug-protocol header (a bare connect and close, an HTTP probe) is
-    closed without debugpy ever seeing it.
-
-    Commands arrive on stdin, one a line: ``upstream PORT`` (debugpy's loopback port),
-    ``adapter PID``, ``close`` (the deadline passed: close everything now). End of input means
-    the script is over: stop accepting, let open sessions finish, then end the adapter.
-    """
-
-    def __init__(self, listener: socket.socket, control: socket.socket | None = None) -> None:
-        self._listener = listener
-        self._control = control
-        self._control_buffer = b""
-        self._selector = selectors.DefaultSelector()
-        self._upstream_port: int | None = None
-        self._adapter_pid: int | None = None
-        self._pending: dict[socket.socket, tuple[str, bytes, float]] = {}
-        self._waiting: list[tuple[socket.socket, str, bytes]] = []  # spoke before debugpy was up
-        self._peers: dict[socket.socket, socket.socket] = {}
-        self._draining_since: float | None = None
-
-    def serve(self) -> None:
-        self._listener.setblocking(False)
-        self._selector.register(self._listener, selectors.EVENT_READ)
-        if self._control is not None:
-            self._selector.register(self._control, selectors.EVENT_READ)
-        try:
-            while not self._finished():
-                for key, _ in self._selector.select(timeout=0.5):
-                    sock = key.fileobj
-                    if sock is self._control:
-                        self._command()
-                    elif sock is self._listener:
-                        self._accept()
-                    elif sock in self._pending:
-                        self._handshake(sock)
-                    elif sock in self._peers:
-                        self._pump(sock)
-                self._drop_silent()
-        finally:
-            self._shut()
-            _kill(self._adapter_pid)
-
-    def _finished(self) -> bool:
-        if self._listener.fileno() >= 0 or self._draining_since is None:
-            return False
-        return not self._peers or time.monotonic() - self._draining_since > EXIT_GRACE
-
-    def _command(self) -> None:
-        chunk = self._control.recv(4096) if self._control else b""
-        if not chunk:  # the script ended: no new connections, let sessions finish
-            self._selector.unregister(self._control)
-            self._control = None
-            self._close_listener()
-            self._draining_since = time.monotonic()
-            return
-        self._control_buffer += chunk
-        *lines, self._control_buffer = self._control_buffer.split(b"\n")
-        for line in lines:
-            verb, _, value = line.decode().partition(" ")
-            if verb == "upstream":
-                self._upstream_port = int(value)
-                for conn, who, seen in self._waiting:
-                    self._forward(conn, who, seen)
-                self._waiting.clear()
-            elif verb == "adapter":
-                self._adapter_pid = int(value)
-            elif verb == "close":
-                self._close_listener()
-                self._draining_since = time.monotonic() - EXIT_GRACE - 1
-                for sock in list(self._peers):
-                    self._drop_pair(sock)
-
-    def _close_listener(self) -> None:
-        if self._listener.fileno() >= 0:
-            self._selector.unregister(self._listener)
-            self._listener.close()
-
-    def _shut(self) -> None:
-        for sock in [self._listener, *self._pending, *self._peers]:
-            sock.close()
-        for conn, _, _ in self._waiting:
-            conn.close()
-
-    def _accept(self) -> None:
-        try:
-            conn, (host, port, *_) = self._listener.accept()
-        except OSError:
-            return
-        conn.setblocking(True)
-        self._pending[conn] = (f"{host}:{port}", b"", time.monotonic())
-        self._selector.register(conn, selectors.EVENT_READ)
-
-    def _handshake(self, conn: socket.socket) -> None:
-        who, seen, since = self._pending[conn]
-        chunk = self._recv(conn)
-        seen += chunk
-        if chunk and len(seen) < len(DAP_HEADER) and DAP_HEADER.startswith(seen):
-            self._pending[conn] = (who, seen, since)
-            return
-        del self._pending[conn]
-        self._selector.unregister(conn)
-        if not seen.startswith(DAP_HEADER):
-            if seen:
-                say(f"ignored a connection from {who}: it did not speak the debug protocol")
-            conn.close()
-        elif self._upstream_port is None:
-            self._waiting.append((conn, who, seen))
-        else:
-            self._forward(conn, who, seen)
-
-    def _forward(self, conn: socket.socket, who: str, seen: bytes) -> None:
-        try:
-            upstream = socket.create_connection(("127.0.0.1", self._upstream_port), timeout=10)
-            upstream.settimeout(None)
-            upstream.sendall(seen)
-        except OSError as error:
-            say(f"could not reach the debugger for {who}: {error}")
-            conn.close()
-            return
-        say(f"debugger connected from {who}")
-        self._peers[conn], self._peers[upstream] = upstream, conn
-        self._selector.register(conn, selectors.EVENT_READ)
-        self._selector.register(upstream, selectors.EVENT_READ)
-
-    def _pump(self, sock: socket.socket) -> None:
-        data = self._recv(sock)
-        if data:
-            try:
-                self._peers[sock].sendall(data)
-                return
-            except OSError:
-                pass
-        self._drop_pair(sock)
-
-    def _drop_pair(self, sock: socket.socket) -> None:
-        for end in (sock, self._peers[sock]):
-            self._selector.unregister(end)
-            self._peers.pop(end, None)
-            end.close()
-
-    @staticmethod
-    def _recv(sock: socket.socket) -> bytes:
-        try:
-            return sock.recv(65536)
-        except OSError:
-            return b""
-
-    def _drop_silent(self) -> None:
-        now = time.monotonic()
-        for conn, (_, _, since) in list(self._pending.items()):
-            if now - since > HANDSHAKE_TIMEOUT:
-                del self._pending[conn]
-                self._selector.unregister(conn)
-                conn.close()
-
-
 class GateHandle:
-    """The script's side of the gate process: starts it and tells it what it needs to know."""
+    """The script's side of the gate process (``gate.py``): starts it, tells it what it needs."""
 
     def __init__(self, listener: socket.socket) -> None:
         self.port = listener.getsockname()[1]
-        spec = globals().get("__spec__")
-        entry = ["-m", spec.name] if spec is not None else [os.path.abspath(__file__)]
         ours, theirs = socket.socketpair()
         self._control = ours
+        fds = (listener.fileno(), theirs.fileno())
+        # -I -S: the gate needs only the standard library, and starts in a third of the time
         self._process = subprocess.Popen(
-            [sys.executable, *entry, "--serve-gate", str(listener.fileno()), str(theirs.fileno())],
-            pass_fds=(listener.fileno(), theirs.fileno()),
+            [sys.executable, "-I", "-S", os.path.abspath(gate.__file__), *map(str, fds)],
+            pass_fds=fds,
             stdin=subprocess.DEVNULL,
         )
         theirs.close()
@@ -537,15 +364,6 @@ class GateHandle:
         self._control.close()
 
 
-def serve_gate(listener_fd: int, control_fd: int) -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C for the script must not cut the log
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # runs serve()'s cleanup
-    listener = socket.socket(fileno=listener_fd)
-    control = socket.socket(fileno=control_fd)
-    DebugGate(listener, control).serve()
-    return 0
-
-
 def bind_public_port(address: Address) -> socket.socket:
     """Bind the debug port now, so a port in use is a clear error before anything starts."""
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
@@ -560,42 +378,13 @@ def bind_public_port(address: Address) -> socket.socket:
                 f"port {address.port} on {address.host} is in use: choose another with "
                 "--listen HOST:PORT (port 0 picks a free one)"
             ) from None
-        raise UsageError(f"cannot listen on {address.host}:{address.port}: {error.strerror}") from None
+        where = f"{address.host}:{address.port}"
+        raise UsageError(f"cannot listen on {where}: {error.strerror}") from None
     return listener
 
 
 # ---------------------------------------------------------------------------------------------
 # debugpy, started and stopped
-
-
-def _find_adapter_pid(marker: str) -> int | None:
-    """The pid of debugpy's adapter, which daemonizes: found by a variable only its env has."""
-    needle = f"{ADAPTER_MARKER}={marker}".encode()
-    try:
-        pids = [name for name in os.listdir("/proc") if name.isdigit()]
-    except OSError:
-        return None
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as environ:
-                if needle in environ.read().split(b"\0"):
-                    return int(pid)
-        except OSError:
-            continue
-    return None
-
-
-def _is_running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
 
 
 class Debugger:
@@ -604,16 +393,21 @@ class Debugger:
     def __init__(self) -> None:
         os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
         import debugpy
+        import debugpy.server.api
 
+        if not os.environ.get("DEBUGPY_LOG_DIR"):
+            # with logging off, debugpy still reads every installed package's metadata to
+            # describe the environment to no log at all: 0.2 s with azureml installed
+            debugpy.server.api.ensure_logging.ensured = True
         self.debugpy = debugpy
         self._cancelled = False
 
-    def listen_on_loopback(self) -> tuple[int, int | None]:
-        """Start debugpy on a loopback port; return it and the adapter's pid (None if unknown)."""
+    def listen_on_loopback(self) -> tuple[int, str]:
+        """Start debugpy on a loopback port; return it and the marker in its adapter's env."""
         marker = uuid.uuid4().hex
-        self.debugpy.configure(pythonEnv=dict(os.environ, **{ADAPTER_MARKER: marker}))
+        self.debugpy.configure(pythonEnv=dict(os.environ, **{gate.ADAPTER_MARKER: marker}))
         _, port = self.debugpy.listen(("127.0.0.1", 0))
-        return port, _find_adapter_pid(marker)
+        return port, marker
 
     def connect(self, address: Address, deadline: float) -> bool:
         """Connect out, retrying a refused connection until the deadline (debugpy tries once)."""
@@ -705,6 +499,21 @@ class Debugger:
 # Running the script as plain python would
 
 
+def _execute_as_main(path: str) -> None:
+    """What ``python path`` does: a fresh ``__main__`` that stays (pickling and multiprocessing
+    find it), ``__file__`` absolute, ``sys.argv[0]`` as typed. ``runpy.run_path`` would rewrite
+    ``sys.argv[0]`` and put the bootstrap back as ``__main__`` afterwards."""
+    main = types.ModuleType("__main__")
+    main.__file__ = path
+    main.__cached__ = None
+    main.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
+    main.__builtins__ = builtins
+    sys.modules["__main__"] = main
+    with io.open_code(path) as source:
+        code = compile(source.read(), path, "exec", dont_inherit=True)
+    exec(code, main.__dict__)
+
+
 def run_script(script: str, args: list[str], debugger: Debugger | None = None) -> int:
     """Run ``script`` as ``__main__`` with ``sys.argv = [script, *args]``; return its exit status.
 
@@ -715,7 +524,7 @@ def run_script(script: str, args: list[str], debugger: Debugger | None = None) -
     sys.argv = [script, *args]
     sys.path[0] = os.path.dirname(path)
     try:
-        runpy.run_path(path, run_name="__main__")
+        _execute_as_main(path)
     except SystemExit:
         raise
     except BaseException as error:
@@ -724,7 +533,8 @@ def run_script(script: str, args: list[str], debugger: Debugger | None = None) -
         traceback_tail = error.__traceback__
         while traceback_tail is not None and traceback_tail.tb_frame.f_code.co_filename != path:
             traceback_tail = traceback_tail.tb_next
-        sys.excepthook(type(error), error, traceback_tail or error.__traceback__)
+        error.with_traceback(traceback_tail or error.__traceback__)
+        sys.excepthook(type(error), error, error.__traceback__)
         if isinstance(error, KeyboardInterrupt):
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGINT)
@@ -766,7 +576,7 @@ def _finish_wait(attached: bool, options: Options, rank: Rank, where: str) -> No
     emit(announce.guide_line_after_wait(attached))
     emit(announce.format_outcome(announce.AttachOutcome(attached, os.getpid(), rank.rank or 0)))
     if not attached:
-        what = "runs now" if options.on_timeout == "continue" else "will not run (--on-timeout exit)"
+        what = "runs now" if options.on_timeout == "continue" else "will not run (--on-timeout)"
         say(
             f"no debugger attached within {options.timeout:g} s; {where} is closed and the "
             f"script {what} without the debugger"
@@ -775,26 +585,25 @@ def _finish_wait(attached: bool, options: Options, rank: Rank, where: str) -> No
 
 def debug_and_run(options: Options, rank: Rank) -> int:
     deadline = time.time() + options.timeout
-    gate: GateHandle | None = None
+    gate_handle: GateHandle | None = None
     if options.mode == "listen":
         port = options.address.port + rank.local_rank if options.address.port else 0
-        gate = GateHandle(bind_public_port(Address(options.address.host, port)))
+        gate_handle = GateHandle(bind_public_port(Address(options.address.host, port)))
     debugger = Debugger()
 
     def on_sigterm(signum: int, frame: object) -> None:
-        if gate is not None:
-            gate.close_now()
+        if gate_handle is not None:
+            gate_handle.close_now()
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        if gate is not None:
-            upstream, adapter_pid = debugger.listen_on_loopback()
-            gate.tell(f"upstream {upstream}")
-            if adapter_pid is not None:
-                gate.tell(f"adapter {adapter_pid}")
-            addresses, port = node_addresses(options.address.host), gate.port
+        if gate_handle is not None:
+            upstream, adapter_marker = debugger.listen_on_loopback()
+            gate_handle.tell(f"upstream {upstream}")
+            gate_handle.tell(f"adapter {adapter_marker}")
+            addresses, port = node_addresses(options.address.host), gate_handle.port
         else:
             addresses, port = [options.address.host], options.address.port
         _announce(
@@ -813,30 +622,28 @@ def debug_and_run(options: Options, rank: Rank) -> int:
             ),
             options.timeout,
         )
-        if gate is None:
+        if gate_handle is None:
             say(f"connecting to the debugger at {options.address.host}:{port} until the deadline")
             attached = debugger.connect(options.address, deadline) and debugger.wait_until(deadline)
         else:
             say(f"waiting up to {options.timeout:g} s for a debugger on port {port}")
             attached = debugger.wait_until(deadline)
-        _finish_wait(attached, options, rank, "the port" if gate else "the connection")
+        _finish_wait(attached, options, rank, "the port" if gate_handle else "the connection")
         if not attached:
-            if gate is not None:
-                gate.close_now()
+            if gate_handle is not None:
+                gate_handle.close_now()
             debugger.stop_tracing()
             if options.on_timeout == "exit":
                 return EXIT_NOT_ATTACHED
         debugger.absorb_script_calls((addresses[0], port))
         return run_script(options.script, options.script_args, debugger)
     finally:
-        if gate is not None:
-            gate.release()
+        if gate_handle is not None:
+            gate_handle.release()
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--serve-gate"]:
-        return serve_gate(int(argv[1]), int(argv[2]))
     try:
         options = parse_options(argv)
         rank = detect_rank(dict(os.environ))

@@ -304,13 +304,16 @@ def merge_into_launch_json(
     target.parent.mkdir(parents=True, exist_ok=True)
     backup = None
     if original is not None:
-        backup = target.with_name(f"{target.name}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        backup = target.with_name(f"{target.name}.{stamp}.bak")
         serial = 1
         while backup.exists():
             serial += 1
-            backup = target.with_name(f"{target.name}.{time.strftime('%Y%m%d-%H%M%S')}-{serial}.bak")
+            backup = target.with_name(f"{target.name}.{stamp}-{serial}.bak")
         shutil.copy2(target, backup)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
+    )
     try:
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
             out.write(merged)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from aml_debug_magics.bootstrap import ADAPTER_MARKER
+from aml_debug_magics.gate import ADAPTER_MARKER
 from aml_debug_magics.targets.local import LocalProcess
 
 REPO = Path(__file__).resolve().parents[1]

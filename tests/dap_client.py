@@ -99,7 +99,7 @@ class DapClient:
         return found.get("body") or {}
 
     def attach(self, config: dict[str, Any], breakpoints: dict[str, list[int]]) -> None:
-        """initialize, attach with ``config``, set breakpoints, configurationDone (VS Code's order)."""
+        """initialize, attach, breakpoints, configurationDone: VS Code's order."""
         self.request("initialize", clientID="vscode", adapterID="debugpy", pathFormat="path",
                      linesStartAt1=True, columnsStartAt1=True, supportsRunInTerminalRequest=False)
         attach_seq = self.send("attach", **config)

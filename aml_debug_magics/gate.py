@@ -1,0 +1,257 @@
+"""The gate in front of debugpy: owns the public debug port, in a small process of its own.
+
+    python -I -S gate.py LISTENER_FD CONTROL_FD
+
+Started by ``bootstrap.py`` (which binds the port and passes it in), never by hand. A bare TCP
+connect and close on a debugpy listener (a port scanner, a health check, a reachability probe)
+makes debugpy's adapter exit while the script waits forever; the gate forwards to debugpy, on
+loopback, only connections that open with a debug-protocol header, and drops the rest.
+
+Being a process of its own, it outlives the script long enough to deliver debugpy's last
+messages (the exit code, ``terminated``), and then ends debugpy's adapter whatever state that is
+in: a client that sent a malformed message can leave the adapter listening for good.
+
+Standard library only; it travels into an Azure ML run's snapshot as ``aml_debug_gate.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+
+DAP_HEADER = b"Content-Length:"
+HANDSHAKE_TIMEOUT = 30.0  # a connection that says nothing for this long is dropped
+EXIT_GRACE = 5.0  # after the script ends, open debug sessions get this long to finish
+ADAPTER_MARKER = "AML_DEBUG_ADAPTER_OF"  # set in the adapter's environment only
+
+
+def say(message: str) -> None:
+    print(f"aml-debug: {message}", flush=True)
+
+
+def find_adapter_pid(marker: str) -> int | None:
+    """The pid of debugpy's adapter, which daemonizes: found by a variable only its env has."""
+    needle = f"{ADAPTER_MARKER}={marker}".encode()
+    try:
+        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as environ:
+                if needle in environ.read().split(b"\0"):
+                    return int(pid)
+        except OSError:
+            continue
+    return None
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _kill(pid: int | None) -> None:
+    """End a process (debugpy's adapter): SIGTERM, then SIGKILL if it lingers."""
+    if pid is None or not _is_running(pid):
+        return
+    for sig, wait in ((signal.SIGTERM, 1.0), (signal.SIGKILL, 1.0)):
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            return
+        until = time.monotonic() + wait
+        while time.monotonic() < until:
+            if not _is_running(pid):
+                return
+            time.sleep(0.02)
+
+
+class DebugGate:
+    """Owns the public debug port; forwards only debug-protocol clients to debugpy on loopback.
+
+    Runs in a process of its own (``--serve-gate``), so it outlives the script long enough to
+    deliver debugpy's last messages, and then ends the adapter whatever state it is in. Anything
+    that does not open with a debug-protocol header (a bare connect and close, an HTTP probe) is
+    closed without debugpy ever seeing it.
+
+    Commands arrive on the control socket, one a line: ``upstream PORT`` (debugpy's loopback
+    port), ``adapter MARKER`` (the value of ``ADAPTER_MARKER`` in the adapter's environment),
+    ``close`` (the deadline passed: close everything now). End of input means the script is
+    over: stop accepting, let open sessions finish, then end the adapter.
+    """
+
+    def __init__(self, listener: socket.socket, control: socket.socket | None = None) -> None:
+        self._listener = listener
+        self._control = control
+        self._control_buffer = b""
+        self._selector = selectors.DefaultSelector()
+        self._upstream_port: int | None = None
+        self._adapter_marker: str | None = None
+        self._pending: dict[socket.socket, tuple[str, bytes, float]] = {}
+        self._waiting: list[tuple[socket.socket, str, bytes]] = []  # spoke before debugpy was up
+        self._peers: dict[socket.socket, socket.socket] = {}
+        self._draining_since: float | None = None
+
+    def serve(self) -> None:
+        self._listener.setblocking(False)
+        self._selector.register(self._listener, selectors.EVENT_READ)
+        if self._control is not None:
+            self._selector.register(self._control, selectors.EVENT_READ)
+        try:
+            while not self._finished():
+                for key, _ in self._selector.select(timeout=0.5):
+                    sock = key.fileobj
+                    if sock is self._control:
+                        self._command()
+                    elif sock is self._listener:
+                        self._accept()
+                    elif sock in self._pending:
+                        self._handshake(sock)
+                    elif sock in self._peers:
+                        self._pump(sock)
+                self._drop_silent()
+        finally:
+            self._shut()
+            if self._adapter_marker:
+                _kill(find_adapter_pid(self._adapter_marker))
+
+    def _finished(self) -> bool:
+        if self._listener.fileno() >= 0 or self._draining_since is None:
+            return False
+        return not self._peers or time.monotonic() - self._draining_since > EXIT_GRACE
+
+    def _command(self) -> None:
+        chunk = self._control.recv(4096) if self._control else b""
+        if not chunk:  # the script ended: no new connections, let sessions finish
+            self._selector.unregister(self._control)
+            self._control = None
+            self._close_listener()
+            self._draining_since = time.monotonic()
+            return
+        self._control_buffer += chunk
+        *lines, self._control_buffer = self._control_buffer.split(b"\n")
+        for line in lines:
+            verb, _, value = line.decode().partition(" ")
+            if verb == "upstream":
+                self._upstream_port = int(value)
+                for conn, who, seen in self._waiting:
+                    self._forward(conn, who, seen)
+                self._waiting.clear()
+            elif verb == "adapter":
+                self._adapter_marker = value
+            elif verb == "close":
+                self._close_listener()
+                self._draining_since = time.monotonic() - EXIT_GRACE - 1
+                for sock in list(self._peers):
+                    self._drop_pair(sock)
+
+    def _close_listener(self) -> None:
+        if self._listener.fileno() >= 0:
+            self._selector.unregister(self._listener)
+            self._listener.close()
+
+    def _shut(self) -> None:
+        for sock in [self._listener, *self._pending, *self._peers]:
+            sock.close()
+        for conn, _, _ in self._waiting:
+            conn.close()
+
+    def _accept(self) -> None:
+        try:
+            conn, (host, port, *_) = self._listener.accept()
+        except OSError:
+            return
+        conn.setblocking(True)
+        self._pending[conn] = (f"{host}:{port}", b"", time.monotonic())
+        self._selector.register(conn, selectors.EVENT_READ)
+
+    def _handshake(self, conn: socket.socket) -> None:
+        who, seen, since = self._pending[conn]
+        chunk = self._recv(conn)
+        seen += chunk
+        if chunk and len(seen) < len(DAP_HEADER) and DAP_HEADER.startswith(seen):
+            self._pending[conn] = (who, seen, since)
+            return
+        del self._pending[conn]
+        self._selector.unregister(conn)
+        if not seen.startswith(DAP_HEADER):
+            if seen:
+                say(f"ignored a connection from {who}: it did not speak the debug protocol")
+            conn.close()
+        elif self._upstream_port is None:
+            self._waiting.append((conn, who, seen))
+        else:
+            self._forward(conn, who, seen)
+
+    def _forward(self, conn: socket.socket, who: str, seen: bytes) -> None:
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self._upstream_port), timeout=10)
+            upstream.settimeout(None)
+            upstream.sendall(seen)
+        except OSError as error:
+            say(f"could not reach the debugger for {who}: {error}")
+            conn.close()
+            return
+        say(f"debugger connected from {who}")
+        self._peers[conn], self._peers[upstream] = upstream, conn
+        self._selector.register(conn, selectors.EVENT_READ)
+        self._selector.register(upstream, selectors.EVENT_READ)
+
+    def _pump(self, sock: socket.socket) -> None:
+        data = self._recv(sock)
+        if data:
+            try:
+                self._peers[sock].sendall(data)
+                return
+            except OSError:
+                pass
+        self._drop_pair(sock)
+
+    def _drop_pair(self, sock: socket.socket) -> None:
+        for end in (sock, self._peers[sock]):
+            self._selector.unregister(end)
+            self._peers.pop(end, None)
+            end.close()
+
+    @staticmethod
+    def _recv(sock: socket.socket) -> bytes:
+        try:
+            return sock.recv(65536)
+        except OSError:
+            return b""
+
+    def _drop_silent(self) -> None:
+        now = time.monotonic()
+        for conn, (_, _, since) in list(self._pending.items()):
+            if now - since > HANDSHAKE_TIMEOUT:
+                del self._pending[conn]
+                self._selector.unregister(conn)
+                conn.close()
+
+
+def main(listener_fd: int, control_fd: int) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C for the script must not cut the log
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # runs serve()'s cleanup
+    listener = socket.socket(fileno=listener_fd)
+    control = socket.socket(fileno=control_fd)
+    DebugGate(listener, control).serve()
+    return 0
+
+
+
+
+if __name__ == "__main__":
+    sys.exit(main(int(sys.argv[1]), int(sys.argv[2])))
