@@ -320,13 +320,6 @@ def node_addresses(bind_host: str) -> list[str]:
 # The gate in front of debugpy: a small process of its own
 
 
-def _hide_from_debugger(thread: threading.Thread) -> threading.Thread:
-    # pydevd skips threads marked as its own; a traced helper thread stalls the attach
-    thread.is_pydev_daemon_thread = True  # type: ignore[attr-defined]
-    thread.daemon = True
-    return thread
-
-
 class GateHandle:
     """The script's side of the gate process (``gate.py``): starts it, tells it what it needs."""
 
@@ -385,6 +378,13 @@ def bind_public_port(address: Address) -> socket.socket:
 
 # ---------------------------------------------------------------------------------------------
 # debugpy, started and stopped
+
+
+def _hide_from_debugger(thread: threading.Thread) -> threading.Thread:
+    # pydevd skips threads marked as its own; a traced helper thread stalls the attach
+    thread.is_pydev_daemon_thread = True  # type: ignore[attr-defined]
+    thread.daemon = True
+    return thread
 
 
 class Debugger:

@@ -202,3 +202,17 @@ def test_runs_as_a_standalone_file_with_only_debugpy_importable(tmp_path, script
     assert "AML_DEBUG v1 announce" in result.stdout
     assert "Debugger attached = False" in result.stdout
     assert "args ['7']" in result.stdout
+
+
+def test_node_addresses_rank_the_default_route_first_and_bridges_last(monkeypatch):
+    """A typical Azure ML node: eth0 on the VNet, a docker bridge, and a hostname that resolves
+    to 127.0.1.1. The interface table is stood in for; the ranking is what is tested."""
+    interfaces = {"lo": "127.0.0.1", "docker0": "172.17.0.1", "eth0": "10.0.0.4",
+                  "eth1": "10.1.0.4"}
+    monkeypatch.setattr(bootstrap.socket, "if_nameindex",
+                        lambda: list(enumerate(interfaces, start=1)))
+    monkeypatch.setattr(bootstrap, "_interface_ipv4", interfaces.get)
+    monkeypatch.setattr(bootstrap, "_default_route_interfaces", lambda: {"eth0"})
+    monkeypatch.setattr(bootstrap.socket, "gethostbyname_ex",
+                        lambda name: (name, [], ["127.0.1.1", "10.1.0.4"]))
+    assert bootstrap.node_addresses("0.0.0.0") == ["10.0.0.4", "10.1.0.4", "172.17.0.1"]
