@@ -361,6 +361,8 @@ def bind_public_port(address: Address) -> socket.socket:
     """Bind the debug port now, so a port in use is a clear error before anything starts."""
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
+    if os.name == "posix":  # rebind a port the last step just closed (TIME_WAIT); never shares
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         listener.bind((address.host, address.port))
         listener.listen(16)

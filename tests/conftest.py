@@ -87,3 +87,35 @@ def run_bootstrap(*args: str, cwd: Path | None = None, env=None, timeout: float 
         [sys.executable, "-m", "aml_debug_magics.bootstrap", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+def children_of(pid: int | None = None) -> list[int]:
+    """Live (not zombie) processes whose parent is ``pid`` (default: this test process)."""
+    parent = str(pid or os.getpid())
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == parent and fields[0] not in ("Z", "X"):
+            found.append(int(entry))
+    return found
+
+
+@pytest.fixture
+def ip(tmp_path, monkeypatch):
+    """A fresh IPython shell in an empty folder, with the extension loaded, as a user has it."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    monkeypatch.chdir(tmp_path)
+    config = Config()
+    config.HistoryAccessor.enabled = False  # avoids "too many open files" across tests
+    InteractiveShell.clear_instance()
+    shell = InteractiveShell.instance(config=config)
+    shell.run_line_magic("load_ext", "aml_debug_magics")
+    yield shell
+    shell.run_line_magic("unload_ext", "aml_debug_magics")
+    InteractiveShell.clear_instance()

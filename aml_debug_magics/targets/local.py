@@ -12,17 +12,25 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aml_debug_magics.announce import Announcement, AttachOutcome, LogReader
+from aml_debug_magics.session import Status
+from aml_debug_magics.steps import DataFolder, StepSpec
+
+if TYPE_CHECKING:
+    from aml_debug_magics.session import DebugRequest, DebugSession
 
 LOG_LINES_KEPT = 200
 
 
 class LocalProcess:
-    """One script under the bootstrap on this machine, its output read line by line.
+    """One script under the bootstrap on this machine (``debug=False``: plain python), its
+    output read line by line.
 
     ``on_line`` receives every output line; ``on_news`` every announcement or attach outcome the
     lines carry. Both are called from the reader thread.
@@ -38,27 +46,29 @@ class LocalProcess:
         port: int = 0,
         on_timeout: str = "continue",
         just_my_code: bool = True,
+        connect: str | None = None,
+        ranks: str = "0",
+        debug: bool = True,
         env: dict[str, str] | None = None,
         python: str = sys.executable,
         on_line: Callable[[str], None] | None = None,
         on_news: Callable[[Announcement | AttachOutcome], None] | None = None,
     ) -> None:
-        self.command = [
-            python,
-            "-u",
+        where = ["--connect", connect] if connect else ["--listen", f"127.0.0.1:{port}"]
+        bootstrap = [
             "-m",
             "aml_debug_magics.bootstrap",
-            "--listen",
-            f"127.0.0.1:{port}",
+            *where,
             "--timeout",
             f"{timeout:g}",
             "--on-timeout",
             on_timeout,
+            "--ranks",
+            ranks,
             "--just-my-code" if just_my_code else "--no-just-my-code",
             "--",
-            str(script),
-            *args,
         ]
+        self.command = [python, "-u", *(bootstrap if debug else []), str(script), *args]
         self.cwd = Path(cwd) if cwd else Path.cwd()
         self.env = {**os.environ, **(env or {})}
         self.env["PYTHONPATH"] = os.pathsep.join(
@@ -135,3 +145,100 @@ class LocalProcess:
         except subprocess.TimeoutExpired:
             os.killpg(self._process.pid, signal.SIGKILL)
             self._process.wait()
+
+
+class LocalPipelineTarget:
+    """Runs a session's steps one after another on this machine, in dependency order.
+
+    Each step runs in its source directory with its arguments and its runconfig's environment;
+    the steps chosen for debugging run under the bootstrap. What steps pass to each other (a
+    ``PipelineData``, an ``OutputFileDatasetConfig``) is a folder under ``data_root``, kept after
+    the session so the user can look at it. A failed step stops the steps after it.
+    """
+
+    def __init__(self, request: DebugRequest, *, data_root: Path | None = None) -> None:
+        self.request = request
+        self.data_root = data_root or Path(tempfile.mkdtemp(prefix="aml_debug_data_"))
+        self._current: LocalProcess | None = None
+        self._stopping = threading.Event()
+        self._runner: threading.Thread | None = None
+
+    def start(self, events: DebugSession) -> None:
+        if any(step.writes for step in self.request.steps):
+            events.target_note(f"data passed between steps: {self.data_root}")
+        self._runner = threading.Thread(
+            target=self._run_all, args=(events,), name="aml-debug-local-steps", daemon=True
+        )
+        self._runner.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        current = self._current
+        if current is not None:
+            current.stop()
+        if self._runner is not None and self._runner is not threading.current_thread():
+            self._runner.join(timeout=15)
+
+    def folder_of(self, data: DataFolder) -> Path:
+        return self.data_root / data.name
+
+    def _run_all(self, events: DebugSession) -> None:
+        failed_step = None
+        for step in self.request.steps:
+            if self._stopping.is_set():
+                return
+            if failed_step is not None:
+                events.step_status(step.name, Status.NOT_RUN, f"step {failed_step!r} failed")
+                continue
+            code = self._run_one(step, events)
+            if self._stopping.is_set():
+                return
+            if code == 0:
+                events.step_status(step.name, Status.FINISHED, exit_code=0)
+            else:
+                failed_step = step.name
+                events.step_status(step.name, Status.FAILED, _exit_detail(code), exit_code=code)
+        events.target_done(failed=failed_step is not None)
+
+    def _run_one(self, step: StepSpec, events: DebugSession) -> int:
+        for data in step.writes:
+            self.folder_of(data).mkdir(parents=True, exist_ok=True)
+        arguments = [
+            str(self.folder_of(a)) if isinstance(a, DataFolder) else a for a in step.arguments
+        ]
+        environment = dict(step.environment)
+        for data in [*step.reads, *step.writes]:
+            environment[f"AZUREML_DATAREFERENCE_{data.name}"] = str(self.folder_of(data))
+        events.step_status(step.name, Status.STARTING if step.debug else Status.RUNNING)
+        process = LocalProcess(
+            step.script,
+            arguments,
+            cwd=step.source_directory,
+            timeout=self.request.timeout,
+            port=self.request.port,
+            connect=self.request.connect,
+            ranks=self.request.ranks,
+            just_my_code=self.request.just_my_code,
+            debug=step.debug,
+            env=environment,
+            on_line=lambda line: events.step_output(step.name, line),
+            on_news=lambda news: events.step_news(step.name, news),
+        )
+        self._current = process
+        try:
+            process.start()
+        except OSError as error:
+            events.step_output(step.name, f"cannot start {process.command[0]}: {error}")
+            return 127
+        if self._stopping.is_set():  # stop() came between the check and the start
+            process.stop()
+        return process.wait()
+
+
+def _exit_detail(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"

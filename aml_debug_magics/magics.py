@@ -1,0 +1,172 @@
+"""The magics: parse what the user typed, hand a typed request to a session, show it.
+
+No Azure calls, no threads and no JSON here; errors a user can fix become one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import Bool, Enum, Float, Int, Unicode
+
+from aml_debug_magics.errors import DebugInputError
+
+TARGETS = ("local", "azureml")
+
+
+def one_line_errors(magic: Callable[..., Any]) -> Callable[..., Any]:
+    """Expected errors become IPython's one-line UsageError, never a traceback."""
+
+    @functools.wraps(magic)
+    def wrapper(self: AmlDebugMagics, line: str) -> Any:
+        try:
+            return magic(self, line)
+        except DebugInputError as error:
+            raise UsageError(str(error)) from None
+
+    return wrapper
+
+
+def session_options(magic: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every debugging magic shares."""
+    for decorator in reversed([
+        argument("--target", choices=TARGETS, help="where to run: local (this machine, the "
+                 "default) or azureml"),
+        argument("--timeout", type=float, help="seconds to wait for a debugger before the "
+                 "script runs on without one (default: AmlDebugMagics.timeout, 300)"),
+        argument("--port", type=int, help="debug port on 127.0.0.1 (default 0: any free port)"),
+        argument("--connect", metavar="HOST:PORT", help="connect out to a VS Code that listens "
+                 "there instead of opening a port"),
+        argument("--ranks", default="0", help="which ranks of a distributed step wait for a "
+                 "debugger: 0 (default), all, or 0,2"),
+        argument("--write-launch-json", action="store_true", help="write each attach config "
+                 "into .vscode/launch.json as soon as it is known (a backup is kept)"),
+        argument("--stop", action="store_true", help="stop the running session and exit"),
+    ]):
+        magic = decorator(magic)
+    return magic
+
+
+@magics_class
+class AmlDebugMagics(Magics):
+    """Debug Azure ML pipeline steps and scripts, on this machine or on Azure ML compute."""
+
+    timeout = Float(300.0, help="Seconds to wait for a debugger to attach.").tag(config=True)
+    port = Int(0, help="Debug port for the local target; 0 picks a free one.").tag(config=True)
+    target = Enum(TARGETS, default_value="local", help="Where steps run.").tag(config=True)
+    just_my_code = Bool(True, help="Step through your own code only.").tag(config=True)
+    launch_json = Unicode(
+        ".vscode/launch.json", help="The launch.json the panel writes into."
+    ).tag(config=True)
+    view = Enum(
+        ("auto", "widgets", "text"), default_value="auto",
+        help="How sessions show: widgets in notebooks, text in a terminal (auto).",
+    ).tag(config=True)
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        if shell is not None and getattr(shell, "config", None) is not None:
+            self.update_config(shell.config)
+
+    # -- %aml_debug_pipeline --------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("pipeline", help="a variable holding an Azure ML Pipeline, a list of steps, or "
+              "one PythonScriptStep")
+    @argument("--step", action="append", metavar="NAME", help="a step to debug (repeat for "
+              "more; default: every PythonScriptStep); the others run without a debugger")
+    @session_options
+    @line_magic
+    @one_line_errors
+    def aml_debug_pipeline(self, line: str) -> None:
+        """Run a pipeline's steps with a debugger waiting in the chosen ones.
+
+        On the local target the steps run here, one after another in dependency order, each in
+        its source_directory; PipelineData and OutputFileDatasetConfig become local folders.
+        The panel shows where to attach and how long is left.
+
+        Example: %aml_debug_pipeline my_pipeline --step train --timeout 300
+        """
+        from aml_debug_magics import steps
+
+        args = self._parse(self.aml_debug_pipeline, line)
+        if args.stop:
+            return self._stop("pipeline")
+        pipeline = self._variable(args.pipeline)
+        found = steps.steps_of(pipeline, args.pipeline)
+        debugged = steps.pick_steps(found, args.step)
+        specs = steps.read_steps(
+            found, debugged, base_directory=Path.cwd(), target=args.target or self.target
+        )
+        self._open("pipeline", f"%aml_debug_pipeline {args.pipeline}", specs, args)
+
+    # -- %aml_debug_run -------------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("command", nargs=argparse.REMAINDER, metavar="SCRIPT [ARGS...] | CONFIG",
+              help="a script and its arguments, or a variable holding a ScriptRunConfig "
+              "(options go before it)")
+    @session_options
+    @line_magic
+    @one_line_errors
+    def aml_debug_run(self, line: str) -> None:
+        """Run one script with a debugger waiting, as Azure ML's local run would, without Docker.
+
+        Example: %aml_debug_run --timeout 120 train.py --epochs 3
+        """
+        from aml_debug_magics import steps
+
+        args = self._parse(self.aml_debug_run, line)
+        if args.stop:
+            return self._stop("run")
+        if not args.command:
+            raise DebugInputError("give a script (and its arguments) or a ScriptRunConfig variable")
+        first, rest = args.command[0], args.command[1:]
+        if first.isidentifier() and first in self.shell.user_ns and not rest:
+            spec = steps.read_script_run(self._variable(first), first, base_directory=Path.cwd())
+        else:
+            spec = steps.script_spec(first, rest, base_directory=Path.cwd())
+        self._open("run", f"%aml_debug_run {shlex.join(args.command)}", [spec], args)
+
+    # -- shared ---------------------------------------------------------------------------
+
+    def _parse(self, magic: Callable[..., Any], line: str) -> argparse.Namespace:
+        return parse_argstring(magic, line)
+
+    def _variable(self, name: str) -> Any:
+        if name not in self.shell.user_ns:
+            raise DebugInputError(f"no variable named {name!r} in this notebook: define it first")
+        return self.shell.user_ns[name]
+
+    def _stop(self, kind: str) -> None:
+        from aml_debug_magics.session import stop_session
+
+        if not stop_session(kind):
+            print(f"no %aml_debug_{kind} session is running")
+
+    def _open(self, kind: str, title: str, specs: list, args: argparse.Namespace) -> None:
+        from aml_debug_magics.session import DebugRequest, open_session
+        from aml_debug_magics.ui import make_view
+
+        request = DebugRequest(
+            title=title,
+            steps=specs,
+            target=args.target or self.target,
+            timeout=self.timeout if args.timeout is None else args.timeout,
+            port=self.port if args.port is None else args.port,
+            connect=args.connect,
+            ranks=args.ranks,
+            just_my_code=self.just_my_code,
+            launch_json=Path(os.path.expanduser(self.launch_json)),
+            write_launch_json=args.write_launch_json,
+        )
+        open_session(kind, request, make_view(self.view))

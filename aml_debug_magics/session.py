@@ -1,0 +1,347 @@
+"""A debug session: one target, the rows it reports on, one view, and their lifecycle.
+
+Data flows one way: a target runs the steps and reports what happens (``step_status``,
+``step_news``, ``step_output``) from its own threads; the session keeps one :class:`StepRow` per
+step and rank and hands changed rows to its view. The view calls back only for the user's
+buttons (stop, write launch.json). A target never touches a widget; the view never touches a
+target.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+from aml_debug_magics.announce import Announcement, AttachOutcome
+from aml_debug_magics.errors import DebugInputError
+from aml_debug_magics.steps import StepSpec
+
+LINES_SHOWN = 40
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    STARTING = "starting"
+    WAITING = "waiting for debugger"
+    ATTACHED = "attached"
+    RUNNING = "running"
+    TIMED_OUT = "timed out and continued"
+    FINISHED = "finished"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    NOT_RUN = "not run"
+
+
+ENDED = frozenset({Status.FINISHED, Status.FAILED, Status.STOPPED, Status.NOT_RUN})
+
+
+@dataclass
+class StepRow:
+    """What the panel shows for one step (and rank)."""
+
+    step: str
+    debugged: bool
+    local_root: Path
+    rank: int = 0
+    status: Status = Status.QUEUED
+    announcement: Announcement | None = None
+    attached: bool = False
+    exit_code: int | None = None
+    detail: str = ""
+    last_lines: collections.deque[str] = field(
+        default_factory=lambda: collections.deque(maxlen=LINES_SHOWN)
+    )
+
+    @property
+    def label(self) -> str:
+        return self.step if self.rank == 0 else f"{self.step} (rank {self.rank})"
+
+    @property
+    def address(self) -> str:
+        """``host:port`` to attach to, or an empty string before the step announced itself."""
+        if self.announcement is None:
+            return ""
+        return f"{self.announcement.addresses[0]}:{self.announcement.port}"
+
+    def seconds_left(self, now: float) -> float | None:
+        """Time left to attach, computed from the deadline (None when nobody is waited for)."""
+        if self.status != Status.WAITING or self.announcement is None:
+            return None
+        return self.announcement.seconds_left(now)
+
+    def attach_config(self) -> dict[str, Any] | None:
+        if self.announcement is None:
+            return None
+        from aml_debug_magics.launch import attach_config
+
+        return attach_config(self.announcement, self.local_root)
+
+
+class Target(Protocol):
+    """Runs the session's steps somewhere and reports to ``events``; ``stop`` ends them all."""
+
+    def start(self, events: DebugSession) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class View(Protocol):
+    def show(self, session: DebugSession) -> None: ...
+
+    def refresh(self, row: StepRow | None) -> None: ...  # None: the session's own state
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class DebugRequest:
+    """What a magic asks for, checked and typed."""
+
+    title: str
+    steps: list[StepSpec]
+    target: str = "local"
+    timeout: float = 300.0
+    port: int = 0
+    connect: str | None = None
+    ranks: str = "0"
+    just_my_code: bool = True
+    launch_json: Path = Path(".vscode/launch.json")
+    write_launch_json: bool = False
+
+
+class DebugSession:
+    """Rows, a target and a view, tied together; thread-safe for the target's reports."""
+
+    def __init__(
+        self,
+        request: DebugRequest,
+        target: Target,
+        view: View,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.request = request
+        self.title = request.title
+        self.clock = clock
+        self.rows: list[StepRow] = [
+            StepRow(step=s.name, debugged=s.debug, local_root=s.source_directory)
+            for s in request.steps
+        ]
+        self.state = "starting"
+        self.note = ""  # a standing fact from the target, e.g. where step data goes
+        self.message = ""  # the answer to the user's last button
+        self._target = target
+        self.view = view
+        self._lock = threading.RLock()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> DebugSession:
+        self.view.show(self)
+        try:
+            self._target.start(self)
+        except BaseException:
+            self.stop()
+            raise
+        with self._lock:
+            if self.state == "starting":
+                self.state = "running"
+        self.view.refresh(None)
+        return self
+
+    def stop(self) -> None:
+        """End the session's processes and close its ports; rows still running say stopped."""
+        self._target.stop()
+        with self._lock:
+            for row in self.rows:
+                if row.status not in ENDED:
+                    row.status = Status.STOPPED
+                    row.detail = "stopped from the notebook"
+                    self.view.refresh(row)
+            if self.state in ("starting", "running"):
+                self.state = "stopped"
+        self.view.refresh(None)
+        self.view.close()
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("starting", "running")
+
+    # -- what a target reports ------------------------------------------------------------
+
+    def row(self, step: str, rank: int = 0) -> StepRow:
+        with self._lock:
+            for row in self.rows:
+                if row.step == step and row.rank == rank:
+                    return row
+            first = next(r for r in self.rows if r.step == step)
+            row = StepRow(step, first.debugged, first.local_root, rank=rank)
+            self.rows.insert(self.rows.index(first) + rank, row)
+            return row
+
+    def step_status(
+        self, step: str, status: Status, detail: str = "", exit_code: int | None = None
+    ) -> None:
+        with self._lock:
+            rows = [r for r in self.rows if r.step == step] or [self.row(step)]
+            for row in rows:
+                if row.status == Status.STOPPED:
+                    continue
+                keep = status == Status.FINISHED and row.status in ENDED
+                if not keep:
+                    row.status = status
+                    row.detail = detail
+                    row.exit_code = exit_code
+                self.view.refresh(row)
+
+    def step_news(self, step: str, news: Announcement | AttachOutcome) -> None:
+        with self._lock:
+            row = self.row(step, news.rank)
+            if isinstance(news, Announcement):
+                row.announcement = news
+                row.status = Status.WAITING
+                row.detail = ""
+            elif news.attached:
+                row.attached = True
+                row.status = Status.ATTACHED
+            else:
+                row.status = Status.TIMED_OUT
+                row.detail = "no debugger attached in time; the script runs on without one"
+            self.view.refresh(row)
+        if isinstance(news, Announcement) and self.request.write_launch_json:
+            self.write_launch_json(row)
+
+    def target_note(self, note: str) -> None:
+        self.note = note
+        self.view.refresh(None)
+
+    def step_output(self, step: str, line: str) -> None:
+        with self._lock:
+            self.row(step).last_lines.append(line)
+
+    def target_done(self, failed: bool) -> None:
+        with self._lock:
+            if self.state in ("starting", "running"):
+                self.state = "failed" if failed else "finished"
+        self.view.refresh(None)
+        self.view.close()
+
+    # -- what the user's buttons ask for ---------------------------------------------------
+
+    def write_launch_json(self, row: StepRow | None = None) -> str:
+        """Merge the attach config of ``row`` (default: every announced row) into launch.json."""
+        from aml_debug_magics.launch import LaunchJsonError, merge_into_launch_json
+
+        rows = [row] if row else [r for r in self.rows if r.announcement]
+        configs = [c for c in (r.attach_config() for r in rows) if c]
+        if not configs:
+            return "nothing to write yet: no step has said where to attach"
+        try:
+            result = merge_into_launch_json(self.request.launch_json, configs)
+        except (LaunchJsonError, OSError) as error:
+            self.message = f"launch.json not written: {error}"
+        else:
+            backup = f" (backup: {result.backup.name})" if result.backup else ""
+            names = ", ".join(repr(n) for n in [*result.replaced, *result.added])
+            self.message = f"wrote {names} to {result.path.resolve()}{backup}"
+        self.view.refresh(None)
+        return self.message
+
+
+# ---------------------------------------------------------------------------------------------
+# Opening sessions: one per magic at a time
+
+
+_live: dict[str, DebugSession] = {}
+_live_lock = threading.Lock()
+
+
+def check_port_free(port: int, host: str = "127.0.0.1") -> None:
+    """Raise a one-line error when ``port`` cannot be bound (0 means any port: always fine)."""
+    if port == 0:
+        return
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            raise DebugInputError(
+                f"port {port} is in use on {host}: pick another with --port, or --port 0 for "
+                "any free port"
+            ) from None
+
+
+def check_request(request: DebugRequest) -> None:
+    if not request.timeout > 0:
+        raise DebugInputError(f"--timeout must be more than 0 seconds (got {request.timeout:g})")
+    if not 0 <= request.port <= 65535:
+        raise DebugInputError(f"--port must be between 0 and 65535 (got {request.port})")
+    if not any(s.debug for s in request.steps):
+        raise DebugInputError("no step to debug: name one with --step")
+    if request.connect is None:
+        check_port_free(request.port)
+
+
+def make_target(request: DebugRequest) -> Target:
+    if request.target == "local":
+        from aml_debug_magics.targets.local import LocalPipelineTarget
+
+        return LocalPipelineTarget(request)
+    raise DebugInputError(
+        f"the {request.target} target is not available in this version: use --target local"
+    )
+
+
+def open_session(
+    kind: str,
+    request: DebugRequest,
+    view: View,
+    *,
+    target: Target | None = None,
+    clock: Callable[[], float] = time.time,
+) -> DebugSession:
+    """Check ``request``, stop the previous session of this ``kind``, start a new one."""
+    check_request(request)
+    chosen = target or make_target(request)
+    stop_session(kind)
+    session = DebugSession(request, chosen, view, clock=clock)
+    with _live_lock:
+        _live[kind] = session
+    try:
+        session.start()
+    except BaseException:
+        with _live_lock:
+            _live.pop(kind, None)
+        raise
+    return session
+
+
+def current_session(kind: str) -> DebugSession | None:
+    """The session the magic ``kind`` (``pipeline``, ``run``, ``deploy``) started last."""
+    with _live_lock:
+        return _live.get(kind)
+
+
+def stop_session(kind: str) -> bool:
+    with _live_lock:
+        session = _live.pop(kind, None)
+    if session is None:
+        return False
+    session.stop()
+    return True
+
+
+def stop_all() -> None:
+    for kind in list(_live):
+        stop_session(kind)
+
+
+atexit.register(stop_all)

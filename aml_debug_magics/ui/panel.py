@@ -1,0 +1,212 @@
+"""The live panel: a row per step (and rank) with status, host:port, countdown and buttons.
+
+Built from stock ipywidgets plus the anywidget copy button. The countdown is computed from the
+attach deadline on every tick of the one shared ticker thread. The panel's plain-text stand-in
+(for front ends that cannot render widgets) is refreshed whenever a status changes.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ipywidgets as widgets
+from IPython.display import display
+
+from aml_debug_magics.session import DebugSession, Status, StepRow
+from aml_debug_magics.ui.copy_button import CopyButton
+from aml_debug_magics.ui.text import format_left, session_text
+from aml_debug_magics.ui.ticker import TICKER, Ticker
+
+STATUS_COLOURS = {
+    Status.WAITING: "#b26a00",
+    Status.ATTACHED: "#1a7f37",
+    Status.FINISHED: "#1a7f37",
+    Status.FAILED: "#cf222e",
+    Status.TIMED_OUT: "#9a6700",
+    Status.STOPPED: "#57606a",
+    Status.NOT_RUN: "#57606a",
+}
+COPY_RESULTS = {
+    "copied": "Attach config copied: paste it into .vscode/launch.json's configurations",
+    "copied (fallback)": "Attach config copied: paste it into .vscode/launch.json's configurations",
+    "failed": "The browser refused the clipboard: select the configuration below and copy it",
+}
+
+
+def _pre(text: str) -> str:
+    return (
+        '<pre style="user-select:text;margin:2px 0;padding:4px;font-size:12px;'
+        f'background:var(--jp-layout-color2,#f6f8fa)">{html.escape(text, quote=False)}</pre>'
+    )
+
+
+class RowWidgets:
+    """The widgets of one row; ``update`` copies a StepRow's facts into them."""
+
+    def __init__(self, row: StepRow, panel: PanelView) -> None:
+        self.row = row
+        self.name = widgets.HTML(f"<b>{html.escape(row.label)}</b>", layout={"width": "120px"})
+        self.status = widgets.HTML(layout={"width": "190px"})
+        self.address = widgets.HTML(layout={"width": "160px"})
+        self.countdown = widgets.Label(layout={"width": "90px"})
+        self.attached = widgets.Label(layout={"width": "130px"})
+        self.copy = CopyButton()
+        self.copy.observe(panel.copy_reported, names="clicks")
+        self.write = widgets.Button(
+            description="Write to .vscode/launch.json", disabled=True, layout={"width": "auto"}
+        )
+        self.write.on_click(lambda _: panel.session.write_launch_json(self.row))
+        self.show_output = widgets.ToggleButton(description="Output", value=False)
+        self.show_output.observe(lambda _: self.update_lines(), names="value")
+        self.config = widgets.HTML()
+        self.lines = widgets.HTML(layout={"display": "none"})
+        self.detail = widgets.HTML()
+        for part, css in (
+            (self.status, "aml-debug-status"),
+            (self.address, "aml-debug-address"),
+            (self.countdown, "aml-debug-countdown"),
+            (self.attached, "aml-debug-attached"),
+            (self.write, "aml-debug-write"),
+            (self.show_output, "aml-debug-output"),
+            (self.config, "aml-debug-config"),
+        ):
+            part.add_class(css)
+        line = widgets.HBox(
+            [self.name, self.status, self.address, self.countdown, self.attached,
+             self.copy, self.write, self.show_output],
+            layout={"align_items": "center", "flex_flow": "row wrap"},
+        )
+        self.box = widgets.VBox([line, self.detail, self.config, self.lines])
+        self.box.add_class("aml-debug-row")
+
+    def update(self, now: float) -> None:
+        row = self.row
+        colour = STATUS_COLOURS.get(row.status, "inherit")
+        self.status.value = f'<span style="color:{colour}">{html.escape(str(row.status))}</span>'
+        if row.address:
+            self.address.value = f"<code>{html.escape(row.address)}</code>"
+        else:
+            self.address.value = "" if row.debugged else "<i>no debugger</i>"
+        self.attached.value = "debugger attached" if row.attached else ""
+        self.detail.value = f"<small>{html.escape(row.detail)}</small>" if row.detail else ""
+        config = row.attach_config()
+        text = json.dumps(config, indent=4) if config else ""
+        self.copy.text = text
+        self.write.disabled = config is None
+        self.config.value = _pre(text) if config and row.status not in (Status.FINISHED,) else ""
+        self.tick(now)
+        self.update_lines()
+
+    def tick(self, now: float) -> None:
+        self.countdown.value = format_left(self.row.seconds_left(now))
+
+    def update_lines(self) -> None:
+        if not self.show_output.value:
+            self.lines.layout.display = "none"
+            return
+        self.lines.layout.display = None
+        text = "\n".join(self.row.last_lines) or "(no output yet)"
+        self.lines.value = _pre(text)
+
+
+class PanelView:
+    """A session's panel in a notebook."""
+
+    def __init__(
+        self, *, clock: Callable[[], float] | None = None, ticker: Ticker = TICKER
+    ) -> None:
+        self._clock = clock
+        self._ticker = ticker
+        self._lock = threading.RLock()
+        self.session: DebugSession | None = None
+        self.rows: list[RowWidgets] = []
+        self.header = widgets.HTML()
+        self.message = widgets.HTML()
+        self.message.add_class("aml-debug-message")
+        self.stop_button = widgets.Button(description="Stop", button_style="danger")
+        self.stop_button.add_class("aml-debug-stop")
+        self.stop_button.on_click(lambda _: self.session and self.session.stop())
+        self.body = widgets.VBox()
+        self.widget = widgets.VBox(
+            [self.header, self.body, widgets.HBox([self.stop_button, self.message])]
+        )
+        self.widget.add_class("aml-debug-panel")
+        self._handle: Any = None
+        self._statuses: tuple = ()
+
+    def now(self) -> float:
+        clock = self._clock or (self.session.clock if self.session else time.time)
+        return clock()
+
+    def show(self, session: DebugSession) -> None:
+        self.session = session
+        for row in session.rows:
+            self._widgets_for(row)
+        self.refresh(None)
+        self._handle = display(self, display_id=True)
+        self._ticker.add(self)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        if self.session is not None:
+            bundle["text/plain"] = session_text(self.session, self.now())
+        return bundle
+
+    def _widgets_for(self, row: StepRow) -> RowWidgets:
+        with self._lock:
+            for existing in self.rows:
+                if existing.row is row:
+                    return existing
+            made = RowWidgets(row, self)
+            made.update(self.now())
+            self.rows.append(made)
+            order = {id(r): i for i, r in enumerate(self.session.rows)}
+            self.rows.sort(key=lambda w: order.get(id(w.row), len(order)))
+            self.body.children = [w.box for w in self.rows]
+            return made
+
+    def refresh(self, row: StepRow | None) -> None:
+        session = self.session
+        if session is None:
+            return
+        if row is not None:
+            self._widgets_for(row).update(self.now())
+        state = html.escape(session.state)
+        note = f"<br><small>{html.escape(session.note)}</small>" if session.note else ""
+        self.header.value = (
+            f"<b>{html.escape(session.title)}</b> · {state} · {session.request.target} target"
+            + note
+        )
+        self.message.value = html.escape(session.message)
+        self.stop_button.disabled = not session.active
+        statuses = (session.state, *((r.status, r.address) for r in session.rows))
+        if self._handle is not None and statuses != self._statuses:
+            self._statuses = statuses
+            self._handle.update(self)  # keeps the plain-text stand-in current
+
+    def tick(self) -> bool:
+        now = self.now()
+        with self._lock:
+            rows = list(self.rows)
+        for row_widgets in rows:
+            row_widgets.tick(now)
+            row_widgets.update_lines()
+        return self.session is not None and self.session.active
+
+    def copy_reported(self, change: dict[str, Any]) -> None:
+        result = change["owner"].result
+        if self.session is not None:
+            self.session.message = COPY_RESULTS.get(result, result)
+            self.refresh(None)
+
+    def close(self) -> None:
+        """The session ended: the countdowns stop (the panel stays, with the final state)."""
+        self._ticker.remove(self)
+        now = self.now()
+        for row_widgets in list(self.rows):
+            row_widgets.update(now)

@@ -1,0 +1,104 @@
+"""The session's facts as plain text: for terminal IPython, and under the widget panel.
+
+Lines print when something changes (a status, an address, a message), never on a countdown tick.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+from aml_debug_magics.session import DebugSession, Status, StepRow
+
+LINES_ON_FAILURE = 10
+
+
+def format_left(seconds: float | None) -> str:
+    """``4:05 left`` style countdown text; empty when nothing is being waited for."""
+    if seconds is None:
+        return ""
+    whole = int(seconds + 0.5)
+    return f"{whole // 60}:{whole % 60:02d} left"
+
+
+def row_line(row: StepRow, now: float) -> str:
+    """One line with what a row shows: status, where to attach, time left, why it ended."""
+    parts = [f"[{row.label}] {row.status}"]
+    if row.address and row.status in (Status.WAITING, Status.ATTACHED):
+        verb = "listen on" if row.announcement.mode == "connect" else "attach to"
+        parts.append(f"{verb} {row.address}")
+    elif not row.debugged:
+        parts.append("(no debugger)")
+    deadline = row.announcement.attach_deadline if row.announcement else None
+    if row.status == Status.WAITING and deadline:
+        clock_time = time.strftime("%H:%M:%S", time.localtime(deadline))
+        parts.append(f"until {clock_time} ({format_left(row.seconds_left(now))})")
+    if row.detail:
+        parts.append(f"- {row.detail}")
+    return " ".join(parts)
+
+
+def session_text(session: DebugSession, now: float) -> str:
+    """Every fact of the session, as the panel's plain-text stand-in."""
+    lines = [f"{session.title}: {session.state}"]
+    if session.note:
+        lines.append(session.note)
+    for row in session.rows:
+        lines.append(row_line(row, now))
+        config = row.attach_config() if row.status == Status.WAITING else None
+        if config:
+            lines.append(json.dumps(config, indent=4))
+    if session.message:
+        lines.append(session.message)
+    return "\n".join(lines)
+
+
+class TextView:
+    """Prints a session's changes as lines; the attach config once per announcement."""
+
+    def __init__(
+        self, *, clock: Callable[[], float] | None = None, write: Callable[[str], None] = print
+    ) -> None:
+        self._clock = clock or time.time
+        self._write = write
+        self._session: DebugSession | None = None
+        self._shown: dict[tuple[str, int], tuple] = {}
+        self._state = ""
+        self._message = ""
+
+    def show(self, session: DebugSession) -> None:
+        self._session = session
+        self._clock = session.clock if session.clock else self._clock
+        debugged = ", ".join(r.label for r in session.rows if r.debugged)
+        self._write(f"{session.title}: debugging {debugged} on the {session.request.target} target")
+        self._note = ""
+
+    def refresh(self, row: StepRow | None) -> None:
+        session = self._session
+        if session is None:
+            return
+        if row is None:
+            if session.state != self._state and session.state != "starting":
+                self._state = session.state
+                self._write(f"{session.title}: {session.state}")
+            if session.note and session.note != self._note:
+                self._note = session.note
+                self._write(session.note)
+            if session.message and session.message != self._message:
+                self._message = session.message
+                self._write(session.message)
+            return
+        facts = (row.status, row.address, row.attached, row.detail)
+        if self._shown.get((row.step, row.rank)) == facts:
+            return
+        self._shown[(row.step, row.rank)] = facts
+        self._write(row_line(row, self._clock()))
+        if row.status == Status.WAITING and (config := row.attach_config()):
+            self._write("VS Code attach configuration:\n" + json.dumps(config, indent=4))
+        if row.status == Status.FAILED and row.last_lines:
+            tail = list(row.last_lines)[-LINES_ON_FAILURE:]
+            self._write("\n".join(f"    {line}" for line in tail))
+
+    def close(self) -> None:
+        self._session = None if self._session and not self._session.active else self._session
