@@ -145,16 +145,17 @@ class DebugSession:
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> DebugSession:
-        self.view.show(self)
+        """Show the view and start the target; an interrupt on the way stops everything."""
         try:
+            self.view.show(self)
             self._target.start(self)
+            with self._lock:
+                if self.state == "starting":
+                    self.state = "running"
+            self.view.refresh(None)
         except BaseException:
             self.stop()
             raise
-        with self._lock:
-            if self.state == "starting":
-                self.state = "running"
-        self.view.refresh(None)
         return self
 
     def stop(self) -> None:

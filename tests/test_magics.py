@@ -297,3 +297,23 @@ def test_loading_the_extension_imports_nothing_heavy():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_an_interrupt_while_the_magic_runs_leaves_nothing_behind(ip, tmp_path, monkeypatch):
+    """Ctrl-C is simulated where it can land: inside the magic, once the step's process exists."""
+    from aml_debug_magics.ui.text import TextView
+
+    (tmp_path / "job.py").write_text("print('hi')\n")
+    real_refresh = TextView.refresh
+
+    def interrupted(self, row):
+        real_refresh(self, row)
+        if row is None and self._session.state == "running":
+            wait_for(children_of, 30, "the step's process to start")
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(TextView, "refresh", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ip.run_line_magic("aml_debug_run", "--timeout 60 job.py")
+    assert current_session("run") is None
+    assert children_of() == []
