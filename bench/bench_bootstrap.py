@@ -52,33 +52,40 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def time_to_attachable(command: list[str], port: int, env: dict[str, str]) -> tuple[float, float]:
-    """Seconds until a TCP connect succeeds, and until ``initialize`` is answered."""
+def initialize_answered(port: int, start: float, what: str) -> tuple[float, float]:
+    """Seconds since ``start`` until a TCP connect to ``port`` succeeds, and until a debug
+    adapter answers ``initialize`` there."""
     body = json.dumps({"seq": 1, "type": "request", "command": "initialize",
                        "arguments": {"adapterID": "debugpy", "clientID": "bench"}}).encode()
+    while True:
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            break
+        except ConnectionRefusedError:
+            if time.perf_counter() - start > 30:
+                raise RuntimeError(f"never listened: {what}") from None
+            time.sleep(0.002)
+    connected = time.perf_counter() - start
+    with sock:
+        # a real client speaks at once: a silent connect would end a bare debugpy listener
+        sock.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        received = b""
+        while b'"initialize"' not in received:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise RuntimeError(f"closed before answering: {what}")
+            received += chunk
+    return connected, time.perf_counter() - start
+
+
+def time_to_attachable(command: list[str], port: int, env: dict[str, str]) -> tuple[float, float]:
+    """Seconds from starting ``command`` until a TCP connect succeeds, and until ``initialize``
+    is answered."""
     start = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        while True:
-            try:
-                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-                break
-            except ConnectionRefusedError:
-                if time.perf_counter() - start > 30:
-                    raise RuntimeError(f"never listened: {command}") from None
-                time.sleep(0.002)
-        connected = time.perf_counter() - start
-        with sock:
-            # a real client speaks at once: a silent connect would end a bare debugpy listener
-            sock.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
-            received = b""
-            while b'"initialize"' not in received:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise RuntimeError(f"closed before answering: {command}")
-                received += chunk
-        return connected, time.perf_counter() - start
+        return initialize_answered(port, start, " ".join(command))
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait()
@@ -90,23 +97,28 @@ def loop_seconds(command: list[str], env: dict[str, str]) -> float:
     return float(laps[0])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def bench_options(doc: str) -> tuple[str, int, dict[str, str]]:
+    """``--python`` and ``--rounds`` from the command line, and the environment to run with."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--rounds", type=int, default=10)
     options = parser.parse_args()
-    python = options.python
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+    return options.python, options.rounds, env
+
+
+def main() -> None:
+    python, rounds, env = bench_options(__doc__)
     version = subprocess.run([python, "-c", "import sys, debugpy; print(sys.version.split()[0],"
                               " debugpy.__version__)"], capture_output=True, text=True,
                              env=env).stdout.split()
-    print(f"python {version[0]}, debugpy {version[1]}, {options.rounds} rounds, "
+    print(f"python {version[0]}, debugpy {version[1]}, {rounds} rounds, "
           f"{os.cpu_count()} cores")
     with tempfile.TemporaryDirectory() as folder:
         script = Path(folder) / "loop.py"
         script.write_text(LOOP)
         bare_connect, bare_ready, ours_connect, ours_ready = [], [], [], []
-        for _ in range(options.rounds):
+        for _ in range(rounds):
             port = free_port()
             c, r = time_to_attachable([python, "-m", "debugpy", "--listen", f"127.0.0.1:{port}",
                                        "--wait-for-client", str(script)], port, env)
@@ -127,7 +139,7 @@ def main() -> None:
         print(f"   ratio bootstrap / anchor: {ours / bare:.3f}   (target <= 1.1)")
 
         plain, after_miss, tracing = [], [], []
-        for _ in range(options.rounds):
+        for _ in range(rounds):
             plain.append(loop_seconds([python, str(script)], env))
             after_miss.append(loop_seconds([python, "-m", "aml_debug_magics.bootstrap", "--listen",
                                             "127.0.0.1:0", "--timeout", "0.2", "--",
