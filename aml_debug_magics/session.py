@@ -289,6 +289,13 @@ def check_request(request: DebugRequest) -> None:
         raise DebugInputError("no step to debug: name one with --step")
     if request.connect is None:
         check_port_free(request.port)
+        return
+    host, _, port = request.connect.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise DebugInputError(
+            f"--connect wants HOST:PORT where VS Code listens, like 127.0.0.1:5678 "
+            f"(got {request.connect!r})"
+        )
 
 
 def make_target(request: DebugRequest) -> Target:

@@ -134,12 +134,15 @@ def test_a_failing_step_stops_the_rest_and_shows_why(ip, pipeline):
 def test_run_magic_debugs_a_script_with_its_arguments(ip, tmp_path, capsys):
     script = tmp_path / "score_me.py"
     script.write_text("import sys\nvalue = int(sys.argv[1]) * 2\nprint('value', value)\n")
-    ip.run_line_magic("aml_debug_run", "--timeout 60 score_me.py 21")
+    ip.run_line_magic("aml_debug_run", "--timeout 60 --write-launch-json score_me.py 21")
     session = current_session("run")
     row = session.rows[0]
-    wait_for(lambda: row.status == Status.WAITING, 30, "the script to wait")
+    wait_for(lambda: session.message.startswith("wrote"), 30, "the attach config to be written")
     shown = capsys.readouterr().out  # terminal IPython: the facts print as text
     assert f"attach to {row.address}" in shown and '"request": "attach"' in shown
+    written = json.loads((tmp_path / ".vscode" / "launch.json").read_text())["configurations"]
+    assert written == [row.attach_config()]
+    assert f"wrote {written[0]['name']!r} to {tmp_path}/.vscode/launch.json" in shown
     client = attach(row.attach_config(), {str(script): [3]})
     try:
         frame = client.wait_stopped()
@@ -235,6 +238,7 @@ def busy_port():
         ("aml_debug_run", "--timeout -5 job.py", "--timeout must be more than 0 seconds"),
         ("aml_debug_run", "--port {busy} job.py", "port {busy} is in use on 127.0.0.1"),
         ("aml_debug_run", "--port 70000 job.py", "--port must be between 0 and 65535"),
+        ("aml_debug_run", "--connect nowhere job.py", "--connect wants HOST:PORT"),
         ("aml_debug_run", "--target elsewhere job.py", "argument --target: invalid choice"),
         ("aml_debug_run", "a_dict", "'a_dict' is a dict: give a script path or a ScriptRunConfig"),
     ],
