@@ -96,6 +96,20 @@ def format_outcome(outcome: AttachOutcome) -> str:
     return f"{PREFIX} v{VERSION} outcome {json.dumps(body, sort_keys=True)}"
 
 
+TAG_PREFIX = "aml_debug.announce."
+
+
+def tag_key(rank: int) -> str:
+    """The Azure ML run tag the bootstrap sets to its announcement line, one per rank."""
+    return f"{TAG_PREFIX}{rank}"
+
+
+def announcements_in_tags(tags: dict[str, str]) -> list[Announcement]:
+    """The announcements a run's tags carry, in rank order."""
+    found = [parse_line(value) for key, value in sorted(tags.items()) if key.startswith(TAG_PREFIX)]
+    return [a for a in found if isinstance(a, Announcement)]
+
+
 def guide_lines_before_wait(announcement: Announcement, timeout: float) -> list[str]:
     """The guide's own lines, so people and tools that follow the guide find what they expect."""
     return [

@@ -544,7 +544,7 @@ def run_script(script: str, args: list[str], debugger: Debugger | None = None) -
     return 0
 
 
-def _tag_run_in_background(line: str) -> None:
+def _tag_run_in_background(line: str, rank: int) -> None:
     """Tag the Azure ML run with the announcement: tags arrive before late log uploads."""
     if not os.environ.get("AZUREML_RUN_ID"):
         return
@@ -555,7 +555,7 @@ def _tag_run_in_background(line: str) -> None:
 
             run = Run.get_context(allow_offline=True)
             if hasattr(run, "set_tags") and not type(run).__name__.startswith("_Offline"):
-                run.set_tags({"aml_debug.announce": line})
+                run.set_tags({announce.tag_key(rank): line})
         except Exception as error:  # the log line is the fallback
             say(f"could not tag the run with the announcement ({error}); the log has it")
 
@@ -571,7 +571,7 @@ def _announce(announcement: announce.Announcement, timeout: float) -> None:
     emit(line)  # first: a reader takes ours and then ignores the guide's lines
     for guide_line in announce.guide_lines_before_wait(announcement, timeout):
         emit(guide_line)
-    _tag_run_in_background(line)
+    _tag_run_in_background(line, announcement.rank)
 
 
 def _finish_wait(attached: bool, options: Options, rank: Rank, where: str) -> None:

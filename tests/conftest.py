@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from azurite import azurite  # noqa: F401  (a fixture for every test module)
 
 from aml_debug_magics.gate import ADAPTER_MARKER
 from aml_debug_magics.targets.local import LocalProcess
