@@ -46,6 +46,10 @@ def session_options(magic: Callable[..., Any]) -> Callable[..., Any]:
         argument("--port", type=int, help="debug port on 127.0.0.1 (default 0: any free port)"),
         argument("--connect", metavar="HOST:PORT", help="connect out to a VS Code that listens "
                  "there instead of opening a port"),
+        argument("--workspace", metavar="VARIABLE", help="azureml target: a variable holding "
+                 "the Workspace (default: Workspace.from_config())"),
+        argument("--experiment", help="azureml target: the experiment to submit to "
+                 "(default: aml-debug)"),
         argument("--ranks", default="0", help="which ranks of a distributed step wait for a "
                  "debugger: 0 (default), all, or 0,2"),
         argument("--write-launch-json", action="store_true", help="write each attach config "
@@ -105,7 +109,7 @@ class AmlDebugMagics(Magics):
         found = steps.steps_of(pipeline, args.pipeline)
         debugged = steps.pick_steps(found, args.step)
         specs = steps.read_steps(
-            found, debugged, base_directory=Path.cwd(), target=args.target or self.target
+            found, debugged, base_directory=Path.cwd(), target=self._target(args)
         )
         self._open("pipeline", f"%aml_debug_pipeline {args.pipeline}", specs, args)
 
@@ -132,7 +136,13 @@ class AmlDebugMagics(Magics):
             raise DebugInputError("give a script (and its arguments) or a ScriptRunConfig variable")
         first, rest = args.command[0], args.command[1:]
         if first.isidentifier() and first in self.shell.user_ns and not rest:
-            spec = steps.read_script_run(self._variable(first), first, base_directory=Path.cwd())
+            spec = steps.read_script_run(
+                self._variable(first), first, base_directory=Path.cwd(), target=self._target(args)
+            )
+        elif self._target(args) != "local":
+            raise DebugInputError(
+                "--target azureml needs a ScriptRunConfig variable (it names the compute target)"
+            )
         else:
             spec = steps.script_spec(first, rest, base_directory=Path.cwd())
         self._open("run", f"%aml_debug_run {shlex.join(args.command)}", [spec], args)
@@ -147,6 +157,9 @@ class AmlDebugMagics(Magics):
             raise DebugInputError(f"no variable named {name!r} in this notebook: define it first")
         return self.shell.user_ns[name]
 
+    def _target(self, args: argparse.Namespace) -> str:
+        return args.target or self.target
+
     def _stop(self, kind: str) -> None:
         from aml_debug_magics.session import stop_session
 
@@ -157,10 +170,17 @@ class AmlDebugMagics(Magics):
         from aml_debug_magics.session import DebugRequest, open_session
         from aml_debug_magics.ui import make_view
 
+        workspace = None
+        if self._target(args) == "azureml":
+            from aml_debug_magics.targets.azureml import find_workspace
+
+            workspace = find_workspace(self.shell.user_ns, args.workspace)
         request = DebugRequest(
             title=title,
             steps=specs,
-            target=args.target or self.target,
+            target=self._target(args),
+            workspace=workspace,
+            experiment=args.experiment or "aml-debug",
             timeout=self.timeout if args.timeout is None else args.timeout,
             port=self.port if args.port is None else args.port,
             connect=args.connect,

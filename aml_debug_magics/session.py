@@ -56,6 +56,7 @@ class StepRow:
     attached: bool = False
     exit_code: int | None = None
     detail: str = ""
+    reachability: str = ""  # what a probe of the announced address from here found
     last_lines: collections.deque[str] = field(
         default_factory=lambda: collections.deque(maxlen=LINES_SHOWN)
     )
@@ -115,6 +116,8 @@ class DebugRequest:
     just_my_code: bool = True
     launch_json: Path = Path(".vscode/launch.json")
     write_launch_json: bool = False
+    workspace: Any = None  # for the azureml target: where to submit (an SdkWorkspace)
+    experiment: str = "aml-debug"
 
 
 class DebugSession:
@@ -220,6 +223,12 @@ class DebugSession:
         if isinstance(news, Announcement) and self.request.write_launch_json:
             self.write_launch_json(row)
 
+    def step_reachability(self, step: str, rank: int, text: str) -> None:
+        with self._lock:
+            row = self.row(step, rank)
+            row.reachability = text
+            self.view.refresh(row)
+
     def target_note(self, note: str) -> None:
         self.note = note
         self.view.refresh(None)
@@ -288,7 +297,8 @@ def check_request(request: DebugRequest) -> None:
     if not any(s.debug for s in request.steps):
         raise DebugInputError("no step to debug: name one with --step")
     if request.connect is None:
-        check_port_free(request.port)
+        if request.target == "local":
+            check_port_free(request.port)
         return
     host, _, port = request.connect.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) <= 65535:
@@ -303,9 +313,11 @@ def make_target(request: DebugRequest) -> Target:
         from aml_debug_magics.targets.local import LocalPipelineTarget
 
         return LocalPipelineTarget(request)
-    raise DebugInputError(
-        f"the {request.target} target is not available in this version: use --target local"
-    )
+    if request.target == "azureml":
+        from aml_debug_magics.targets.azureml import AzureMLTarget
+
+        return AzureMLTarget(request, request.workspace, experiment=request.experiment)
+    raise DebugInputError(f"unknown target {request.target!r}: use local or azureml")
 
 
 def open_session(

@@ -124,7 +124,13 @@ def pick_steps(steps: Sequence[Any], wanted: Sequence[str] | None) -> set[str]:
 def read_steps(
     steps: Sequence[Any], debugged: set[str], *, base_directory: Path, target: str = "local"
 ) -> list[StepSpec]:
-    """StepSpecs for ``steps``, in an order where every step runs after what it reads."""
+    """StepSpecs for ``steps``, in an order where every step runs after what it reads.
+
+    For a target that submits the steps (``azureml``), data is left to Azure ML: the specs
+    only say which step is which and where its script lives.
+    """
+    if target != "local":
+        return [_submitted_spec(step, step.name in debugged, base_directory) for step in steps]
     for step in steps:
         if _kind(step) != SUPPORTED_KIND:
             raise DebugInputError(
@@ -150,7 +156,30 @@ def read_steps(
     return _dependency_order(specs, after)
 
 
-def read_script_run(config: Any, variable: str, *, base_directory: Path) -> StepSpec:
+def _submitted_spec(sdk_object: Any, debug: bool, base_directory: Path) -> StepSpec:
+    script = getattr(sdk_object, "_script_name", None) or getattr(sdk_object, "script", None)
+    folder = getattr(sdk_object, "_source_directory", None) or getattr(
+        sdk_object, "source_directory", None
+    )
+    name = getattr(sdk_object, "name", None) or Path(script or "run").stem
+    source_directory = (base_directory / (folder or ".")).resolve()
+    if debug and not (script and (source_directory / script).is_file()):
+        raise DebugInputError(
+            f"step {name!r}: script not found: {source_directory / (script or '?')} (check "
+            "source_directory and script_name)"
+        )
+    return StepSpec(
+        name=name,
+        source_directory=source_directory,
+        script_name=script or "",
+        debug=debug,
+        sdk_object=sdk_object,
+    )
+
+
+def read_script_run(
+    config: Any, variable: str, *, base_directory: Path, target: str = "local"
+) -> StepSpec:
     """A StepSpec for an SDK v1 ``ScriptRunConfig``."""
     if "ScriptRunConfig" not in _class_names(config):
         raise DebugInputError(
@@ -160,6 +189,8 @@ def read_script_run(config: Any, variable: str, *, base_directory: Path) -> Step
         raise DebugInputError(
             f"{variable!r} runs a command, not a script: give it script= to debug it"
         )
+    if target != "local":
+        return _submitted_spec(config, True, base_directory)
     spec = _spec(
         name=Path(config.script).stem,
         source_directory=config.source_directory,

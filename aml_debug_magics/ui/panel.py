@@ -93,7 +93,8 @@ class RowWidgets:
         else:
             self.address.value = "" if row.debugged else "<i>no debugger</i>"
         self.attached.value = "debugger attached" if row.attached else ""
-        self.detail.value = f"<small>{html.escape(row.detail)}</small>" if row.detail else ""
+        said = [t for t in (row.detail, row.reachability) if t]
+        self.detail.value = "".join(f"<small>{html.escape(t)}</small><br>" for t in said)
         config = row.attach_config()
         text = json.dumps(config, indent=4) if config else ""
         self.copy.text = text

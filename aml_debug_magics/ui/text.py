@@ -36,6 +36,8 @@ def row_line(row: StepRow, now: float) -> str:
         parts.append(f"until {clock_time} ({format_left(row.seconds_left(now))})")
     if row.detail:
         parts.append(f"- {row.detail}")
+    if row.reachability and row.status in (Status.WAITING, Status.ATTACHED):
+        parts.append(f"- {row.reachability}")
     return " ".join(parts)
 
 
@@ -89,7 +91,7 @@ class TextView:
                 self._message = session.message
                 self._write(session.message)
             return
-        facts = (row.status, row.address, row.attached, row.detail)
+        facts = (row.status, row.address, row.attached, row.detail, row.reachability)
         if self._shown.get((row.step, row.rank)) == facts:
             return
         self._shown[(row.step, row.rank)] = facts

@@ -1,0 +1,416 @@
+"""The azureml target (SDK v1): submit debug-ready steps or runs, follow them, find the node.
+
+Nothing in the user's scripts or folders changes. For the submit, each debugged step runs the
+bootstrap (its three files are placed in the step's source folder for the snapshot and removed
+right after, whatever happens), with a copy of its RunConfiguration that adds debugpy and Docker.
+The user's step objects are edited only for the duration of the submit and restored after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aml_debug_magics.announce import Announcement, AttachOutcome
+from aml_debug_magics.errors import DebugInputError
+from aml_debug_magics.logs import RunLogs, redact
+from aml_debug_magics.session import Status
+
+if TYPE_CHECKING:
+    from aml_debug_magics.session import DebugRequest, DebugSession
+    from aml_debug_magics.steps import StepSpec
+
+DEBUGPY_REQUIREMENT = "debugpy>=1.8.1,<1.9"
+DEFAULT_PORT = 5678
+BOOTSTRAP = "aml_debug_bootstrap.py"
+GUIDE_FLAGS = {  # the guide's flags and how many values each takes
+    "--remote_debug": 0,
+    "--remote_debug_connection_timeout": 1,
+    "--remote_debug_client_ip": 1,
+    "--remote_debug_port": 1,
+}
+RUN_STATUSES = {
+    "NotStarted": Status.QUEUED,
+    "Queued": Status.QUEUED,
+    "Preparing": Status.STARTING,
+    "Provisioning": Status.STARTING,
+    "Starting": Status.STARTING,
+    "Running": Status.RUNNING,
+    "Finalizing": Status.RUNNING,
+    "Completed": Status.FINISHED,
+    "Finished": Status.FINISHED,
+    "Failed": Status.FAILED,
+    "Canceled": Status.STOPPED,
+    "CancelRequested": Status.STOPPED,
+}
+ENDED_RUN = {"Completed", "Finished", "Failed", "Canceled"}
+PROBE_TIMEOUT = 3.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Building what is submitted
+
+
+def debug_runconfig(runconfig: Any) -> tuple[Any, list[str]]:
+    """A copy of ``runconfig`` with debugpy and Docker; and notes for the panel.
+
+    Keeps the user's environment and base image (else the SDK's ``DEFAULT_CPU_IMAGE``); uses
+    ``DockerConfiguration(use_docker=True)``, not the deprecated ``docker.enabled``.
+    """
+    from azureml.core import RunConfiguration
+    from azureml.core.runconfig import DEFAULT_CPU_IMAGE, DockerConfiguration
+
+    notes = []
+    with warnings.catch_warnings():  # the SDK's vendored YAML loader warns on every load
+        warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
+        built = copy.deepcopy(runconfig) if runconfig is not None else RunConfiguration()
+        environment = built.environment
+        if environment.name and not environment.name.endswith("-aml-debug"):
+            environment.name = f"{environment.name}-aml-debug"  # never overwrite theirs
+            environment.version = None
+        python = environment.python
+        if python.user_managed_dependencies:
+            notes.append("the environment is user-managed: it must have debugpy installed")
+        else:
+            python.conda_dependencies.add_pip_package(DEBUGPY_REQUIREMENT)
+        if not environment.docker.base_image and not environment.docker.base_dockerfile:
+            environment.docker.base_image = DEFAULT_CPU_IMAGE
+        built.docker = DockerConfiguration(use_docker=True)
+    return built, notes
+
+
+def strip_guide_flags(arguments: list[Any]) -> tuple[list[Any], bool]:
+    """``arguments`` without the guide's ``--remote_debug*`` flags (the bootstrap does that job;
+    the guide's snippet listens on the client's address and fails with errno 99)."""
+    kept, skip, stripped = [], 0, False
+    for value in arguments:
+        if skip:
+            skip -= 1
+            continue
+        if isinstance(value, str) and value.split("=", 1)[0] in GUIDE_FLAGS:
+            stripped = True
+            skip = 0 if "=" in value else GUIDE_FLAGS[value]
+            continue
+        kept.append(value)
+    return kept, stripped
+
+
+def bootstrap_options(request: DebugRequest) -> list[str]:
+    where = (
+        ["--connect", request.connect]
+        if request.connect
+        else ["--listen", f"0.0.0.0:{request.port or DEFAULT_PORT}"]
+    )
+    return [
+        *where,
+        "--timeout", f"{request.timeout:g}",
+        "--ranks", request.ranks,
+        "--just-my-code" if request.just_my_code else "--no-just-my-code",
+    ]
+
+
+@contextlib.contextmanager
+def shipped_bootstrap(folders: list[Path]) -> Iterator[None]:
+    """The bootstrap's files in each folder for the snapshot; removed after, whatever happens.
+
+    A folder that already holds a different file of the same name is refused (never overwrite).
+    """
+    from aml_debug_magics.bootstrap import SHIPPED_NAMES
+
+    package = Path(__file__).resolve().parents[1]
+    placed: list[Path] = []
+    try:
+        for folder in dict.fromkeys(folders):
+            for source_name, shipped_name in SHIPPED_NAMES.items():
+                source, target = package / source_name, folder / shipped_name
+                content = source.read_bytes()
+                if target.exists():
+                    if target.read_bytes() != content:
+                        raise DebugInputError(
+                            f"{target} exists and is not this version's {shipped_name}: "
+                            "rename or remove it"
+                        )
+                    continue
+                target.write_bytes(content)
+                placed.append(target)
+        yield
+    finally:
+        for target in placed:
+            target.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def debug_ready(specs: list[StepSpec], request: DebugRequest, notes: list[str]) -> Iterator[None]:
+    """The debugged steps' SDK objects made to run the bootstrap, for the submit only."""
+    saved: list[tuple[Any, dict[str, Any]]] = []
+    try:
+        for spec in specs:
+            if not spec.debug:
+                continue
+            sdk = spec.sdk_object
+            is_step = hasattr(sdk, "_script_name")
+            fields = (
+                ("_script_name", "_arguments", "_runconfig", "_allow_reuse")
+                if is_step
+                else ("script", "arguments", "run_config")
+            )
+            saved.append((sdk, {f: getattr(sdk, f) for f in fields}))
+            script, arguments, runconfig = (getattr(sdk, f) for f in fields[:3])
+            arguments, stripped = strip_guide_flags(list(arguments or []))
+            if stripped:
+                notes.append(f"{spec.name}: the guide's --remote_debug flags were left out")
+            built, config_notes = debug_runconfig(runconfig)
+            notes.extend(f"{spec.name}: {n}" for n in config_notes)
+            values = [BOOTSTRAP, [*bootstrap_options(request), "--", script, *arguments], built]
+            for field, value in zip(fields, values, strict=False):
+                setattr(sdk, field, value)
+            if is_step:
+                if saved[-1][1]["_allow_reuse"]:
+                    notes.append(f"{spec.name}: reuse is off, so the step runs and can be attached")
+                sdk._allow_reuse = False
+        with shipped_bootstrap([s.source_directory for s in specs if s.debug]):
+            yield
+    finally:
+        for sdk, fields in saved:
+            for field, value in fields.items():
+                setattr(sdk, field, value)
+
+
+# ---------------------------------------------------------------------------------------------
+# The workspace seam
+
+
+class SdkWorkspace:
+    """Submits through the real SDK: ``Pipeline(workspace, steps)`` or a ScriptRunConfig, to an
+    ``Experiment``. The only object the tests replace (Azure's control plane is not reachable
+    from a test machine); what it returns are SDK runs: ``get_children``, ``get_details``,
+    ``get_status``, ``get_tags``, ``cancel``, ``get_portal_url``."""
+
+    def __init__(self, workspace: Any) -> None:
+        self.workspace = workspace
+
+    def submit(self, experiment: str, what: list[Any] | Any) -> Any:
+        from azureml.core import Experiment
+
+        if isinstance(what, list):
+            from azureml.pipeline.core import Pipeline
+
+            what = Pipeline(workspace=self.workspace, steps=what)
+        return Experiment(self.workspace, experiment).submit(what)
+
+
+def find_workspace(user_ns: dict[str, Any], variable: str | None) -> SdkWorkspace:
+    """The workspace in ``variable``, else ``Workspace.from_config()``; one line if neither."""
+    if variable:
+        if variable not in user_ns:
+            raise DebugInputError(f"no variable named {variable!r} in this notebook")
+        return SdkWorkspace(user_ns[variable])
+    try:
+        from azureml.core import Workspace
+
+        return SdkWorkspace(Workspace.from_config())
+    except Exception as error:
+        raise DebugInputError(
+            "no Azure ML workspace: pass --workspace VARIABLE or put a config.json next to the "
+            f"notebook ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Probing the announced address from here
+
+
+def probe(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> str:
+    """``reachable``, ``refused`` or ``timed out``: a bare TCP connect, closed at once."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except ConnectionRefusedError:
+        return "refused"
+    except TimeoutError:
+        return "timed out"
+    except OSError as error:
+        return "timed out" if "unreachable" in str(error).lower() else f"failed ({error})"
+    return "reachable"
+
+
+def reachability(announcement: Announcement, prober: Callable[[str, int], str] = probe) -> str:
+    """What the panel says about reaching the announced node from this machine."""
+    host, port = announcement.addresses[0], announcement.port
+    if announcement.mode == "connect":
+        return "the node connects out to your VS Code: keep it listening"
+    if announcement.source == "guide":
+        return (
+            "not probed: this script runs the guide's own debugpy listener, which a bare "
+            "connect would end"
+        )
+    verdict = prober(host, port)
+    if verdict == "reachable":
+        return f"{host}:{port} is reachable from this machine"
+    if verdict == "refused":
+        return (
+            f"{host}:{port} refused the connection: wrong port, or the script listens on "
+            "loopback only"
+        )
+    return (
+        f"{host}:{port} {verdict} from here: the guide requires this machine and the cluster "
+        "on the same virtual network. Where the cluster allows SSH, tunnel instead: "
+        f"ssh azureuser@PUBLIC_IP -p 50000 -L {port}:{host}:{port} (PUBLIC_IP and the port "
+        f"are on the cluster's Nodes tab), then attach to localhost:{port}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The target
+
+
+class AzureMLTarget:
+    """Submits the session's steps (or run) to Azure ML and follows the runs it starts."""
+
+    def __init__(
+        self,
+        request: DebugRequest,
+        workspace: SdkWorkspace,
+        *,
+        experiment: str = "aml-debug",
+        poll_fast: float = 1.0,
+        poll_slow: float = 10.0,
+        prober: Callable[[str, int], str] = probe,
+        opener: Any = None,
+    ) -> None:
+        self.request = request
+        self.workspace = workspace
+        self.experiment = experiment
+        self.poll_fast = poll_fast
+        self.poll_slow = poll_slow
+        self.prober = prober
+        self.opener = opener
+        self.run: Any = None
+        self.notes: list[str] = []
+        self._stopping = threading.Event()
+        self._follower: threading.Thread | None = None
+
+    def start(self, events: DebugSession) -> None:
+        self._follower = threading.Thread(
+            target=self._submit_and_follow, args=(events,), name="aml-debug-azureml", daemon=True
+        )
+        self._follower.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.run is not None:
+            with contextlib.suppress(Exception):
+                self.run.cancel()
+        if self._follower is not None and self._follower is not threading.current_thread():
+            self._follower.join(timeout=15)
+
+    def _submit_and_follow(self, events: DebugSession) -> None:
+        specs = self.request.steps
+        for spec in specs:
+            events.step_status(spec.name, Status.QUEUED, "submitting to Azure ML")
+        try:
+            with debug_ready(specs, self.request, self.notes):
+                is_pipeline = hasattr(specs[0].sdk_object, "_script_name")
+                what = [s.sdk_object for s in specs] if is_pipeline else specs[0].sdk_object
+                self.run = self.workspace.submit(self.experiment, what)
+        except Exception as error:  # the submit failed: say why, in one line, without secrets
+            message = redact(str(error).splitlines()[0] if str(error) else type(error).__name__)
+            for spec in specs:
+                events.step_status(spec.name, Status.FAILED, f"submit failed: {message}")
+            events.target_done(failed=True)
+            return
+        if self._stopping.is_set():
+            with contextlib.suppress(Exception):
+                self.run.cancel()
+            return
+        portal = getattr(self.run, "get_portal_url", lambda: "")()
+        events.target_note("; ".join([f"run {self.run.id}: {portal}", *self.notes]))
+        self._follow(events, is_pipeline)
+
+    def _follow(self, events: DebugSession, is_pipeline: bool) -> None:
+        by_name = {s.name: s for s in self.request.steps}
+        followers: dict[str, _StepFollower] = {}
+        if not is_pipeline:
+            followers[self.request.steps[0].name] = _StepFollower(self, self.run, by_name, events)
+        while not self._stopping.is_set():
+            if is_pipeline:
+                for child in self.run.get_children():
+                    name = getattr(child, "name", None)
+                    if name in by_name and name not in followers:
+                        followers[name] = _StepFollower(self, child, by_name, events, name)
+            for follower in followers.values():
+                follower.poll()
+            status = self.run.get_status()
+            if status in ENDED_RUN and all(f.ended for f in followers.values()):
+                for spec in self.request.steps:
+                    if spec.name not in followers:
+                        events.step_status(spec.name, Status.NOT_RUN, f"the run ended {status}")
+                events.target_done(failed=status != "Completed" and status != "Finished")
+                return
+            waiting = any(f.waiting for f in followers.values()) or not followers
+            self._stopping.wait(self.poll_fast if waiting else self.poll_slow)
+
+
+class _StepFollower:
+    """One step run: its status, its logs and tags, and the probe of what it announces."""
+
+    def __init__(self, target, run, by_name, events, name: str | None = None) -> None:
+        self.target, self.run, self.events = target, run, events
+        self.name = name or next(iter(by_name))
+        self.spec = by_name[self.name]
+        self.status = ""
+        self.started_at = time.time()
+        self.announced = False
+        self.logs = RunLogs(
+            run,
+            lambda line, node: events.step_output(self.name, line),
+            self._news,
+            **({"opener": target.opener} if target.opener else {}),
+        )
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ENDED_RUN
+
+    @property
+    def waiting(self) -> bool:
+        return self.spec.debug and not self.announced and not self.ended
+
+    def poll(self) -> None:
+        status = self.run.get_status()
+        if self.ended:
+            return
+        self.logs.poll()
+        ours = RUN_STATUSES.get(status, Status.RUNNING)
+        if status != self.status:
+            self.status = status
+            if ours != Status.RUNNING or not self.announced:
+                detail = "" if ours in (Status.FINISHED, Status.QUEUED) else status
+                code = {Status.FINISHED: 0, Status.FAILED: 1}.get(ours)
+                self.events.step_status(self.name, ours, detail, exit_code=code)
+        if self.waiting and ours == Status.RUNNING:
+            seconds = int(time.time() - self.started_at)
+            problem = f"; {self.logs.problem}" if self.logs.problem else ""
+            self.events.step_status(
+                self.name, Status.RUNNING,
+                f"running {seconds // 60}:{seconds % 60:02d}; waiting for its log to say where "
+                f"to attach, reading {self.logs.describe()}{problem}",
+            )
+
+    def _news(self, news: Announcement | AttachOutcome) -> None:
+        self.events.step_news(self.name, news)
+        if isinstance(news, Announcement):
+            self.announced = True
+            threading.Thread(
+                target=lambda: self.events.step_reachability(
+                    self.name, news.rank, reachability(news, self.target.prober)
+                ),
+                name="aml-debug-probe",
+                daemon=True,
+            ).start()
