@@ -91,7 +91,8 @@ def run_bootstrap(*args: str, cwd: Path | None = None, env=None, timeout: float 
 
 
 def children_of(pid: int | None = None) -> list[int]:
-    """Live (not zombie) processes whose parent is ``pid`` (default: this test process)."""
+    """Live (not zombie) processes whose parent is ``pid`` (default: this test process),
+    leaving out the Azurite fixture's, which lives for the whole test run."""
     parent = str(pid or os.getpid())
     found = []
     for entry in filter(str.isdigit, os.listdir("/proc")):
@@ -101,6 +102,9 @@ def children_of(pid: int | None = None) -> list[int]:
         except OSError:
             continue
         if fields[1] == parent and fields[0] not in ("Z", "X"):
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                if b"azurite" in cmdline.read():
+                    continue
             found.append(int(entry))
     return found
 
