@@ -70,13 +70,11 @@ class AppendLog:
         return self.azurite.sas_url(self.name, **options)
 
 
-@pytest.fixture(scope="session")
-def azurite(tmp_path_factory):
+def start_azurite(location: Path) -> tuple[subprocess.Popen, Azurite]:
+    """Start ``azurite-blob`` on 127.0.0.1 with a free port; stop it with ``process.terminate()``."""
     command = azurite_blob_command()
     if command is None:
-        pytest.skip("azurite-blob is not installed: run `bash scripts/test.sh`, which installs it")
-    pytest.importorskip("azure.storage.blob", reason="azure-storage-blob is a test dependency")
-    location = tmp_path_factory.mktemp("azurite")
+        raise FileNotFoundError("azurite-blob is not installed: run `bash scripts/test.sh`")
     process = subprocess.Popen(
         [command, "--blobHost", "127.0.0.1", "--blobPort", "0", "--location", str(location),
          "--skipApiVersionCheck", "--loose", "--disableTelemetry"],
@@ -91,8 +89,17 @@ def azurite(tmp_path_factory):
         process.kill()
         raise RuntimeError("Azurite did not start")
     threading.Thread(target=process.stdout.read, daemon=True).start()  # keep its pipe drained
+    return process, Azurite(endpoint)
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory):
+    if azurite_blob_command() is None:
+        pytest.skip("azurite-blob is not installed: run `bash scripts/test.sh`, which installs it")
+    pytest.importorskip("azure.storage.blob", reason="azure-storage-blob is a test dependency")
+    process, started = start_azurite(tmp_path_factory.mktemp("azurite"))
     try:
-        yield Azurite(endpoint)
+        yield started
     finally:
         process.terminate()
         process.wait(10)
