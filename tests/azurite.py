@@ -71,7 +71,7 @@ class AppendLog:
 
 
 def start_azurite(location: Path) -> tuple[subprocess.Popen, Azurite]:
-    """Start ``azurite-blob`` on 127.0.0.1 with a free port; stop it with ``process.terminate()``."""
+    """Start ``azurite-blob`` on 127.0.0.1 on a free port; end it with ``process.terminate()``."""
     command = azurite_blob_command()
     if command is None:
         raise FileNotFoundError("azurite-blob is not installed: run `bash scripts/test.sh`")

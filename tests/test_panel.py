@@ -227,3 +227,11 @@ def test_text_view_prints_changes_once_and_no_countdown(tmp_path):
     waiting = [p for p in printed if "[job] waiting for debugger" in p]
     assert len(waiting) == 1 and "(1:30 left)" in waiting[0]
     assert sum("VS Code attach configuration" in p for p in printed) == 1
+
+
+def test_the_run_link_is_clickable(made):
+    session, view, *_ = made
+    session.target_note("run r1: https://ml.azure.com/runs/r1?wsid=a&tid=b; reuse is off")
+    assert '<a href="https://ml.azure.com/runs/r1?wsid=a&amp;tid=b" target="_blank">' in (
+        view.header.value
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +43,17 @@ def _pre(text: str) -> str:
     return (
         '<pre style="user-select:text;margin:2px 0;padding:4px;font-size:12px;'
         f'background:var(--jp-layout-color2,#f6f8fa)">{html.escape(text, quote=False)}</pre>'
+    )
+
+
+def _linked(text: str) -> str:
+    """``text`` escaped, with its https links clickable (the run in Azure ML studio)."""
+    parts = re.split(r"(https://\S+?)(?=;?(?:\s|$))", text)
+    return "".join(
+        f'<a href="{html.escape(part)}" target="_blank">{html.escape(part)}</a>'
+        if part.startswith("https://")
+        else html.escape(part, quote=False)
+        for part in parts
     )
 
 
@@ -178,7 +190,7 @@ class PanelView:
         if row is not None:
             self._widgets_for(row).update(self.now())
         state = html.escape(session.state)
-        note = f"<br><small>{html.escape(session.note)}</small>" if session.note else ""
+        note = f"<br><small>{_linked(session.note)}</small>" if session.note else ""
         self.header.value = (
             f"<b>{html.escape(session.title)}</b> · {state} · {session.request.target} target"
             + note
