@@ -32,10 +32,11 @@ PREFIX = "AML_DEBUG"
 VERSION = 1
 GUIDE_PORT = 5678  # the guide's default; its lines never print a port
 
-_OURS = re.compile(r"^AML_DEBUG v(\d+) (announce|outcome) (\{.*\})\s*$")
-_GUIDE_TIMEOUT = re.compile(r"^Timeout for debug connection: (\d+(?:\.\d+)?)\s*$")
-_GUIDE_ADDRESS = re.compile(r"^ip_address: (\S+)\s*$")
-_GUIDE_ATTACHED = re.compile(r"^Debugger attached = (True|False)\s*$")
+# a logger may put a prefix before the line (the inference server's "... azmlinfsrv.print - ")
+_OURS = re.compile(r"(?:^|\s)AML_DEBUG v(\d+) (announce|outcome) (\{.*\})\s*$")
+_GUIDE_TIMEOUT = re.compile(r"(?:^|\s)Timeout for debug connection: (\d+(?:\.\d+)?)\s*$")
+_GUIDE_ADDRESS = re.compile(r"(?:^|\s)ip_address: (\S+)\s*$")
+_GUIDE_ATTACHED = re.compile(r"(?:^|\s)Debugger attached = (True|False)\s*$")
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def parse_line(line: str) -> Announcement | AttachOutcome | None:
     >>> parse_line('AML_DEBUG v1 outcome {"attached": true, "pid": 7, "rank": 0}')
     AttachOutcome(attached=True, pid=7, rank=0, source='aml_debug')
     """
-    match = _OURS.match(line.strip())
+    match = _OURS.search(line.strip())
     if not match or int(match.group(1)) != VERSION:
         return None
     try:
@@ -183,11 +184,11 @@ class LogReader:
         if self._ours_seen:
             return []
         text = line.strip()
-        if match := _GUIDE_TIMEOUT.match(text):
+        if match := _GUIDE_TIMEOUT.search(text):
             self._guide_timeout = float(match.group(1))
             self._guide_timeout_read_at = self.clock()
             return []
-        if match := _GUIDE_ADDRESS.match(text):
+        if match := _GUIDE_ADDRESS.search(text):
             deadline = None
             if self._guide_timeout is not None:
                 deadline = self._guide_timeout_read_at + self._guide_timeout
@@ -199,6 +200,6 @@ class LogReader:
                     source="guide",
                 )
             ]
-        if match := _GUIDE_ATTACHED.match(text):
+        if match := _GUIDE_ATTACHED.search(text):
             return [AttachOutcome(attached=match.group(1) == "True", source="guide")]
         return []

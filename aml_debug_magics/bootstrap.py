@@ -35,6 +35,7 @@ import threading
 import time
 import types
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 try:
@@ -642,6 +643,50 @@ def debug_and_run(options: Options, rank: Rank) -> int:
     finally:
         if gate_handle is not None:
             gate_handle.release()
+
+
+_GATES_OF_THIS_PROCESS: list[GateHandle] = []
+
+
+def debug_in_this_process(
+    listen: str, script: str, timeout: float | None, *, just_my_code: bool = True
+) -> Callable[[], bool]:
+    """Start debugpy in this process behind the gate and announce it, for code the bootstrap
+    does not run itself (a scoring script inside the inference server's worker).
+
+    Returns ``wait``: it waits for a debugger until ``timeout`` runs out and says whether one
+    came. The port stays open for the life of the process either way, so a debugger can attach
+    later; the gate ends debugpy's adapter when the process ends.
+    """
+    address = parse_address(listen, "--listen")
+    deadline = time.time() + timeout if timeout else None
+    gate_handle = GateHandle(bind_public_port(address))
+    _GATES_OF_THIS_PROCESS.append(gate_handle)  # its control socket must live as long as we do
+    debugger = Debugger()
+    upstream, adapter_marker = debugger.listen_on_loopback()
+    gate_handle.tell(f"upstream {upstream}")
+    gate_handle.tell(f"adapter {adapter_marker}")
+    _announce(
+        announce.Announcement(
+            addresses=tuple(node_addresses(address.host)),
+            port=gate_handle.port,
+            attach_deadline=round(deadline, 3) if deadline else None,
+            pid=os.getpid(),
+            script=os.path.abspath(script),
+            cwd=os.getcwd(),
+            hostname=socket.gethostname(),
+            just_my_code=just_my_code,
+        ),
+        timeout or 0,
+    )
+
+    def wait() -> bool:
+        attached = debugger.wait_until(deadline) if deadline else False
+        emit(announce.guide_line_after_wait(attached))
+        emit(announce.format_outcome(announce.AttachOutcome(attached, os.getpid(), 0)))
+        return attached
+
+    return wait
 
 
 def main(argv: list[str] | None = None) -> int:

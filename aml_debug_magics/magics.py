@@ -15,7 +15,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Enum, Float, Int, Unicode
 
 from aml_debug_magics.errors import DebugInputError
@@ -147,10 +147,73 @@ class AmlDebugMagics(Magics):
             spec = steps.script_spec(first, rest, base_directory=Path.cwd())
         self._open("run", f"%aml_debug_run {shlex.join(args.command)}", [spec], args)
 
+    # -- %aml_debug_deploy ----------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("--entry-script", metavar="SCORE_PY", help="the scoring script (init() and run())")
+    @argument("--source-dir", metavar="DIR", help="the folder served as the app root (default: "
+              "the entry script's folder)")
+    @argument("--model-dir", metavar="DIR", help="the folder AZUREML_MODEL_DIR points to")
+    @argument("--target", choices=("local", "docker", "azureml"), help="local: the Azure ML "
+              "inference server here (default); docker: run --image; azureml: Model.package, "
+              "then docker")
+    @argument("--timeout", type=float, help="with --wait-in-init: seconds to wait for a debugger "
+              "before init() runs anyway (default: AmlDebugMagics.timeout)")
+    @argument("--port", type=int, help="debug port on 127.0.0.1 (default 0: any free port)")
+    @argument("--scoring-port", type=int, default=0, help="scoring port on 127.0.0.1 (default: "
+              "any free port)")
+    @argument("--wait-in-init", action="store_true", help="hold init() until a debugger attaches "
+              "(or the timeout passes), to step through it")
+    @argument("--sample-request", metavar="FILE_OR_JSON", help="the body the panel's Send test "
+              "request button posts")
+    @argument("--image", help="docker target: the image to run (e.g. what Model.package pulled)")
+    @argument("--model", action="append", default=[], metavar="NAME[:VERSION]", help="azureml "
+              "target: a registered model to package (repeat for more)")
+    @argument("--workspace", metavar="VARIABLE", help="azureml target: the Workspace variable")
+    @argument("--stop", action="store_true", help="stop the running session and exit")
+    @line_magic
+    @one_line_errors
+    def aml_debug_deploy(self, line: str) -> None:
+        """Serve a scoring script with a debugger in the inference server's worker.
+
+        A breakpoint in run() stops on each scoring request; with --wait-in-init, init() waits
+        for the debugger. The panel shows the scoring URL, the health, and a Send test request
+        button.
+
+        Example: %aml_debug_deploy --entry-script score.py --model-dir model
+                 --sample-request '{"data": [[1, 2]]}'
+        """
+        from aml_debug_magics.deploy import make_deployment
+        from aml_debug_magics.steps import StepSpec
+
+        args = self._parse(self.aml_debug_deploy, line)
+        if args.stop:
+            return self._stop("deploy")
+        if not args.entry_script:
+            raise DebugInputError("give the scoring script: --entry-script score.py")
+        target = args.target or "local"
+        deployment = make_deployment(
+            entry_script=args.entry_script, source_dir=args.source_dir, model_dir=args.model_dir,
+            scoring_port=args.scoring_port, wait_in_init=args.wait_in_init,
+            sample_request=args.sample_request, image=args.image, target=target,
+            models=args.model, base=Path.cwd(),
+        )
+        script = deployment.entry_script
+        spec = StepSpec(script.stem, deployment.source_dir, script.name)
+        args.connect, args.ranks, args.write_launch_json, args.experiment = None, "0", False, None
+        args.target = target
+        self._open("deploy", f"%aml_debug_deploy {script.name}", [spec], args,
+                   deployment=deployment, models=args.model)
+
     # -- shared ---------------------------------------------------------------------------
 
     def _parse(self, magic: Callable[..., Any], line: str) -> argparse.Namespace:
-        return parse_argstring(magic, line)
+        """Shell-like splitting, so quoted JSON and paths with spaces arrive without quotes."""
+        try:
+            words = shlex.split(line)
+        except ValueError as error:
+            raise DebugInputError(f"cannot split the line: {error} (check the quotes)") from None
+        return magic.parser.parse_args(words)
 
     def _variable(self, name: str) -> Any:
         if name not in self.shell.user_ns:
@@ -166,12 +229,14 @@ class AmlDebugMagics(Magics):
         if not stop_session(kind):
             print(f"no %aml_debug_{kind} session is running")
 
-    def _open(self, kind: str, title: str, specs: list, args: argparse.Namespace) -> None:
+    def _open(
+        self, kind: str, title: str, specs: list, args: argparse.Namespace, **extra: Any
+    ) -> None:
         from aml_debug_magics.session import DebugRequest, open_session
         from aml_debug_magics.ui import make_view
 
         workspace = None
-        if self._target(args) == "azureml":
+        if self._target(args) == "azureml":  # submits (or packages) through a workspace
             from aml_debug_magics.targets.azureml import find_workspace
 
             workspace = find_workspace(self.shell.user_ns, args.workspace)
@@ -188,5 +253,6 @@ class AmlDebugMagics(Magics):
             just_my_code=self.just_my_code,
             launch_json=Path(os.path.expanduser(self.launch_json)),
             write_launch_json=args.write_launch_json,
+            **extra,
         )
         open_session(kind, request, make_view(self.view))

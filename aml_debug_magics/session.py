@@ -86,6 +86,15 @@ class StepRow:
         return attach_config(self.announcement, self.local_root)
 
 
+@dataclass
+class ServiceInfo:
+    """A served scoring script (``%aml_debug_deploy``): where to score it and how it answers."""
+
+    scoring_url: str = ""
+    health: str = ""
+    response: str = ""  # the last test request's status and body, or why it failed
+
+
 class Target(Protocol):
     """Runs the session's steps somewhere and reports to ``events``; ``stop`` ends them all."""
 
@@ -118,6 +127,8 @@ class DebugRequest:
     write_launch_json: bool = False
     workspace: Any = None  # for the azureml target: where to submit (an SdkWorkspace)
     experiment: str = "aml-debug"
+    deployment: Any = None  # for %aml_debug_deploy: a deploy.local.Deployment
+    models: list[str] = field(default_factory=list)  # for packaging: NAME or NAME:VERSION
 
 
 class DebugSession:
@@ -139,6 +150,7 @@ class DebugSession:
             for s in request.steps
         ]
         self.state = "starting"
+        self.service = ServiceInfo() if request.deployment is not None else None
         self.note = ""  # a standing fact from the target, e.g. where step data goes
         self.message = ""  # the answer to the user's last button
         self._target = target
@@ -229,6 +241,12 @@ class DebugSession:
             row.reachability = text
             self.view.refresh(row)
 
+    def service_update(self, **facts: str) -> None:
+        with self._lock:
+            for name, value in facts.items():
+                setattr(self.service, name, value)
+        self.view.refresh(None)
+
     def target_note(self, note: str) -> None:
         self.note = note
         self.view.refresh(None)
@@ -245,6 +263,28 @@ class DebugSession:
         self.view.close()
 
     # -- what the user's buttons ask for ---------------------------------------------------
+
+    def send_test_request(self) -> threading.Thread | None:
+        """Post the sample request in the background (a breakpoint may hold it for long)."""
+        body = self.request.deployment.sample_request if self.request.deployment else None
+        if not body:
+            self.service_update(response="no --sample-request was given to %aml_debug_deploy")
+            return None
+        self.service_update(response="sent; waiting for the answer")
+
+        def send() -> None:
+            try:
+                status, text = self._target.score(body)
+            except Exception as error:
+                lines = list(self.rows[0].last_lines)[-5:]
+                answer = f"failed: {error}" + "".join(f"\n    {line}" for line in lines)
+            else:
+                answer = f"HTTP {status}: {text.strip()}"
+            self.service_update(response=answer)
+
+        sender = threading.Thread(target=send, name="aml-debug-test-request", daemon=True)
+        sender.start()
+        return sender
 
     def write_launch_json(self, row: StepRow | None = None) -> str:
         """Merge the attach config of ``row`` (default: every announced row) into launch.json."""
@@ -299,6 +339,8 @@ def check_request(request: DebugRequest) -> None:
     if request.connect is None:
         if request.target == "local":
             check_port_free(request.port)
+        if request.deployment is not None and request.target in ("local", "docker"):
+            check_port_free(request.deployment.scoring_port)
         return
     host, _, port = request.connect.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) <= 65535:
@@ -309,6 +351,10 @@ def check_request(request: DebugRequest) -> None:
 
 
 def make_target(request: DebugRequest) -> Target:
+    if request.deployment is not None:
+        from aml_debug_magics.deploy import make_deploy_target
+
+        return make_deploy_target(request)
     if request.target == "local":
         from aml_debug_magics.targets.local import LocalPipelineTarget
 

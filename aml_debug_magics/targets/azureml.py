@@ -117,8 +117,11 @@ def bootstrap_options(request: DebugRequest) -> list[str]:
 
 
 @contextlib.contextmanager
-def shipped_bootstrap(folders: list[Path]) -> Iterator[None]:
-    """The bootstrap's files in each folder for the snapshot; removed after, whatever happens.
+def shipped_bootstrap(
+    folders: list[Path], extra: dict[str, str] | None = None
+) -> Iterator[None]:
+    """The bootstrap's files (and ``extra``: package path -> shipped name) in each folder for
+    the snapshot; removed after, whatever happens.
 
     A folder that already holds a different file of the same name is refused (never overwrite).
     """
@@ -128,7 +131,7 @@ def shipped_bootstrap(folders: list[Path]) -> Iterator[None]:
     placed: list[Path] = []
     try:
         for folder in dict.fromkeys(folders):
-            for source_name, shipped_name in SHIPPED_NAMES.items():
+            for source_name, shipped_name in {**SHIPPED_NAMES, **(extra or {})}.items():
                 source, target = package / source_name, folder / shipped_name
                 content = source.read_bytes()
                 if target.exists():
@@ -204,6 +207,17 @@ class SdkWorkspace:
 
             what = Pipeline(workspace=self.workspace, steps=what)
         return Experiment(self.workspace, experiment).submit(what)
+
+    def package(self, models: list[str], inference_config: Any) -> Any:
+        """``Model.package`` for models named ``NAME`` or ``NAME:VERSION``."""
+        from azureml.core.model import Model
+
+        found = []
+        for model in models:
+            name, _, version = model.partition(":")
+            number = int(version) if version else None
+            found.append(Model(self.workspace, name=name, version=number))
+        return Model.package(self.workspace, found, inference_config)
 
 
 def find_workspace(user_ns: dict[str, Any], variable: str | None) -> SdkWorkspace:

@@ -145,8 +145,20 @@ class PanelView:
         self.stop_button.add_class("aml-debug-stop")
         self.stop_button.on_click(lambda _: self.session and self.session.stop())
         self.body = widgets.VBox()
+        self.service = widgets.HTML()
+        self.service.add_class("aml-debug-service")
+        self.send_button = widgets.Button(description="Send test request")
+        self.send_button.add_class("aml-debug-send")
+        self.send_button.on_click(lambda _: self.session and self.session.send_test_request())
+        self.response = widgets.HTML()
+        self.response.add_class("aml-debug-response")
+        self.service_box = widgets.VBox(
+            [self.service, widgets.HBox([self.send_button]), self.response],
+            layout={"display": "none"},
+        )
         self.widget = widgets.VBox(
-            [self.header, self.body, widgets.HBox([self.stop_button, self.message])]
+            [self.header, self.body, self.service_box,
+             widgets.HBox([self.stop_button, self.message])]
         )
         self.widget.add_class("aml-debug-panel")
         self._handle: Any = None
@@ -196,6 +208,15 @@ class PanelView:
             + note
         )
         self.message.value = html.escape(session.message)
+        if session.service is not None:
+            service = session.service
+            self.service_box.layout.display = None
+            self.service.value = (
+                f"scoring URL <code>{html.escape(service.scoring_url)}</code> · health: "
+                f"{html.escape(service.health or 'unknown')}"
+            )
+            self.send_button.disabled = not session.active
+            self.response.value = _pre(service.response) if service.response else ""
         self.stop_button.disabled = not session.active
         statuses = (session.state, *((r.status, r.address) for r in session.rows))
         if self._handle is not None and statuses != self._statuses:

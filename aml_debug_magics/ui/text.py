@@ -51,9 +51,17 @@ def session_text(session: DebugSession, now: float) -> str:
         config = row.attach_config() if row.status == Status.WAITING else None
         if config:
             lines.append(json.dumps(config, indent=4))
+    if session.service is not None:
+        lines.append(service_line(session))
     if session.message:
         lines.append(session.message)
     return "\n".join(lines)
+
+
+def service_line(session: DebugSession) -> str:
+    service = session.service
+    text = f"scoring URL {service.scoring_url} (health: {service.health or 'unknown'})"
+    return text + (f"\ntest request: {service.response}" if service.response else "")
 
 
 class TextView:
@@ -75,6 +83,7 @@ class TextView:
         debugged = ", ".join(r.label for r in session.rows if r.debugged)
         self._write(f"{session.title}: debugging {debugged} on the {session.request.target} target")
         self._note = ""
+        self._service = ""
 
     def refresh(self, row: StepRow | None) -> None:
         session = self._session
@@ -84,6 +93,9 @@ class TextView:
             if session.state != self._state and session.state != "starting":
                 self._state = session.state
                 self._write(f"{session.title}: {session.state}")
+            if session.service is not None and service_line(session) != self._service:
+                self._service = service_line(session)
+                self._write(self._service)
             if session.note and session.note != self._note:
                 self._note = session.note
                 self._write(session.note)

@@ -1,0 +1,211 @@
+"""%aml_debug_deploy: the real Azure ML inference server, a real debugger in its worker."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import textwrap
+
+import pytest
+from conftest import children_of, port_refuses, wait_for
+from dap_client import DapClient
+from IPython.core.error import UsageError
+
+from aml_debug_magics.session import Status, current_session
+
+pytest.importorskip("azureml_inference_server_http", reason="the inference server is a dependency")
+
+SCORE = textwrap.dedent(
+    """\
+    import json
+    import os
+    import pathlib
+
+    model = None
+
+    def init():
+        global model
+        weights = pathlib.Path(os.environ["AZUREML_MODEL_DIR"], "weights.json").read_text()
+        model = json.loads(weights)
+
+    def run(raw_data):
+        data = json.loads(raw_data)["data"]
+        prediction = [sum(w * x for w, x in zip(model["w"], row)) for row in data]
+        return {"prediction": prediction}
+    """
+)
+INIT_BREAK, RUN_BREAK = 10, 15  # model = json.loads(...); return {...}
+
+
+@pytest.fixture
+def app(tmp_path):
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "score.py").write_text(SCORE)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "weights.json").write_text('{"w": [0.5, 2.0]}')
+    return tmp_path
+
+
+def deploy(ip, options: str = ""):
+    ip.run_line_magic(
+        "aml_debug_deploy",
+        "--entry-script app/score.py --model-dir model --sample-request "
+        f"'{{\"data\": [[2, 3]]}}' --timeout 60 {options}",
+    )
+    return current_session("deploy")
+
+
+def attach(row, breakpoints):
+    config = row.attach_config()
+    client = DapClient.connect(config["connect"]["host"], config["connect"]["port"])
+    client.attach(config, breakpoints)
+    return client
+
+
+def test_a_request_stops_in_run_and_gets_its_prediction(ip, app):
+    session = deploy(ip)
+    row = session.rows[0]
+    wait_for(lambda: session.service.health == "healthy", 60, "the server to be healthy")
+    wait_for(lambda: row.announcement, 30, "the worker to announce the debugger")
+    assert session.service.scoring_url.startswith("http://127.0.0.1:")
+    client = attach(row, {str(app / "app" / "score.py"): [RUN_BREAK]})
+    try:
+        sender = session.send_test_request()
+        frame = client.wait_stopped(60)
+        assert frame["line"] == RUN_BREAK
+        assert client.evaluate(frame, "data") == "[[2, 3]]"
+        assert client.evaluate(frame, "model") == "{'w': [0.5, 2.0]}"
+        assert client.evaluate(frame, "prediction") == "[7.0]"
+        client.resume()
+        sender.join(60)
+    finally:
+        client.close()
+    assert session.service.response == 'HTTP 200: {"prediction": [7.0]}'
+    port = int(session.service.scoring_url.split(":")[2].split("/")[0])
+    debug_port = row.announcement.port
+    ip.run_line_magic("aml_debug_deploy", "--stop")
+    assert port_refuses("127.0.0.1", port) and port_refuses("127.0.0.1", debug_port)
+    assert children_of() == []
+
+
+def test_wait_in_init_stops_in_init(ip, app):
+    session = deploy(ip, "--wait-in-init")
+    row = session.rows[0]
+    wait_for(lambda: row.status == Status.WAITING, 60, "init to wait for the debugger")
+    assert row.seconds_left(session.clock()) > 30
+    assert session.service.health == "starting"
+    client = attach(row, {str(app / "app" / "score.py"): [INIT_BREAK]})
+    try:
+        frame = client.wait_stopped(60)
+        assert frame["line"] == INIT_BREAK
+        assert client.evaluate(frame, "weights") == "'{\"w\": [0.5, 2.0]}'"
+        client.resume()
+    finally:
+        client.close()
+    wait_for(lambda: session.service.health == "healthy", 60, "the server after init")
+    assert row.attached
+
+
+def test_init_raising_shows_the_servers_lines_and_leaves_nothing(ip, app):
+    (app / "model" / "weights.json").unlink()  # a missing model file
+    session = deploy(ip)
+    wait_for(lambda: session.state == "failed", 90, "the server to give up")
+    row = session.rows[0]
+    assert row.status == Status.FAILED and "inference server exited" in row.detail
+    assert any("weights.json" in line for line in row.last_lines)
+    assert children_of() == []
+
+
+@pytest.fixture
+def busy_port():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ("--entry-script nowhere.py", "entry script not found"),
+        ("--entry-script app/norun.py", "norun.py defines no run()"),
+        ("--entry-script app/score.py --model-dir nothere", "--model-dir nothere: no such folder"),
+        ("--entry-script app/score.py --scoring-port {busy}", "port {busy} is in use"),
+        ("--entry-script app/score.py --sample-request '{{nope'", "--sample-request is not JSON"),
+        ("--entry-script app/score.py --target docker", "--target docker needs --image"),
+        ("", "give the scoring script"),
+    ],
+)
+def test_bad_input_is_one_line_and_starts_nothing(ip, app, busy_port, options, message):
+    (app / "app" / "norun.py").write_text("def init():\n    pass\n")
+    with pytest.raises(UsageError) as caught:
+        ip.run_line_magic("aml_debug_deploy", options.format(busy=busy_port))
+    assert message.format(busy=busy_port) in str(caught.value) and "\n" not in str(caught.value)
+    assert current_session("deploy") is None and children_of() == []
+
+
+def test_docker_target_without_an_engine_shows_the_commands(ip, app, monkeypatch):
+    """No Docker engine here: the target says so and shows what it would run; the commands are
+    checked, not executed."""
+    from aml_debug_magics.deploy import docker
+
+    if docker.engine_problem() is None:
+        pytest.skip("a Docker engine answers here; this test is for machines without one")
+    ip.run_line_magic("config", "AmlDebugMagics.view = 'text'")
+    ip.run_line_magic("aml_debug_deploy", "--entry-script app/score.py --model-dir model "
+                      "--target docker --image myacr.azurecr.io/package:1 --port 5690")
+    session = current_session("deploy")
+    wait_for(lambda: session.state == "failed", 30, "the target to give up")
+    assert session.rows[0].status == Status.NOT_RUN
+    run_line = next(line for line in session.note.splitlines() if line.startswith("docker run"))
+    assert f"-v {app / 'app'}:/var/azureml-app " in run_line
+    assert "/var/azureml-apps" not in run_line
+    assert "-p 127.0.0.1:5690:5678" in run_line and ":5001 " in run_line
+    assert "-e AML_DEBUG_USER_SCRIPT=/var/azureml-app/score.py" in run_line
+    assert f"-v {app / 'model'}:/var/azureml-models/debug:ro" in run_line
+    assert run_line.endswith("myacr.azurecr.io/package:1 runsvdir /var/runit")
+    assert "docker logs --follow aml-debug-score" in session.note
+
+
+def test_docker_announcements_attach_to_localhost_and_the_app_root(app):
+    from aml_debug_magics.announce import Announcement
+    from aml_debug_magics.deploy.docker import DockerDeployTarget
+    from aml_debug_magics.deploy.local import Deployment
+    from aml_debug_magics.launch import attach_config
+    from aml_debug_magics.session import DebugRequest
+    from aml_debug_magics.steps import StepSpec
+
+    deployment = Deployment(app / "app" / "score.py", app / "app", scoring_port=8000, image="i")
+    request = DebugRequest("t", [StepSpec("score", app / "app", "score.py")], port=5690,
+                           deployment=deployment)
+    target = DockerDeployTarget(request, deployment)
+    seen = target.as_seen_from_here(Announcement(("0.0.0.0", "172.17.0.2"), 5678,
+                                                 script="/var/azureml-app/score.py"))
+    config = attach_config(seen, app / "app")
+    assert config["connect"] == {"host": "localhost", "port": 5690}
+    assert config["pathMappings"] == [{"localRoot": str(app / "app"),
+                                       "remoteRoot": "/var/azureml-app"}]
+    shutil.rmtree(target.tools)
+
+
+def test_packaging_builds_a_debug_environment(app):
+    pytest.importorskip("azureml.core")
+    from aml_debug_magics.deploy.local import Deployment
+    from aml_debug_magics.deploy.package import inference_config
+    from aml_debug_magics.session import DebugRequest
+    from aml_debug_magics.steps import StepSpec
+
+    deployment = Deployment(app / "app" / "score.py", app / "app", wait_in_init=True)
+    request = DebugRequest("t", [StepSpec("score", app / "app", "score.py")], timeout=120,
+                           deployment=deployment)
+    with inference_config(request, deployment) as config:
+        assert config.entry_script == "aml_debug_entry.py"
+        assert (app / "app" / "aml_debug_entry.py").is_file()
+        assert config.source_directory == str(app / "app")
+        environment = config.environment
+    pip = list(environment.python.conda_dependencies.pip_packages)
+    assert "debugpy>=1.8.1,<1.9" in pip and "azureml-inference-server-http" in pip
+    assert environment.environment_variables["AML_DEBUG_USER_SCRIPT"] == "score.py"
+    assert environment.environment_variables["AML_DEBUG_WAIT_IN_INIT"] == "1"
+    assert environment.environment_variables["AML_DEBUG_TIMEOUT"] == "120"
+    assert sorted(p.name for p in (app / "app").iterdir()) == ["score.py"]
