@@ -156,6 +156,7 @@ class DebugSession:
         self._target = target
         self.view = view
         self._lock = threading.RLock()
+        self._ended = threading.Event()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -184,8 +185,14 @@ class DebugSession:
                     self.view.refresh(row)
             if self.state in ("starting", "running"):
                 self.state = "stopped"
+        self._ended.set()
         self.view.refresh(None)
         self.view.close()
+
+    def wait(self, timeout: float | None = None) -> str:
+        """Block until the session ends (or ``timeout``); its state: finished, failed..."""
+        self._ended.wait(timeout)
+        return self.state
 
     @property
     def active(self) -> bool:
@@ -259,6 +266,7 @@ class DebugSession:
         with self._lock:
             if self.state in ("starting", "running"):
                 self.state = "failed" if failed else "finished"
+        self._ended.set()
         self.view.refresh(None)
         self.view.close()
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install everything into .venv and start the product on its local target: the demo training
-# script runs under the debugger on this machine and prints where (and how) to attach.
-EXTRAS="steps" source "$(dirname "$0")/_env.sh"
-exec .venv/bin/python -m aml_debug_magics "$@"
+# Install everything into .venv and start the product on its local target: JupyterLab on the
+# tutorials, bound to 127.0.0.1 (it prints the URL with its token; open it in a browser).
+EXTRAS="steps,notebook" source "$(dirname "$0")/_env.sh"
+exec .venv/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=notebooks --no-browser "$@"
