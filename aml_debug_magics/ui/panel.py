@@ -34,7 +34,8 @@ STATUS_COLOURS = {
 }
 COPY_RESULTS = {
     "copied": "Attach config copied: paste it into .vscode/launch.json's configurations",
-    "copied (fallback)": "Attach config copied: paste it into .vscode/launch.json's configurations",
+    "copied (fallback)": "Attach config copied (by the page's fallback route, this page is not "
+    "a secure context): paste it into .vscode/launch.json's configurations",
     "failed": "The browser refused the clipboard: select the configuration below and copy it",
 }
 
