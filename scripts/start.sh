@@ -2,4 +2,7 @@
 # Install everything into .venv and start the product on its local target: JupyterLab on the
 # tutorials, bound to 127.0.0.1 (it prints the URL with its token; open it in a browser).
 EXTRAS="steps,notebook" source "$(dirname "$0")/_env.sh"
-exec .venv/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=notebooks --no-browser "$@"
+root_flag=()
+if [ "$(id -u)" = 0 ]; then root_flag=(--allow-root); fi  # a compute instance's container runs as root
+exec .venv/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=notebooks --no-browser \
+    "${root_flag[@]}" "$@"

@@ -89,12 +89,15 @@ class RowWidgets:
             (self.config, "aml-debug-config"),
         ):
             part.add_class(css)
-        line = widgets.HBox(
-            [self.name, self.status, self.address, self.countdown, self.attached,
-             self.copy, self.write, self.show_output],
+        self.show_output.layout.width = "90px"
+        facts = widgets.HBox(
+            [self.name, self.status, self.address, self.countdown, self.attached],
             layout={"align_items": "center", "flex_flow": "row wrap"},
         )
-        self.box = widgets.VBox([line, self.detail, self.config, self.lines])
+        # A step without a debugger has nothing to attach to: only its output is offered.
+        actions = [self.copy, self.write, self.show_output] if row.debugged else [self.show_output]
+        buttons = widgets.HBox(actions, layout={"flex_flow": "row wrap"})
+        self.box = widgets.VBox([facts, buttons, self.detail, self.config, self.lines])
         self.box.add_class("aml-debug-row")
 
     def update(self, now: float) -> None:
