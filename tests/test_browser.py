@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -160,44 +161,48 @@ def check_panel(page, lab, screenshot: Path) -> None:
     written = (lab["root"] / ".vscode" / "launch.json").read_text()
     assert f'"port": {port}' in written
 
-    page.locator(".aml-debug-stop").click()
-    row.locator(".aml-debug-status", has_text="stopped").wait_for(timeout=60_000)
+    stop(page, row)
     wait_for(lambda: port_refuses(host, int(port)), 30, "the port to close")
 
 
-def test_panel_in_jupyterlab(lab, browser, tmp_path):
-    context = browser.new_context(permissions=["clipboard-read", "clipboard-write"],
-                                  viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    run_all(page, f"http://127.0.0.1:{lab['port']}/lab/workspaces/panel/tree/lab_{TUTORIAL}?token={lab['token']}")
-    check_panel(page, lab, tmp_path / "panel-jupyterlab.png")
-    context.close()
+def stop(page, row) -> None:
+    page.locator(".aml-debug-stop").click()
+    row.locator(".aml-debug-status", has_text="stopped").wait_for(timeout=60_000)
 
 
-def test_panel_in_notebook_7(lab, browser, tmp_path):
+@contextmanager
+def notebook(browser, lab, host: str, path: str):
+    """A fresh browser context on the notebook at ``path``, with all its cells run."""
     context = browser.new_context(permissions=["clipboard-read", "clipboard-write"],
                                   viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    run_all(page, f"http://127.0.0.1:{lab['port']}/notebooks/nb7_{TUTORIAL}?token={lab['token']}")
-    check_panel(page, lab, tmp_path / "panel-notebook7.png")
-    context.close()
+    try:
+        page = context.new_page()
+        run_all(page, f"http://{host}:{lab['port']}/{path}?token={lab['token']}")
+        yield page
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("ui, path", [
+    ("jupyterlab", f"lab/workspaces/panel/tree/lab_{TUTORIAL}"),
+    ("notebook7", f"notebooks/nb7_{TUTORIAL}"),
+])
+def test_panel_as_users_see_it(lab, browser, tmp_path, ui, path):
+    with notebook(browser, lab, "127.0.0.1", path) as page:
+        check_panel(page, lab, tmp_path / f"panel-{ui}.png")
 
 
 def test_copy_falls_back_where_the_page_is_not_a_secure_context(lab, browser):
-    context = browser.new_context(permissions=["clipboard-read", "clipboard-write"],
-                                  viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    run_all(page, f"http://notsecure.test:{lab['port']}/lab/workspaces/plain/tree/plain_{TUTORIAL}"
-                  f"?token={lab['token']}")
-    assert page.evaluate("window.isSecureContext") is False
-    row = train_row(page)
-    port = int(row.locator(".aml-debug-address code").inner_text().split(":")[1])
-    row.locator(".aml-debug-copy").click()
-    page.locator(".aml-debug-message").filter(has_text="fallback route").wait_for(timeout=30_000)
-    reader = context.new_page()  # the clipboard can be read back from a secure page
-    reader.goto(f"http://127.0.0.1:{lab['port']}/api?token={lab['token']}")
-    copied = json.loads(reader.evaluate("navigator.clipboard.readText()"))
-    assert copied["connect"]["port"] == port
-    page.locator(".aml-debug-stop").click()
-    row.locator(".aml-debug-status", has_text="stopped").wait_for(timeout=60_000)
-    context.close()
+    path = f"lab/workspaces/plain/tree/plain_{TUTORIAL}"
+    with notebook(browser, lab, "notsecure.test", path) as page:
+        assert page.evaluate("window.isSecureContext") is False
+        row = train_row(page)
+        port = int(row.locator(".aml-debug-address code").inner_text().split(":")[1])
+        row.locator(".aml-debug-copy").click()
+        page.locator(".aml-debug-message").filter(has_text="fallback route").wait_for(
+            timeout=30_000)
+        reader = page.context.new_page()  # the clipboard is read back on a secure page
+        reader.goto(f"http://127.0.0.1:{lab['port']}/api?token={lab['token']}")
+        copied = json.loads(reader.evaluate("navigator.clipboard.readText()"))
+        assert copied["connect"]["port"] == port
+        stop(page, row)
