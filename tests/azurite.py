@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import datetime
 import os
-import re
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
+from servers import listening_line
 
 REPO = Path(__file__).resolve().parents[1]
 ACCOUNT = "devstoreaccount1"
@@ -80,16 +79,8 @@ def start_azurite(location: Path) -> tuple[subprocess.Popen, Azurite]:
          "--skipApiVersionCheck", "--loose", "--disableTelemetry"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ},
     )
-    endpoint = None
-    for line in process.stdout:
-        if found := re.search(r"listens on (http://127\.0\.0\.1:\d+)", line):
-            endpoint = f"{found.group(1)}/{ACCOUNT}"
-            break
-    if endpoint is None:
-        process.kill()
-        raise RuntimeError("Azurite did not start")
-    threading.Thread(target=process.stdout.read, daemon=True).start()  # keep its pipe drained
-    return process, Azurite(endpoint)
+    found = listening_line(process, r"listens on (http://127\.0\.0\.1:\d+)", "Azurite")
+    return process, Azurite(f"{found.group(1)}/{ACCOUNT}")
 
 
 @pytest.fixture(scope="session")

@@ -74,7 +74,9 @@ class RowWidgets:
             description="Write to .vscode/launch.json", disabled=True, layout={"width": "auto"}
         )
         self.write.on_click(lambda _: panel.session.write_launch_json(self.row))
-        self.show_output = widgets.ToggleButton(description="Output", value=False)
+        self.show_output = widgets.ToggleButton(
+            description="Output", value=False, layout={"width": "90px"}
+        )
         self.show_output.observe(lambda _: self.update_lines(), names="value")
         self.config = widgets.HTML()
         self.lines = widgets.HTML(layout={"display": "none"})
@@ -89,7 +91,6 @@ class RowWidgets:
             (self.config, "aml-debug-config"),
         ):
             part.add_class(css)
-        self.show_output.layout.width = "90px"
         facts = widgets.HBox(
             [self.name, self.status, self.address, self.countdown, self.attached],
             layout={"align_items": "center", "flex_flow": "row wrap"},
