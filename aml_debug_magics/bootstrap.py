@@ -178,12 +178,21 @@ def _build_parser() -> argparse.ArgumentParser:
         default="0",
         help="which ranks wait for a debugger in a distributed run: 0 (default), all, or 0,2",
     )
-    parser.add_argument(
+    # a pair of flags, not argparse.BooleanOptionalAction: that is Python 3.9+, nodes run 3.8
+    code = parser.add_mutually_exclusive_group()
+    code.add_argument(
         "--just-my-code",
-        action=argparse.BooleanOptionalAction,
+        dest="just_my_code",
+        action="store_true",
         default=True,
         help="step only through your own code (written into the announcement for the attach "
-        "config; default on)",
+        "config; the default)",
+    )
+    code.add_argument(
+        "--no-just-my-code",
+        dest="just_my_code",
+        action="store_false",
+        help="step into libraries too",
     )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- SCRIPT [ARGS...]")
     return parser

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,7 +27,7 @@ from aml_debug_magics.steps import StepSpec
 LINES_SHOWN = 40
 
 
-class Status(StrEnum):
+class Status(str, Enum):
     QUEUED = "queued"
     STARTING = "starting"
     WAITING = "waiting for debugger"
@@ -38,6 +38,9 @@ class Status(StrEnum):
     FAILED = "failed"
     STOPPED = "stopped"
     NOT_RUN = "not run"
+
+    def __str__(self) -> str:  # what enum.StrEnum gives on 3.11+; the notebook runs 3.10 too
+        return self.value
 
 
 ENDED = frozenset({Status.FINISHED, Status.FAILED, Status.STOPPED, Status.NOT_RUN})

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Install the test dependencies into .venv (Azurite, the blob-store emulator, into .azurite, and
-# Debian's Chromium for the browser tests) and run every test (this is what CI runs).
-EXTRAS="test" source "$(dirname "$0")/_env.sh"
+# Install the test dependencies (Azurite, the blob-store emulator, into .azurite; Debian's
+# Chromium for the browser tests) and run every test on each notebook-side Python: 3.11 (.venv)
+# and 3.10 (.venv-3.10) in full, 3.12 (.venv-3.12) without what needs PythonScriptStep, which
+# does not install there. AML_DEBUG_PYTHONS="3.11" runs fewer. A missing interpreter is a loud
+# skip. This is what CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
 if [ ! -x .azurite/node_modules/.bin/azurite-blob ]; then
     command -v npm >/dev/null || { echo "aml-debug: error: the tests need npm (Node.js) for Azurite" >&2; exit 2; }
     npm install --prefix .azurite --no-audit --no-fund --silent azurite@3.37 >/dev/null
@@ -14,5 +18,32 @@ if [ ! -x /usr/bin/chromium ]; then
         echo "aml-debug: warning: /usr/bin/chromium is missing (apt-get install -y chromium): the browser tests will skip" >&2
     fi
 fi
-.venv/bin/ruff check aml_debug_magics tests bench
-exec .venv/bin/python -m pytest "$@"
+
+find_python() {  # the newest pyenv build of $1 (like 3.10), else python$1 on PATH
+    local root build
+    for root in "$(pyenv root 2>/dev/null || true)" "${PYENV_ROOT:-}" "$HOME/.pyenv"; do
+        [ -n "$root" ] || continue
+        build="$(ls -d "$root"/versions/"$1".* 2>/dev/null | grep -E "/$1\.[0-9]+$" | sort -V | tail -1)"
+        if [ -n "$build" ] && [ -x "$build/bin/python" ]; then echo "$build/bin/python"; return; fi
+    done
+    command -v "python$1" || true
+}
+
+missing=()
+for version in ${AML_DEBUG_PYTHONS:-3.11 3.10 3.12}; do
+    venv=".venv-$version"
+    if [ "$version" = 3.11 ]; then venv=".venv"; fi
+    python="$(find_python "$version")"
+    if [ ! -x "$venv/bin/python" ] && [ -z "$python" ]; then
+        echo "aml-debug: SKIPPED: Python $version is not on this machine (pyenv install $version): its tests did not run" >&2
+        missing+=("$version")
+        continue
+    fi
+    echo "aml-debug: === the tests on Python $version ($venv) ===" >&2
+    (PYTHON="$python" VENV="$venv" EXTRAS="test" source scripts/_env.sh)
+    if [ "$version" = 3.11 ]; then "$venv/bin/ruff" check aml_debug_magics tests bench; fi
+    "$venv/bin/python" -m pytest -p no:cacheprovider "$@"
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "aml-debug: SKIPPED: no tests ran on Python ${missing[*]} (not on this machine)" >&2
+fi

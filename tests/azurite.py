@@ -48,7 +48,8 @@ class Azurite:
     def sas_url(self, name: str, *, expires_in: float = 3600) -> str:
         from azure.storage.blob import BlobSasPermissions, generate_blob_sas
 
-        expiry = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=expires_in)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        expiry = now + datetime.timedelta(seconds=expires_in)
         token = generate_blob_sas(ACCOUNT, "azureml", name, account_key=KEY,
                                   permission=BlobSasPermissions(read=True), expiry=expiry)
         return f"{self.endpoint}/azureml/{name}?{token}"

@@ -92,7 +92,7 @@ class StandInWorkspace:
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    steps_module = pytest.importorskip("azureml.pipeline.steps", reason="needs Python 3.11")
+    steps_module = pytest.importorskip("azureml.pipeline.steps", reason="PythonScriptStep (azureml-pipeline-steps) installs on Python 3.10 and 3.11 only")
     monkeypatch.chdir(tmp_path)
     for folder, name in (("prep", "prep.py"), ("train", "train.py")):
         (tmp_path / folder).mkdir()

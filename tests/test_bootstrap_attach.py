@@ -9,11 +9,15 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import port_refuses
 from dap_client import DapClient
+from node_pythons import NODE_VERSIONS, installed, node_python
 
+import aml_debug_magics
+from aml_debug_magics.bootstrap import SHIPPED_NAMES
 from aml_debug_magics.launch import attach_config
 
 TRAIN = textwrap.dedent(
@@ -282,3 +286,30 @@ def test_many_probes_in_parallel_with_the_attach(remote_and_local, start_local):
         prober.join(5)
     assert seen["step"] == "0"
     assert process.wait(30) == 7
+
+
+@pytest.mark.parametrize("version", NODE_VERSIONS)
+def test_the_shipped_files_alone_run_and_attach_on_each_node_python(
+    version, remote_and_local, start_local
+):
+    """The three shipped files copied alone into the script's folder (no package on the path),
+    run by a Python holding only debugpy, as on an Azure ML node; a real client stops in them."""
+    python = node_python(version)
+    assert installed(python) - {"pip", "setuptools", "wheel"} == {"debugpy"}
+    remote_script, local_script = remote_and_local
+    package = Path(aml_debug_magics.__file__).parent
+    for source, shipped in SHIPPED_NAMES.items():
+        shutil.copy(package / source, remote_script.parent / shipped)
+    process = start_local(
+        remote_script, "0.5", timeout=60, python=python, node_files=remote_script.parent
+    )
+    assert "aml_debug_magics" not in " ".join(process.command[:3])
+    seen = attach_and_inspect(process, local_script)
+    assert (seen["step"], seen["loss"], seen["argv"]) == ("0", "5.0", "['0.5']")
+    assert process.wait(30) == 7
+    assert "final loss 1.6666666666666667" in process.last_lines
+    version_line = subprocess.run(
+        [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    assert version_line == version

@@ -37,7 +37,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     pytest.importorskip("playwright", reason="playwright is a test dependency")
-    pytest.importorskip("azureml.pipeline.steps", reason="tutorial 1 needs PythonScriptStep (3.11)")
+    pytest.importorskip("azureml.pipeline.steps", reason="tutorial 1 needs PythonScriptStep (Python 3.10 or 3.11)")
     root = tmp_path_factory.mktemp("lab")
     settings = root / ".settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)  # no news pop-up over the page

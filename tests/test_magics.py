@@ -72,7 +72,7 @@ steps = [prep, train, evaluate]
 @pytest.fixture
 def pipeline(ip, tmp_path):
     """Three steps built with the real SDK classes: prep -> PipelineData -> train -> evaluate."""
-    pytest.importorskip("azureml.pipeline.steps", reason="azureml-pipeline-steps needs 3.11")
+    pytest.importorskip("azureml.pipeline.steps", reason="PythonScriptStep (azureml-pipeline-steps) installs on Python 3.10 and 3.11 only")
     for folder, name, text in (
         ("prep", "prep.py", PREP), ("train", "train.py", TRAIN), ("train", "evaluate.py", EVALUATE)
     ):

@@ -51,13 +51,18 @@ class LocalProcess:
         debug: bool = True,
         env: dict[str, str] | None = None,
         python: str = sys.executable,
+        node_files: Path | None = None,
         on_line: Callable[[str], None] | None = None,
         on_news: Callable[[Announcement | AttachOutcome], None] | None = None,
     ) -> None:
         where = ["--connect", connect] if connect else ["--listen", f"127.0.0.1:{port}"]
+        # node_files: a folder holding only the shipped files, run as a node without this
+        # package runs them (PYTHONPATH left alone)
+        entry = [str(node_files / "aml_debug_bootstrap.py")] if node_files else [
+            "-m", "aml_debug_magics.bootstrap"
+        ]
         bootstrap = [
-            "-m",
-            "aml_debug_magics.bootstrap",
+            *entry,
             *where,
             "--timeout",
             f"{timeout:g}",
@@ -71,9 +76,10 @@ class LocalProcess:
         self.command = [python, "-u", *(bootstrap if debug else []), str(script), *args]
         self.cwd = Path(cwd) if cwd else Path.cwd()
         self.env = {**os.environ, **(env or {})}
-        self.env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(Path(__file__).resolve().parents[2]), self.env.get("PYTHONPATH")])
-        )
+        if node_files is None:
+            self.env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [str(Path(__file__).resolve().parents[2]), self.env.get("PYTHONPATH")])
+            )
         self.last_lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES_KEPT)
         self.announcement: Announcement | None = None
         self.outcome: AttachOutcome | None = None
