@@ -50,6 +50,10 @@ def session_options(magic: Callable[..., Any]) -> Callable[..., Any]:
                  "the Workspace (default: Workspace.from_config())"),
         argument("--experiment", help="azureml target: the experiment to submit to "
                  "(default: aml-debug)"),
+        argument("--input", action="append", default=[], metavar="NAME=PATH", help="local "
+                 "target: a local file or folder for the DataReference, dataset or DataPath "
+                 "parameter named NAME (repeat for more); inputs without one are downloaded "
+                 "once through the workspace"),
         argument("--ranks", default="0", help="which ranks of a distributed step wait for a "
                  "debugger: 0 (default), all, or 0,2"),
         argument("--write-launch-json", action="store_true", help="write each attach config "
@@ -232,14 +236,23 @@ class AmlDebugMagics(Magics):
     def _open(
         self, kind: str, title: str, specs: list, args: argparse.Namespace, **extra: Any
     ) -> None:
+        from aml_debug_magics.inputs import local_paths
         from aml_debug_magics.session import DebugRequest, open_session
+        from aml_debug_magics.targets.azureml import find_workspace
         from aml_debug_magics.ui import make_view
 
-        workspace = None
+        workspace, input_paths = None, {}
         if self._target(args) == "azureml":  # submits (or packages) through a workspace
-            from aml_debug_magics.targets.azureml import find_workspace
-
+            if getattr(args, "input", None):
+                raise DebugInputError("--input is for the local target: on Azure ML the steps "
+                                      "read their own data")
             workspace = find_workspace(self.shell.user_ns, args.workspace)
+        else:
+            input_paths = local_paths(
+                specs, getattr(args, "input", []), base=Path.cwd(),
+                workspace=lambda: find_workspace(self.shell.user_ns, args.workspace),
+                workspace_named=bool(args.workspace),
+            )
         request = DebugRequest(
             title=title,
             steps=specs,
@@ -253,6 +266,7 @@ class AmlDebugMagics(Magics):
             just_my_code=self.just_my_code,
             launch_json=Path(os.path.expanduser(self.launch_json)),
             write_launch_json=args.write_launch_json,
+            input_paths=input_paths,
             **extra,
         )
         open_session(kind, request, make_view(self.view))

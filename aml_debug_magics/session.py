@@ -132,6 +132,7 @@ class DebugRequest:
     experiment: str = "aml-debug"
     deployment: Any = None  # for %aml_debug_deploy: a deploy.local.Deployment
     models: list[str] = field(default_factory=list)  # for packaging: NAME or NAME:VERSION
+    input_paths: dict[str, Path] = field(default_factory=dict)  # local target: external data
 
 
 class DebugSession:

@@ -10,6 +10,7 @@ that reads it.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from aml_debug_magics.errors import DebugInputError
 SUPPORTED_KIND = "PythonScriptStep"
 _OUTPUT_PREFIX = "DatasetOutputConfig:"
 _INPUT_PREFIX = "DatasetConsumptionConfig:"
+_REFERENCE_PREFIX = "$AZUREML_DATAREFERENCE_"
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,21 @@ class DataFolder:
     name: str
 
 
-Argument = str | DataFolder
+@dataclass(frozen=True)
+class ExternalInput:
+    """Data from outside the pipeline: a DataReference, a File or Tabular dataset, or a
+    PipelineParameter holding a DataPath. On the local target it becomes a local path: the
+    user's stand-in (``--input NAME=PATH``) or a download through the workspace.
+    """
+
+    name: str  # what the user calls it, and what --input NAME matches
+    kind: str  # "DataReference", "FileDataset", "TabularDataset", "DataPath parameter"
+    points_to: str  # the datastore path, dataset name or URL, as the user would recognise it
+    mode: str = "mount"  # mount, download or direct, as the step asked
+    source: Any = field(default=None, compare=False, hash=False)  # the SDK object, to download
+
+
+Argument = str | DataFolder | ExternalInput
 
 
 @dataclass
@@ -43,6 +59,7 @@ class StepSpec:
     environment: dict[str, str] = field(default_factory=dict)
     reads: list[DataFolder] = field(default_factory=list)
     writes: list[DataFolder] = field(default_factory=list)
+    external: list[ExternalInput] = field(default_factory=list)
     debug: bool = True
     sdk_object: Any = None  # the user's step or ScriptRunConfig, for targets that submit it
 
@@ -91,12 +108,39 @@ def steps_of(pipeline: Any, variable: str) -> list[Any]:
             f"{variable!r} is a {type(pipeline).__name__}: give an Azure ML Pipeline, a list of "
             f"steps, or one {SUPPORTED_KIND}"
         )
-    for step in list(steps):
-        for item in list(getattr(step, "_inputs", []) or []):
-            producer = getattr(_bound(item), "_producer", None)
-            if producer is not None and producer not in steps:
-                steps.append(producer)
-    return steps
+    return _with_predecessors(steps)
+
+
+def _with_predecessors(steps: list[Any]) -> list[Any]:
+    """``steps`` and every step they wait on, to a fixed point, as ``Pipeline`` resolves its
+    closure: ``run_after``, the producers of ``PipelineData`` (and its dataset forms) and of
+    ``OutputFileDatasetConfig``, however many levels deep."""
+    found, pending = list(steps), list(steps)
+    while pending:
+        step = pending.pop(0)
+        reads = [*(getattr(step, "_inputs", None) or [])]
+        reads += getattr(step, "_arguments", None) or []
+        waits_on = getattr(step, "run_after_steps", None) or []
+        for needed in [*waits_on, *map(_producer_of, reads)]:
+            if needed is not None and _is_step(needed) and not any(needed is f for f in found):
+                found.append(needed)
+                pending.append(needed)
+    return found
+
+
+def _producer_of(item: Any) -> Any:
+    """The step that writes what ``item`` reads, or None (external data, plain values)."""
+    item = _bound(item)
+    if "DatasetConsumptionConfig" in _class_names(item):
+        item = item.dataset
+    names = _class_names(item)
+    if "OutputDatasetConfig" in names:
+        return getattr(getattr(item, "_origin", None), "producer_step", None)
+    if "PipelineOutputAbstractDataset" in names:
+        item = item._pipeline_data
+    if "PipelineData" in _class_names(item):
+        return getattr(item, "_producer", None)
+    return None
 
 
 def pick_steps(steps: Sequence[Any], wanted: Sequence[str] | None) -> set[str]:
@@ -154,6 +198,11 @@ def read_steps(
     ]
     after = {s.name: {p.name for p in getattr(s, "run_after_steps", []) or []} for s in steps}
     return _dependency_order(specs, after)
+
+
+def external_inputs(specs: Sequence[StepSpec]) -> dict[str, ExternalInput]:
+    """Every external input the steps read, by the name ``--input NAME=PATH`` uses."""
+    return {data.name: data for spec in specs for data in spec.external}
 
 
 def _submitted_spec(sdk_object: Any, debug: bool, base_directory: Path) -> StepSpec:
@@ -254,17 +303,18 @@ def _spec(
             f"step {name!r}: script not found: {folder / script_name} (check source_directory "
             "and script_name)"
         )
-    by_arg_value = {
-        getattr(item, "arg_val", None): item for item in [*inputs, *outputs]
-    }
+    inputs, outputs = list(inputs), list(outputs)
+    by_arg_value = {key: item for item in [*inputs, *outputs] for key in _argument_keys(item)}
     writes = [_data_folder(item, name) for item in outputs]
     reads = [_data_folder(item, name) for item in inputs]
     resolved: list[Argument] = []
     for argument in arguments:
-        if isinstance(argument, str) and argument.startswith((_OUTPUT_PREFIX, _INPUT_PREFIX)):
+        if isinstance(argument, str) and argument.startswith(
+            (_OUTPUT_PREFIX, _INPUT_PREFIX, _REFERENCE_PREFIX)
+        ):
             argument = by_arg_value.get(argument, argument)
         value = _argument(argument, name)
-        if isinstance(value, DataFolder) and value not in writes and value not in reads:
+        if isinstance(value, DataFolder | ExternalInput) and value not in writes + reads:
             (writes if _is_output(argument) else reads).append(value)
         resolved.append(value)
     return StepSpec(
@@ -273,38 +323,100 @@ def _spec(
         script_name=script_name,
         arguments=resolved,
         environment=_environment_of(runconfig),
-        reads=[d for d in reads if d not in writes],
-        writes=writes,
+        reads=[d for d in reads if isinstance(d, DataFolder) and d not in writes],
+        writes=[d for d in writes if isinstance(d, DataFolder)],
+        external=list({d.name: d for d in reads if isinstance(d, ExternalInput)}.values()),
         debug=debug,
         sdk_object=sdk_object,
     )
 
 
+def _argument_keys(item: Any) -> list[str]:
+    """The strings the SDK puts in a step's arguments in place of ``item``."""
+    keys = [getattr(item, "arg_val", None)]
+    bound = _bound(item)
+    if "PipelineOutputAbstractDataset" in _class_names(bound):
+        keys += [_INPUT_PREFIX + bound._input_name, _REFERENCE_PREFIX + bound._pipeline_data._name]
+    elif "PipelineData" in _class_names(bound):
+        keys.append(_REFERENCE_PREFIX + bound._name)
+    elif "DataReference" in _class_names(bound):
+        keys.append(_REFERENCE_PREFIX + bound.data_reference_name)
+    return [k for k in keys if isinstance(k, str)]
+
+
 def _is_output(value: Any) -> bool:
     names = _class_names(value)
-    return bool(names & {"OutputDatasetConfig", "PipelineData"}) and "InputPortBinding" not in names
+    return bool(
+        names & {"OutputDatasetConfig", "PipelineData", "PipelineOutputAbstractDataset"}
+    ) and "InputPortBinding" not in names
 
 
-def _data_folder(item: Any, step: str) -> DataFolder:
+def _data_folder(item: Any, step: str) -> DataFolder | ExternalInput:
+    """What a step input or output is: data another step writes, or data from outside."""
+    binding = item
     item = _bound(item)
     names = _class_names(item)
     if "DatasetConsumptionConfig" in names:
         source = item.dataset
         if "OutputDatasetConfig" in _class_names(source):
             return DataFolder(source.name)
-        label = getattr(item, "name", None) or getattr(source, "name", None) or "a dataset"
-        raise DebugInputError(
-            f"step {step!r} reads the {type(source).__name__} {label!r}, which needs an Azure ML "
-            "workspace: use --target azureml"
-        )
+        if "PipelineOutputAbstractDataset" in _class_names(source):
+            return DataFolder(source._pipeline_data._name)
+        return _dataset_input(item, source)
+    if "PipelineOutputAbstractDataset" in names:
+        return DataFolder(item._pipeline_data._name)
     if "PipelineData" in names:
         return DataFolder(item._name)
     if "OutputDatasetConfig" in names:
         return DataFolder(item.name)
+    if "DataReference" in names:
+        datastore = getattr(getattr(item, "datastore", None), "name", None) or "a datastore"
+        return ExternalInput(
+            name=item.data_reference_name, kind="DataReference",
+            points_to=f"{datastore}/{item.path_on_datastore or ''}",
+            mode=str(getattr(binding, "mode", None) or item.mode or "mount"), source=item,
+        )
+    if "_PipelineIO" in names:  # a PipelineParameter holding a DataPath, with its binding
+        parameter = getattr(item, "_datapath_param", None)
+        datapath = getattr(parameter, "default_value", None) or getattr(item, "_datapath", None)
+        binding_mode = getattr(getattr(item, "_datapath_compute_binding", None), "mode", None)
+        return ExternalInput(
+            name=getattr(parameter, "name", None) or item._name, kind="DataPath parameter",
+            points_to=_datapath_text(datapath), mode=str(binding_mode or "mount"), source=datapath,
+        )
+    if "DataPath" in names:
+        return ExternalInput(
+            name=_datapath_text(item), kind="DataPath", points_to=_datapath_text(item),
+            source=item,
+        )
     raise DebugInputError(
-        f"step {step!r} reads a {type(item).__name__}, which needs an Azure ML workspace: "
-        "use --target azureml"
+        f"step {step!r} reads a {type(item).__name__.lstrip('_')}, which the local target "
+        "cannot stand in for: use --target azureml"
     )
+
+
+def _dataset_input(consumption: Any, dataset: Any) -> ExternalInput:
+    kind = type(dataset).__name__
+    registered = getattr(dataset, "name", None)
+    if registered:
+        version = getattr(dataset, "version", None)
+        points_to = f"dataset {registered!r}" + (f" version {version}" if version else "")
+    else:
+        # its repr holds the definition, paths quoted (and escaped once more inside JSON)
+        paths = re.findall(r'(?:pattern|file|folder): \\?"([^"\\]+)', str(dataset))
+        points_to = ", ".join(paths) or "an unregistered dataset"
+    return ExternalInput(
+        name=consumption.name, kind=kind, points_to=points_to,
+        mode=str(getattr(consumption, "mode", None) or "direct"), source=dataset,
+    )
+
+
+def _datapath_text(datapath: Any) -> str:
+    datastore = getattr(datapath, "datastore_name", None) or getattr(
+        getattr(datapath, "datastore", None), "name", None
+    )
+    path = getattr(datapath, "path_on_datastore", None) or ""
+    return f"{datastore or 'a datastore'}/{path}"
 
 
 def _argument(value: Any, step: str) -> Argument:
@@ -317,7 +429,13 @@ def _argument(value: Any, step: str) -> Argument:
     if isinstance(value, bool | int | float):
         return str(value)
     if "PipelineParameter" in _class_names(value):
-        return _argument(value.default_value, step)
+        default = value.default_value
+        if "DataPath" in _class_names(default):
+            return ExternalInput(
+                name=value.name, kind="DataPath parameter", points_to=_datapath_text(default),
+                source=default,
+            )
+        return _argument(default, step)
     return _data_folder(value, step)
 
 

@@ -36,6 +36,15 @@ def live_adapters() -> list[int]:
     return found
 
 
+def need_python_script_step():
+    """Skip where PythonScriptStep is missing: azureml-pipeline-steps installs on 3.10 and 3.11
+    only (it needs azureml-train-automl-client, which stops before 3.12)."""
+    return pytest.importorskip(
+        "azureml.pipeline.steps", reason="PythonScriptStep (azureml-pipeline-steps) installs on "
+        "Python 3.10 and 3.11 only",
+    )
+
+
 def wait_for(condition, timeout: float = 10.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

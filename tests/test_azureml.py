@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import need_python_script_step, wait_for
 from IPython.core.error import UsageError
 
 from aml_debug_magics.announce import Announcement, format_announcement, tag_key
@@ -92,7 +92,7 @@ class StandInWorkspace:
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    steps_module = pytest.importorskip("azureml.pipeline.steps", reason="PythonScriptStep (azureml-pipeline-steps) installs on Python 3.10 and 3.11 only")
+    steps_module = need_python_script_step()
     monkeypatch.chdir(tmp_path)
     for folder, name in (("prep", "prep.py"), ("train", "train.py")):
         (tmp_path / folder).mkdir()

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import REPO, port_refuses, wait_for
+from conftest import REPO, need_python_script_step, port_refuses, wait_for
 from dap_client import DapClient
 from servers import listening_line
 
@@ -37,7 +37,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     pytest.importorskip("playwright", reason="playwright is a test dependency")
-    pytest.importorskip("azureml.pipeline.steps", reason="tutorial 1 needs PythonScriptStep (Python 3.10 or 3.11)")
+    need_python_script_step()
     root = tmp_path_factory.mktemp("lab")
     settings = root / ".settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)  # no news pop-up over the page

@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import children_of, port_refuses, wait_for
+from conftest import children_of, need_python_script_step, port_refuses, wait_for
 from dap_client import DapClient
 from IPython.core.error import UsageError
 
@@ -72,7 +72,7 @@ steps = [prep, train, evaluate]
 @pytest.fixture
 def pipeline(ip, tmp_path):
     """Three steps built with the real SDK classes: prep -> PipelineData -> train -> evaluate."""
-    pytest.importorskip("azureml.pipeline.steps", reason="PythonScriptStep (azureml-pipeline-steps) installs on Python 3.10 and 3.11 only")
+    need_python_script_step()
     for folder, name, text in (
         ("prep", "prep.py", PREP), ("train", "train.py", TRAIN), ("train", "evaluate.py", EVALUATE)
     ):
@@ -273,14 +273,16 @@ def test_bad_steps_are_one_line(ip, pipeline, line, message):
     assert children_of() == []
 
 
-def test_a_registered_dataset_input_says_to_use_azureml(ip, pipeline):
+def test_a_dataset_input_without_a_stand_in_says_which_input_to_add(ip, pipeline):
     assert ip.run_cell(
         "from azureml.data.file_dataset import FileDataset\n"
         "raw = FileDataset._create(None)\n"
         "load = PythonScriptStep(name='load', script_name='prep.py', source_directory='prep',"
         " arguments=['--out', raw.as_named_input('raw').as_mount()])"
     ).success
-    with pytest.raises(UsageError, match="needs an Azure ML workspace: use --target azureml"):
+    with pytest.raises(UsageError, match=r"step 'load' reads the FileDataset 'raw' \(an "
+                       r"unregistered dataset\), which needs an Azure ML workspace to download: "
+                       r"add --input raw=PATH"):
         ip.run_line_magic("aml_debug_pipeline", "load")
 
 

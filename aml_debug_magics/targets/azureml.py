@@ -220,6 +220,24 @@ class SdkWorkspace:
         return Model.package(self.workspace, found, inference_config)
 
 
+    def download(self, data: Any, folder: Path) -> Path:
+        """Download an ``ExternalInput`` into ``folder`` with the SDK's own calls; the path the
+        step sees (a DataReference to a file: that file)."""
+        if data.kind == "FileDataset":
+            data.source.download(target_path=str(folder), overwrite=True)
+            return folder
+        if data.kind == "TabularDataset":
+            data.source.to_csv_files().download(target_path=str(folder), overwrite=True)
+            return folder
+        from azureml.core import Datastore
+
+        datastore, _, path = data.points_to.partition("/")
+        Datastore.get(self.workspace, datastore).download(
+            str(folder), prefix=path or None, overwrite=True, show_progress=False
+        )
+        return folder / path if path else folder
+
+
 def find_workspace(user_ns: dict[str, Any], variable: str | None) -> SdkWorkspace:
     """The workspace in ``variable``, else ``Workspace.from_config()``; one line if neither."""
     if variable:

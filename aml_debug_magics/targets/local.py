@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from aml_debug_magics.announce import Announcement, AttachOutcome, LogReader
 from aml_debug_magics.session import Status
-from aml_debug_magics.steps import DataFolder, StepSpec
+from aml_debug_magics.steps import Argument, DataFolder, ExternalInput, StepSpec
 
 if TYPE_CHECKING:
     from aml_debug_magics.session import DebugRequest, DebugSession
@@ -188,6 +188,14 @@ class LocalPipelineTarget:
     def folder_of(self, data: DataFolder) -> Path:
         return self.data_root / data.name
 
+    def _local_value(self, argument: Argument) -> str:
+        """What the step is given here for an argument: data becomes its local path."""
+        if isinstance(argument, DataFolder):
+            return str(self.folder_of(argument))
+        if isinstance(argument, ExternalInput):
+            return str(self.request.input_paths[argument.name])
+        return argument
+
     def _run_all(self, events: DebugSession) -> None:
         failed_step = None
         for step in self.request.steps:
@@ -209,12 +217,10 @@ class LocalPipelineTarget:
     def _run_one(self, step: StepSpec, events: DebugSession) -> int:
         for data in step.writes:
             self.folder_of(data).mkdir(parents=True, exist_ok=True)
-        arguments = [
-            str(self.folder_of(a)) if isinstance(a, DataFolder) else a for a in step.arguments
-        ]
+        arguments = [self._local_value(a) for a in step.arguments]
         environment = dict(step.environment)
-        for data in [*step.reads, *step.writes]:
-            environment[f"AZUREML_DATAREFERENCE_{data.name}"] = str(self.folder_of(data))
+        for data in [*step.reads, *step.writes, *step.external]:
+            environment[f"AZUREML_DATAREFERENCE_{data.name}"] = self._local_value(data)
         events.step_status(step.name, Status.STARTING if step.debug else Status.RUNNING)
         process = LocalProcess(
             step.script,

@@ -1,0 +1,181 @@
+"""External data on the local target: the user's stand-ins, else one download into a cache.
+
+In: the :class:`~aml_debug_magics.steps.ExternalInput`s the steps read (DataReferences, File and
+Tabular datasets, PipelineParameters holding a DataPath), the user's ``--input NAME=PATH``, and,
+when one is configured, a workspace to download through. Out: one local path per input name,
+which the local target hands to the step where Azure ML would hand the mounted or downloaded
+data. A download goes to ``~/.cache/aml_debug_magics/`` (``AML_DEBUG_CACHE``), keyed by the
+dataset's id and version or the datastore path, and is reused by the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from aml_debug_magics.errors import DebugInputError
+from aml_debug_magics.steps import ExternalInput, StepSpec
+
+PROGRESS_EVERY = 1.0  # seconds between two progress lines of a download
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("AML_DEBUG_CACHE", "~/.cache/aml_debug_magics")).expanduser()
+
+
+def parse_stand_ins(values: Sequence[str], base: Path) -> dict[str, Path]:
+    """``--input NAME=PATH`` values as ``{NAME: absolute PATH}``; one line per mistake."""
+    found: dict[str, Path] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise DebugInputError(
+                f"--input takes NAME=PATH, like raw_data=./sample (got {value!r})"
+            )
+        where = (base / os.path.expanduser(path)).resolve()
+        if not where.exists():
+            raise DebugInputError(f"--input {name}: {where} does not exist")
+        found[name] = where
+    return found
+
+
+def local_paths(
+    specs: Sequence[StepSpec],
+    input_options: Sequence[str],
+    *,
+    base: Path,
+    workspace: Callable[[], Any],
+    workspace_named: bool,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Path]:
+    """What a magic's ``--input`` options and the steps' external data come to on the local
+    target: ``workspace()`` is asked for only when something must be downloaded and a workspace
+    was named or a ``config.json`` is where ``Workspace.from_config()`` looks."""
+    stand_ins = parse_stand_ins(input_options, base)
+    missing = any(d.name not in stand_ins for s in specs for d in s.external)
+    found = None
+    if missing and (workspace_named or _config_json_near(base)):
+        found = workspace()
+    return resolve(specs, stand_ins, workspace=found, progress=progress)
+
+
+def _config_json_near(base: Path) -> bool:
+    """Where ``Workspace.from_config()`` looks: this folder and its parents, also in .azureml."""
+    return any(
+        (folder / name).is_file()
+        for folder in [base, *base.parents]
+        for name in ("config.json", ".azureml/config.json")
+    )
+
+
+def resolve(
+    specs: Sequence[StepSpec],
+    stand_ins: Mapping[str, Path],
+    *,
+    workspace: Any = None,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Path]:
+    """A local path for every external input of ``specs``.
+
+    ``workspace`` (an ``SdkWorkspace``) downloads what has no stand-in; without one, the refusal
+    names the step, the input, what it points to and the ``--input`` to add. A File dataset read
+    as a mount or download gets a folder, as on Azure ML, also when its stand-in is one file.
+    """
+    readers = {d.name: (s.name, d) for s in specs for d in s.external}
+    unknown = sorted(set(stand_ins) - set(readers))
+    if unknown:
+        known = ", ".join(sorted(readers)) or "none"
+        raise DebugInputError(
+            f"--input {unknown[0]}: no step reads an input of that name; the inputs are: {known}"
+        )
+    paths: dict[str, Path] = {}
+    for name, (step, data) in readers.items():
+        if name in stand_ins:
+            paths[name] = _as_mode(data, stand_ins[name])
+        elif workspace is None:
+            raise DebugInputError(
+                f"step {step!r} reads the {data.kind} {name!r} ({data.points_to}), which needs "
+                f"an Azure ML workspace to download: add --input {name}=PATH with a local copy, "
+                "or --workspace VARIABLE (or a config.json) to download it once"
+            )
+        else:
+            paths[name] = fetch(data, workspace, progress=progress)
+    return paths
+
+
+def _as_mode(data: ExternalInput, path: Path) -> Path:
+    """A File dataset mounted or downloaded is a folder on Azure ML: a lone file gets one (in
+    the cache, holding a link to it)."""
+    if data.kind != "FileDataset" or data.mode == "direct" or path.is_dir():
+        return path
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+    folder = cache_root() / "stand-ins" / digest
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / path.name
+    if not link.is_symlink():
+        link.symlink_to(path)
+    return folder
+
+
+def cache_key(data: ExternalInput) -> str:
+    """What identifies the data: a registered dataset's id and version, else what it points to."""
+    source = data.source
+    identity = getattr(source, "id", None)
+    version = getattr(source, "version", None)
+    key = f"{data.kind}|{identity}|{version}" if identity else f"{data.kind}|{data.points_to}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def fetch(
+    data: ExternalInput, workspace: Any, *, progress: Callable[[str], None] = print
+) -> Path:
+    """Download ``data`` once into the cache through ``workspace.download`` (which returns the
+    path the step sees: the folder, or the file a DataReference points to); reuse it after."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", data.name)
+    folder = cache_root() / f"{safe}-{cache_key(data)}"
+    complete = folder.with_name(folder.name + ".complete")  # beside it: the step lists the folder
+    if complete.is_file():  # holds the path the step sees, inside the folder
+        seen = folder / complete.read_text()
+        progress(f"{data.name}: using the copy downloaded before, in {seen}")
+        return seen
+    shutil.rmtree(folder, ignore_errors=True)  # a download cut short is started again
+    folder.mkdir(parents=True)
+    progress(f"{data.name}: downloading the {data.kind} ({data.points_to}) into {folder}")
+    done = threading.Event()
+    reporter = threading.Thread(
+        target=_report, args=(folder, data.name, done, progress), daemon=True
+    )
+    reporter.start()
+    try:
+        seen = workspace.download(data, folder)
+    except Exception as error:
+        shutil.rmtree(folder, ignore_errors=True)
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DebugInputError(
+            f"cannot download {data.name!r} ({data.points_to}): {first}; or give a local copy "
+            f"with --input {data.name}=PATH"
+        ) from None
+    finally:
+        done.set()
+        reporter.join()
+    complete.write_text(str(seen.relative_to(folder)))
+    files, size = _size(folder)
+    progress(f"{data.name}: downloaded {files} files, {size / 1e6:.1f} MB, into {seen}")
+    return seen
+
+
+def _report(folder: Path, name: str, done: threading.Event, progress: Callable) -> None:
+    while not done.wait(PROGRESS_EVERY):
+        files, size = _size(folder)
+        progress(f"{name}: {files} files, {size / 1e6:.1f} MB so far")
+
+
+def _size(folder: Path) -> tuple[int, int]:
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    return len(files), sum(p.stat().st_size for p in files)
