@@ -318,11 +318,13 @@ def node_addresses(bind_host: str) -> list[str]:
                 consider(address, 5)
             else:
                 consider(address, 1)
-    try:
-        for address in socket.gethostbyname_ex(socket.gethostname())[2]:
-            consider(address, 2)
-    except OSError:
-        pass
+    if not scored:  # the host name's addresses only where no interface could be read: they
+        # may belong to another network namespace (a container's host) and be no address here
+        try:
+            for address in socket.gethostbyname_ex(socket.gethostname())[2]:
+                consider(address, 2)
+        except OSError:
+            pass
     return sorted(scored, key=lambda a: (scored[a], a)) or ["127.0.0.1"]
 
 

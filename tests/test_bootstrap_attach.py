@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import port_refuses
+from conftest import port_refuses, wait_for
 from dap_client import DapClient
-from node_pythons import NODE_VERSIONS, installed, node_python
+from netns import namespaces, node_network, skip_without_namespaces
+from node_pythons import NODE_VERSIONS, find_python, installed, node_python
 
 import aml_debug_magics
 from aml_debug_magics.bootstrap import SHIPPED_NAMES
@@ -313,3 +314,32 @@ def test_the_shipped_files_alone_run_and_attach_on_each_node_python(
         capture_output=True, text=True, check=True,
     ).stdout.strip()
     assert version_line == version
+
+
+def test_a_node_with_its_own_network_announces_its_eth0_and_is_attached_from_here(
+    remote_and_local, start_local
+):
+    """The node is a network namespace with its own eth0 (tests/netns.py); the bootstrap runs
+    there from the shipped files on the oldest node Python the machine has; the test client
+    attaches from this machine over the veth pair to the announced address."""
+    skip_without_namespaces()
+    version = next((v for v in NODE_VERSIONS if find_python(v)), None)
+    if version is None:
+        pytest.skip("no node Python found")
+    python = node_python(version)
+    remote_script, local_script = remote_and_local
+    package = Path(aml_debug_magics.__file__).parent
+    for source, shipped in SHIPPED_NAMES.items():
+        shutil.copy(package / source, remote_script.parent / shipped)
+    with node_network() as node:
+        process = start_local(
+            remote_script, "0.5", timeout=60, python=python, node_files=remote_script.parent,
+            launcher=node.launcher, listen="0.0.0.0:0",
+        )
+        assert process.announced.wait(30), list(process.last_lines)
+        assert process.announcement.addresses[0] == node.address
+        wait_for(lambda: f"ip_address: {node.address}" in process.last_lines, 10, "guide line")
+        seen = attach_and_inspect(process, local_script)
+        assert (seen["step"], seen["loss"]) == ("0", "5.0")
+        assert process.wait(30) == 7
+    assert namespaces() == []

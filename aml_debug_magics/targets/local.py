@@ -52,10 +52,12 @@ class LocalProcess:
         env: dict[str, str] | None = None,
         python: str = sys.executable,
         node_files: Path | None = None,
+        launcher: Sequence[str] = (),
+        listen: str | None = None,
         on_line: Callable[[str], None] | None = None,
         on_news: Callable[[Announcement | AttachOutcome], None] | None = None,
     ) -> None:
-        where = ["--connect", connect] if connect else ["--listen", f"127.0.0.1:{port}"]
+        where = ["--connect", connect] if connect else ["--listen", listen or f"127.0.0.1:{port}"]
         # node_files: a folder holding only the shipped files, run as a node without this
         # package runs them (PYTHONPATH left alone)
         entry = [str(node_files / "aml_debug_bootstrap.py")] if node_files else [
@@ -73,7 +75,10 @@ class LocalProcess:
             "--just-my-code" if just_my_code else "--no-just-my-code",
             "--",
         ]
-        self.command = [python, "-u", *(bootstrap if debug else []), str(script), *args]
+        # launcher: what starts python elsewhere (the tests' ip netns exec NODE)
+        self.command = [
+            *launcher, python, "-u", *(bootstrap if debug else []), str(script), *args
+        ]
         self.cwd = Path(cwd) if cwd else Path.cwd()
         self.env = {**os.environ, **(env or {})}
         if node_files is None:
