@@ -402,8 +402,11 @@ def _dataset_input(consumption: Any, dataset: Any) -> ExternalInput:
         version = getattr(dataset, "version", None)
         points_to = f"dataset {registered!r}" + (f" version {version}" if version else "")
     else:
-        # its repr holds the definition, paths quoted (and escaped once more inside JSON)
-        paths = re.findall(r'(?:pattern|file|folder): \\?"([^"\\]+)', str(dataset))
+        try:  # its repr holds the definition, paths quoted (and escaped once more in JSON)
+            definition = repr(dataset)
+        except Exception:  # a dataset without a definition raises from repr
+            definition = ""
+        paths = re.findall(r'(?:pattern|file|folder): \\?"([^"\\]+)', definition)
         points_to = ", ".join(paths) or "an unregistered dataset"
     return ExternalInput(
         name=consumption.name, kind=kind, points_to=points_to,

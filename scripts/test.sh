@@ -29,7 +29,7 @@ find_python() {  # the newest pyenv build of $1 (like 3.10), else python$1 on PA
     command -v "python$1" || true
 }
 
-missing=()
+missing=() failed=()
 for version in ${AML_DEBUG_PYTHONS:-3.11 3.10 3.12}; do
     venv=".venv-$version"
     if [ "$version" = 3.11 ]; then venv=".venv"; fi
@@ -42,8 +42,12 @@ for version in ${AML_DEBUG_PYTHONS:-3.11 3.10 3.12}; do
     echo "aml-debug: === the tests on Python $version ($venv) ===" >&2
     (PYTHON="$python" VENV="$venv" EXTRAS="test" source scripts/_env.sh)
     if [ "$version" = 3.11 ]; then "$venv/bin/ruff" check aml_debug_magics tests bench; fi
-    "$venv/bin/python" -m pytest -p no:cacheprovider "$@"
+    "$venv/bin/python" -m pytest -p no:cacheprovider "$@" || failed+=("$version")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "aml-debug: SKIPPED: no tests ran on Python ${missing[*]} (not on this machine)" >&2
+fi
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "aml-debug: FAILED on Python ${failed[*]}" >&2
+    exit 1
 fi
