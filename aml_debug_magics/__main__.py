@@ -11,8 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from aml_debug_magics.announce import Announcement, AttachOutcome
 from aml_debug_magics.launch import attach_config
+from aml_debug_magics.node.announce import Announcement, AttachOutcome
 from aml_debug_magics.targets.local import LocalProcess
 
 DEMO = Path(__file__).parent / "examples" / "demo_train.py"

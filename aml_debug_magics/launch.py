@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aml_debug_magics.announce import Announcement
+from aml_debug_magics.node.announce import Announcement
 
 UNROUTABLE_HOSTS = {"0.0.0.0", "::", ""}
 

@@ -15,7 +15,12 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aml_debug_magics.announce import Announcement, AttachOutcome, LogReader, announcements_in_tags
+from aml_debug_magics.node.announce import (
+    Announcement,
+    AttachOutcome,
+    LogReader,
+    announcements_in_tags,
+)
 
 _SIGNATURE = re.compile(r"(?i)(\bsig=)[^&\s\"'<>]+")
 

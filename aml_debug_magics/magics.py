@@ -104,7 +104,7 @@ class AmlDebugMagics(Magics):
 
         Example: %aml_debug_pipeline my_pipeline --step train --timeout 300
         """
-        from aml_debug_magics import steps
+        from aml_debug_magics.sources import sdk_v1 as steps
 
         args = self._parse(self.aml_debug_pipeline, line)
         if args.stop:
@@ -131,7 +131,7 @@ class AmlDebugMagics(Magics):
 
         Example: %aml_debug_run --timeout 120 train.py --epochs 3
         """
-        from aml_debug_magics import steps
+        from aml_debug_magics.sources import sdk_v1 as steps
 
         args = self._parse(self.aml_debug_run, line)
         if args.stop:
@@ -188,7 +188,7 @@ class AmlDebugMagics(Magics):
                  --sample-request '{"data": [[1, 2]]}'
         """
         from aml_debug_magics.deploy import make_deployment
-        from aml_debug_magics.steps import StepSpec
+        from aml_debug_magics.records import StepSpec
 
         args = self._parse(self.aml_debug_deploy, line)
         if args.stop:
@@ -236,8 +236,9 @@ class AmlDebugMagics(Magics):
     def _open(
         self, kind: str, title: str, specs: list, args: argparse.Namespace, **extra: Any
     ) -> None:
-        from aml_debug_magics.inputs import local_paths
-        from aml_debug_magics.session import DebugRequest, open_session
+        from aml_debug_magics.records import DebugRequest
+        from aml_debug_magics.session import open_session
+        from aml_debug_magics.sources.inputs import local_paths
         from aml_debug_magics.targets.azureml import find_workspace
         from aml_debug_magics.ui import make_view
 

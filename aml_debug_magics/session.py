@@ -11,39 +11,19 @@ from __future__ import annotations
 
 import atexit
 import collections
-import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
-from aml_debug_magics.announce import Announcement, AttachOutcome
 from aml_debug_magics.errors import DebugInputError
-from aml_debug_magics.steps import StepSpec
+from aml_debug_magics.node.announce import Announcement, AttachOutcome
+from aml_debug_magics.ports import check_port_free
+from aml_debug_magics.records import ENDED, DebugRequest, ServiceInfo, Status
 
 LINES_SHOWN = 40
-
-
-class Status(str, Enum):
-    QUEUED = "queued"
-    STARTING = "starting"
-    WAITING = "waiting for debugger"
-    ATTACHED = "attached"
-    RUNNING = "running"
-    TIMED_OUT = "timed out and continued"
-    FINISHED = "finished"
-    FAILED = "failed"
-    STOPPED = "stopped"
-    NOT_RUN = "not run"
-
-    def __str__(self) -> str:  # what enum.StrEnum gives on 3.11+; the notebook runs 3.10 too
-        return self.value
-
-
-ENDED = frozenset({Status.FINISHED, Status.FAILED, Status.STOPPED, Status.NOT_RUN})
 
 
 @dataclass
@@ -89,15 +69,6 @@ class StepRow:
         return attach_config(self.announcement, self.local_root)
 
 
-@dataclass
-class ServiceInfo:
-    """A served scoring script (``%aml_debug_deploy``): where to score it and how it answers."""
-
-    scoring_url: str = ""
-    health: str = ""
-    response: str = ""  # the last test request's status and body, or why it failed
-
-
 class Target(Protocol):
     """Runs the session's steps somewhere and reports to ``events``; ``stop`` ends them all."""
 
@@ -112,27 +83,6 @@ class View(Protocol):
     def refresh(self, row: StepRow | None) -> None: ...  # None: the session's own state
 
     def close(self) -> None: ...
-
-
-@dataclass
-class DebugRequest:
-    """What a magic asks for, checked and typed."""
-
-    title: str
-    steps: list[StepSpec]
-    target: str = "local"
-    timeout: float = 300.0
-    port: int = 0
-    connect: str | None = None
-    ranks: str = "0"
-    just_my_code: bool = True
-    launch_json: Path = Path(".vscode/launch.json")
-    write_launch_json: bool = False
-    workspace: Any = None  # for the azureml target: where to submit (an SdkWorkspace)
-    experiment: str = "aml-debug"
-    deployment: Any = None  # for %aml_debug_deploy: a deploy.local.Deployment
-    models: list[str] = field(default_factory=list)  # for packaging: NAME or NAME:VERSION
-    input_paths: dict[str, Path] = field(default_factory=dict)  # local target: external data
 
 
 class DebugSession:
@@ -326,21 +276,6 @@ _live: dict[str, DebugSession] = {}
 _live_lock = threading.Lock()
 
 
-def check_port_free(port: int, host: str = "127.0.0.1") -> None:
-    """Raise a one-line error when ``port`` cannot be bound (0 means any port: always fine)."""
-    if port == 0:
-        return
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            raise DebugInputError(
-                f"port {port} is in use on {host}: pick another with --port, or --port 0 for "
-                "any free port"
-            ) from None
-
-
 def check_request(request: DebugRequest) -> None:
     if not request.timeout > 0:
         raise DebugInputError(f"--timeout must be more than 0 seconds (got {request.timeout:g})")
@@ -362,22 +297,6 @@ def check_request(request: DebugRequest) -> None:
         )
 
 
-def make_target(request: DebugRequest) -> Target:
-    if request.deployment is not None:
-        from aml_debug_magics.deploy import make_deploy_target
-
-        return make_deploy_target(request)
-    if request.target == "local":
-        from aml_debug_magics.targets.local import LocalPipelineTarget
-
-        return LocalPipelineTarget(request)
-    if request.target == "azureml":
-        from aml_debug_magics.targets.azureml import AzureMLTarget
-
-        return AzureMLTarget(request, request.workspace, experiment=request.experiment)
-    raise DebugInputError(f"unknown target {request.target!r}: use local or azureml")
-
-
 def open_session(
     kind: str,
     request: DebugRequest,
@@ -388,6 +307,8 @@ def open_session(
 ) -> DebugSession:
     """Check ``request``, stop the previous session of this ``kind``, start a new one."""
     check_request(request)
+    from aml_debug_magics.targets import make_target
+
     chosen = target or make_target(request)
     stop_session(kind)
     session = DebugSession(request, chosen, view, clock=clock)

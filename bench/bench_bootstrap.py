@@ -125,7 +125,7 @@ def main() -> None:
             bare_connect.append(c)
             bare_ready.append(r)
             port = free_port()
-            c, r = time_to_attachable([python, "-m", "aml_debug_magics.bootstrap", "--listen",
+            c, r = time_to_attachable([python, "-m", "aml_debug_magics.node.bootstrap", "--listen",
                                        f"127.0.0.1:{port}", "--timeout", "60", "--",
                                        str(script)], port, env)
             ours_connect.append(c)
@@ -141,8 +141,8 @@ def main() -> None:
         plain, after_miss, tracing = [], [], []
         for _ in range(rounds):
             plain.append(loop_seconds([python, str(script)], env))
-            after_miss.append(loop_seconds([python, "-m", "aml_debug_magics.bootstrap", "--listen",
-                                            "127.0.0.1:0", "--timeout", "0.2", "--",
+            after_miss.append(loop_seconds([python, "-m", "aml_debug_magics.node.bootstrap",
+                                            "--listen", "127.0.0.1:0", "--timeout", "0.2", "--",
                                             str(script)], env))
             tracing.append(loop_seconds([python, "-m", "debugpy", "--listen", "127.0.0.1:0",
                                          str(script)], env))

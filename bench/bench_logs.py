@@ -38,8 +38,8 @@ from azureml._restclient.utils import create_session_with_retry  # noqa: E402
 from azureml.core import Run  # noqa: E402  (the SDK's own back-off)
 from azurite import start_azurite  # noqa: E402
 
-from aml_debug_magics.announce import Announcement, LogReader, format_announcement  # noqa: E402
 from aml_debug_magics.logs import RunLogs  # noqa: E402
+from aml_debug_magics.node.announce import Announcement, LogReader, format_announcement  # noqa: E402
 
 LOG_NAME = "user_logs/std_log.txt"
 FILLER = "epoch 12 batch 345 loss 0.123456 accuracy 0.9876 lr 0.001 -- a training log line\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from azurite import azurite  # noqa: F401  (a fixture for every test module)
 
-from aml_debug_magics.gate import ADAPTER_MARKER
+from aml_debug_magics.node.gate import ADAPTER_MARKER
 from aml_debug_magics.targets.local import LocalProcess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +44,16 @@ def need_python_script_step():
         "azureml.pipeline.steps", reason="PythonScriptStep (azureml-pipeline-steps) installs on "
         "Python 3.10 and 3.11 only",
     )
+
+
+def ship_node_files(folder: Path) -> Path:
+    """The node's files under their shipped names in ``folder``, as a run's snapshot holds them."""
+    from aml_debug_magics.node.bootstrap import SHIPPED_NAMES
+    from aml_debug_magics.targets.environment import NODE_FILES
+
+    for source, shipped in SHIPPED_NAMES.items():
+        shutil.copy(NODE_FILES / source, folder / shipped)
+    return folder
 
 
 def wait_for(condition, timeout: float = 10.0, what: str = "condition"):
@@ -92,9 +103,10 @@ def no_adapter_left_behind():
 
 
 def run_bootstrap(*args: str, cwd: Path | None = None, env=None, timeout: float = 60):
-    """Run ``python -m aml_debug_magics.bootstrap ARGS`` to the end; return the CompletedProcess."""
+    """Run ``python -m aml_debug_magics.node.bootstrap ARGS`` to the end; return the
+    CompletedProcess."""
     return subprocess.run(
-        [sys.executable, "-m", "aml_debug_magics.bootstrap", *args],
+        [sys.executable, "-m", "aml_debug_magics.node.bootstrap", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     )
 

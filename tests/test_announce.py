@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aml_debug_magics.announce import (
+from aml_debug_magics.node.announce import (
     Announcement,
     AttachOutcome,
     LogReader,

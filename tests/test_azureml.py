@@ -18,9 +18,10 @@ import pytest
 from conftest import need_python_script_step, wait_for
 from IPython.core.error import UsageError
 
-from aml_debug_magics.announce import Announcement, format_announcement, tag_key
-from aml_debug_magics.session import DebugRequest, DebugSession, Status, current_session
-from aml_debug_magics.steps import pick_steps, read_steps, steps_of
+from aml_debug_magics.node.announce import Announcement, format_announcement, tag_key
+from aml_debug_magics.records import DebugRequest, Status
+from aml_debug_magics.session import DebugSession, current_session
+from aml_debug_magics.sources.sdk_v1 import pick_steps, read_steps, steps_of
 from aml_debug_magics.targets.azureml import (
     AzureMLTarget,
     debug_runconfig,

@@ -9,16 +9,13 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import pytest
-from conftest import port_refuses, wait_for
+from conftest import port_refuses, ship_node_files, wait_for
 from dap_client import DapClient
 from netns import namespaces, node_network, skip_without_namespaces
 from node_pythons import NODE_VERSIONS, find_python, installed, node_python
 
-import aml_debug_magics
-from aml_debug_magics.bootstrap import SHIPPED_NAMES
 from aml_debug_magics.launch import attach_config
 
 TRAIN = textwrap.dedent(
@@ -163,7 +160,7 @@ def _stdio_adapter():
 def test_connect_mode_reaches_a_listening_client(remote_and_local, tmp_path, client_first):
     from conftest import free_port
 
-    from aml_debug_magics.announce import LogReader
+    from aml_debug_magics.node.announce import LogReader
 
     remote_script, local_script = remote_and_local
     port = free_port()
@@ -172,7 +169,7 @@ def test_connect_mode_reaches_a_listening_client(remote_and_local, tmp_path, cli
     try:
         def start_bootstrap():
             return subprocess.Popen(
-                [sys.executable, "-u", "-m", "aml_debug_magics.bootstrap", "--connect",
+                [sys.executable, "-u", "-m", "aml_debug_magics.node.bootstrap", "--connect",
                  f"127.0.0.1:{port}", "--timeout", "60", "--", str(remote_script), "3"],
                 stdout=subprocess.PIPE, text=True,
             )
@@ -298,9 +295,7 @@ def test_the_shipped_files_alone_run_and_attach_on_each_node_python(
     python = node_python(version)
     assert installed(python) - {"pip", "setuptools", "wheel"} == {"debugpy"}
     remote_script, local_script = remote_and_local
-    package = Path(aml_debug_magics.__file__).parent
-    for source, shipped in SHIPPED_NAMES.items():
-        shutil.copy(package / source, remote_script.parent / shipped)
+    ship_node_files(remote_script.parent)
     process = start_local(
         remote_script, "0.5", timeout=60, python=python, node_files=remote_script.parent
     )
@@ -328,9 +323,7 @@ def test_a_node_with_its_own_network_announces_its_eth0_and_is_attached_from_her
         pytest.skip("no node Python found")
     python = node_python(version)
     remote_script, local_script = remote_and_local
-    package = Path(aml_debug_magics.__file__).parent
-    for source, shipped in SHIPPED_NAMES.items():
-        shutil.copy(package / source, remote_script.parent / shipped)
+    ship_node_files(remote_script.parent)
     with node_network() as node:
         process = start_local(
             remote_script, "0.5", timeout=60, python=python, node_files=remote_script.parent,

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import debugpy
 import pytest
-from conftest import live_adapters, run_bootstrap
+from conftest import live_adapters, run_bootstrap, ship_node_files
 
-from aml_debug_magics import bootstrap
-from aml_debug_magics.announce import LogReader
+from aml_debug_magics.node import bootstrap
+from aml_debug_magics.node.announce import LogReader
 
 
 @pytest.fixture
@@ -182,9 +182,7 @@ def test_runs_as_a_standalone_file_with_only_debugpy_importable(tmp_path, script
     """As on an Azure ML node: the two files beside the script, our package not installed."""
     snapshot = tmp_path / "snapshot"
     snapshot.mkdir()
-    package = Path(bootstrap.__file__).parent
-    for source, shipped in bootstrap.SHIPPED_NAMES.items():
-        shutil.copy(package / source, snapshot / shipped)
+    ship_node_files(snapshot)
     shutil.copy(script, snapshot / "job.py")
     only_debugpy = tmp_path / "site"
     only_debugpy.mkdir()

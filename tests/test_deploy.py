@@ -11,7 +11,8 @@ from conftest import children_of, port_refuses, wait_for
 from dap_client import DapClient
 from IPython.core.error import UsageError
 
-from aml_debug_magics.session import Status, current_session
+from aml_debug_magics.records import Status
+from aml_debug_magics.session import current_session
 
 pytest.importorskip("azureml_inference_server_http", reason="the inference server is a dependency")
 
@@ -168,12 +169,11 @@ def test_docker_target_without_an_engine_shows_the_commands(ip, app, monkeypatch
 
 
 def test_docker_announcements_attach_to_localhost_and_the_app_root(app):
-    from aml_debug_magics.announce import Announcement
     from aml_debug_magics.deploy.docker import DockerDeployTarget
     from aml_debug_magics.deploy.local import Deployment
     from aml_debug_magics.launch import attach_config
-    from aml_debug_magics.session import DebugRequest
-    from aml_debug_magics.steps import StepSpec
+    from aml_debug_magics.node.announce import Announcement
+    from aml_debug_magics.records import DebugRequest, StepSpec
 
     deployment = Deployment(app / "app" / "score.py", app / "app", scoring_port=8000, image="i")
     request = DebugRequest("t", [StepSpec("score", app / "app", "score.py")], port=5690,
@@ -192,8 +192,7 @@ def test_packaging_builds_a_debug_environment(app):
     pytest.importorskip("azureml.core")
     from aml_debug_magics.deploy.local import Deployment
     from aml_debug_magics.deploy.package import inference_config
-    from aml_debug_magics.session import DebugRequest
-    from aml_debug_magics.steps import StepSpec
+    from aml_debug_magics.records import DebugRequest, StepSpec
 
     deployment = Deployment(app / "app" / "score.py", app / "app", wait_in_init=True)
     request = DebugRequest("t", [StepSpec("score", app / "app", "score.py")], timeout=120,

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from aml_debug_magics.announce import Announcement
 from aml_debug_magics.launch import (
     LaunchJsonError,
     attach_config,
@@ -16,6 +15,7 @@ from aml_debug_magics.launch import (
     merge_into_launch_json,
     parse_jsonc,
 )
+from aml_debug_magics.node.announce import Announcement
 
 NODE = Announcement(
     addresses=("10.0.0.4", "172.17.0.1"), port=5678, script="/mnt/azureml/cr/exe/wd/train.py",

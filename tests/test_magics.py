@@ -14,7 +14,8 @@ from conftest import children_of, need_python_script_step, port_refuses, wait_fo
 from dap_client import DapClient
 from IPython.core.error import UsageError
 
-from aml_debug_magics.session import Status, current_session
+from aml_debug_magics.records import Status
+from aml_debug_magics.session import current_session
 
 PREP = textwrap.dedent(
     """\

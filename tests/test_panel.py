@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import wait_for
 
-from aml_debug_magics.announce import Announcement, AttachOutcome
-from aml_debug_magics.session import DebugRequest, DebugSession, Status
-from aml_debug_magics.steps import StepSpec
+from aml_debug_magics.node.announce import Announcement, AttachOutcome
+from aml_debug_magics.records import DebugRequest, Status, StepSpec
+from aml_debug_magics.session import DebugSession
 from aml_debug_magics.ui.panel import PanelView
 from aml_debug_magics.ui.text import TextView
 from aml_debug_magics.ui.ticker import Ticker

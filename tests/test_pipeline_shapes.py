@@ -18,7 +18,8 @@ from conftest import need_python_script_step, wait_for
 from dap_client import DapClient
 from IPython.core.error import UsageError
 
-from aml_debug_magics.session import Status, current_session
+from aml_debug_magics.records import Status
+from aml_debug_magics.session import current_session
 
 need_python_script_step()
 

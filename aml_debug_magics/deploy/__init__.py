@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from aml_debug_magics.deploy.local import Deployment
-    from aml_debug_magics.session import DebugRequest, Target
+    from aml_debug_magics.records import DebugRequest
+    from aml_debug_magics.session import Target
 
 
 def make_deploy_target(request: DebugRequest) -> Target:
@@ -43,7 +44,7 @@ def make_deployment(
     """Check what ``%aml_debug_deploy`` was given; one line naming what to fix if it is wrong."""
     from aml_debug_magics.deploy.local import Deployment, read_sample_request
     from aml_debug_magics.errors import DebugInputError
-    from aml_debug_magics.session import check_port_free
+    from aml_debug_magics.ports import check_port_free
 
     folder = (base / source_dir).resolve() if source_dir else None
     script = ((folder or base) / entry_script).resolve()

@@ -17,12 +17,13 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aml_debug_magics.announce import Announcement
 from aml_debug_magics.deploy.local import DEBUGGING_TIMEOUT_S, Deployment, post_json
-from aml_debug_magics.session import Status
+from aml_debug_magics.node.announce import Announcement
+from aml_debug_magics.records import Status
 
 if TYPE_CHECKING:
-    from aml_debug_magics.session import DebugRequest, DebugSession
+    from aml_debug_magics.records import DebugRequest
+    from aml_debug_magics.session import DebugSession
 
 APP_ROOT = "/var/azureml-app"
 TOOLS = "/var/aml-debug"  # the bootstrap's files, mounted read-only
@@ -33,11 +34,11 @@ DEBUG_PORT_IN_IMAGE = 5678
 
 def ship_entry(folder: Path) -> Path:
     """Write the entry script and the bootstrap's files (standalone names) into ``folder``."""
-    from aml_debug_magics.bootstrap import SHIPPED_NAMES
+    from aml_debug_magics.node.bootstrap import ENTRY_SHIPPED_NAMES, SHIPPED_NAMES
+    from aml_debug_magics.targets.environment import NODE_FILES
 
-    package = Path(__file__).resolve().parents[1]
-    for source, shipped in {**SHIPPED_NAMES, "deploy/entry.py": "aml_debug_entry.py"}.items():
-        shutil.copyfile(package / source, folder / shipped)
+    for source, shipped in {**SHIPPED_NAMES, **ENTRY_SHIPPED_NAMES}.items():
+        shutil.copyfile(NODE_FILES / source, folder / shipped)
     return folder
 
 
@@ -126,7 +127,7 @@ class DockerDeployTarget:
         threading.Thread(target=self._follow, args=(events,), daemon=True).start()
 
     def _follow(self, events: DebugSession) -> None:
-        from aml_debug_magics.announce import LogReader
+        from aml_debug_magics.node.announce import LogReader
 
         reader = LogReader()
         for raw in self._logs.stdout:

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aml_debug_magics.session import Status
+from aml_debug_magics.records import Status
 from aml_debug_magics.targets.local import LocalProcess
 
 if TYPE_CHECKING:
-    from aml_debug_magics.session import DebugRequest, DebugSession
+    from aml_debug_magics.records import DebugRequest
+    from aml_debug_magics.session import DebugSession
 
 PACKAGE = Path(__file__).resolve().parent
 DEBUGGING_TIMEOUT_S = 24 * 3600  # scoring and worker timeouts while a debugger may pause them
@@ -86,7 +87,7 @@ class LocalDeployTarget:
     def start(self, events: DebugSession) -> None:
         deployment = self.deployment
         arguments = [
-            "--entry_script", str(PACKAGE / "entry.py"),
+            "--entry_script", str(PACKAGE.parent / "node" / "entry.py"),
             "--port", str(deployment.scoring_port),
             "--worker_count", "1",
         ]

@@ -17,13 +17,15 @@ from typing import TYPE_CHECKING, Any
 from aml_debug_magics.deploy.docker import DockerDeployTarget
 from aml_debug_magics.deploy.local import DEBUGGING_TIMEOUT_S, Deployment
 from aml_debug_magics.logs import redact
-from aml_debug_magics.session import Status
-from aml_debug_magics.targets.azureml import DEBUGPY_REQUIREMENT, shipped_bootstrap
+from aml_debug_magics.node.bootstrap import ENTRY_SHIPPED_NAMES
+from aml_debug_magics.records import Status
+from aml_debug_magics.targets.environment import DEBUGPY_REQUIREMENT, shipped_bootstrap
 
 if TYPE_CHECKING:
-    from aml_debug_magics.session import DebugRequest, DebugSession
+    from aml_debug_magics.records import DebugRequest
+    from aml_debug_magics.session import DebugSession
 
-ENTRY = "aml_debug_entry.py"
+ENTRY = ENTRY_SHIPPED_NAMES["entry.py"]
 PROGRESS_EVERY = 5.0
 
 
@@ -58,7 +60,7 @@ def inference_config(request: DebugRequest, deployment: Deployment) -> Iterator[
     the source folder while it is in use (they are removed after, whatever happens)."""
     from azureml.core.model import InferenceConfig
 
-    with shipped_bootstrap([deployment.source_dir], extra={"deploy/entry.py": ENTRY}):
+    with shipped_bootstrap([deployment.source_dir], extra=ENTRY_SHIPPED_NAMES):
         yield InferenceConfig(
             entry_script=ENTRY,
             source_directory=str(deployment.source_dir),

@@ -18,16 +18,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aml_debug_magics.announce import Announcement, AttachOutcome
 from aml_debug_magics.errors import DebugInputError
 from aml_debug_magics.logs import RunLogs, redact
-from aml_debug_magics.session import Status
+from aml_debug_magics.node.announce import Announcement, AttachOutcome
+from aml_debug_magics.records import Status
+from aml_debug_magics.targets.environment import DEBUGPY_REQUIREMENT, shipped_bootstrap
 
 if TYPE_CHECKING:
-    from aml_debug_magics.session import DebugRequest, DebugSession
-    from aml_debug_magics.steps import StepSpec
+    from aml_debug_magics.records import DebugRequest, StepSpec
+    from aml_debug_magics.session import DebugSession
 
-DEBUGPY_REQUIREMENT = "debugpy>=1.8.1,<1.9"
 DEFAULT_PORT = 5678
 BOOTSTRAP = "aml_debug_bootstrap.py"
 GUIDE_FLAGS = {  # the guide's flags and how many values each takes
@@ -114,39 +114,6 @@ def bootstrap_options(request: DebugRequest) -> list[str]:
         "--ranks", request.ranks,
         "--just-my-code" if request.just_my_code else "--no-just-my-code",
     ]
-
-
-@contextlib.contextmanager
-def shipped_bootstrap(
-    folders: list[Path], extra: dict[str, str] | None = None
-) -> Iterator[None]:
-    """The bootstrap's files (and ``extra``: package path -> shipped name) in each folder for
-    the snapshot; removed after, whatever happens.
-
-    A folder that already holds a different file of the same name is refused (never overwrite).
-    """
-    from aml_debug_magics.bootstrap import SHIPPED_NAMES
-
-    package = Path(__file__).resolve().parents[1]
-    placed: list[Path] = []
-    try:
-        for folder in dict.fromkeys(folders):
-            for source_name, shipped_name in {**SHIPPED_NAMES, **(extra or {})}.items():
-                source, target = package / source_name, folder / shipped_name
-                content = source.read_bytes()
-                if target.exists():
-                    if target.read_bytes() != content:
-                        raise DebugInputError(
-                            f"{target} exists and is not this version's {shipped_name}: "
-                            "rename or remove it"
-                        )
-                    continue
-                target.write_bytes(content)
-                placed.append(target)
-        yield
-    finally:
-        for target in placed:
-            target.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

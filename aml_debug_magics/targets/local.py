@@ -18,12 +18,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aml_debug_magics.announce import Announcement, AttachOutcome, LogReader
-from aml_debug_magics.session import Status
-from aml_debug_magics.steps import Argument, DataFolder, ExternalInput, StepSpec
+from aml_debug_magics.node.announce import Announcement, AttachOutcome, LogReader
+from aml_debug_magics.records import Argument, DataFolder, ExternalInput, Status, StepSpec
 
 if TYPE_CHECKING:
-    from aml_debug_magics.session import DebugRequest, DebugSession
+    from aml_debug_magics.records import DebugRequest
+    from aml_debug_magics.session import DebugSession
 
 LOG_LINES_KEPT = 200
 
@@ -61,7 +61,7 @@ class LocalProcess:
         # node_files: a folder holding only the shipped files, run as a node without this
         # package runs them (PYTHONPATH left alone)
         entry = [str(node_files / "aml_debug_bootstrap.py")] if node_files else [
-            "-m", "aml_debug_magics.bootstrap"
+            "-m", "aml_debug_magics.node.bootstrap"
         ]
         bootstrap = [
             *entry,

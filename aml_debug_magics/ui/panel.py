@@ -18,7 +18,8 @@ from typing import Any
 import ipywidgets as widgets
 from IPython.display import display
 
-from aml_debug_magics.session import DebugSession, Status, StepRow
+from aml_debug_magics.records import Status
+from aml_debug_magics.session import DebugSession, StepRow
 from aml_debug_magics.ui.copy_button import CopyButton
 from aml_debug_magics.ui.text import format_left, session_text
 from aml_debug_magics.ui.ticker import TICKER, Ticker

@@ -9,7 +9,8 @@ import json
 import time
 from collections.abc import Callable
 
-from aml_debug_magics.session import DebugSession, Status, StepRow
+from aml_debug_magics.records import Status
+from aml_debug_magics.session import DebugSession, StepRow
 
 LINES_ON_FAILURE = 10
 

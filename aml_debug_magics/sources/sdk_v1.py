@@ -12,60 +12,16 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aml_debug_magics.errors import DebugInputError
+from aml_debug_magics.records import Argument, DataFolder, ExternalInput, StepSpec
 
 SUPPORTED_KIND = "PythonScriptStep"
 _OUTPUT_PREFIX = "DatasetOutputConfig:"
 _INPUT_PREFIX = "DatasetConsumptionConfig:"
 _REFERENCE_PREFIX = "$AZUREML_DATAREFERENCE_"
-
-
-@dataclass(frozen=True)
-class DataFolder:
-    """A piece of data passed between steps (a PipelineData or an OutputFileDatasetConfig)."""
-
-    name: str
-
-
-@dataclass(frozen=True)
-class ExternalInput:
-    """Data from outside the pipeline: a DataReference, a File or Tabular dataset, or a
-    PipelineParameter holding a DataPath. On the local target it becomes a local path: the
-    user's stand-in (``--input NAME=PATH``) or a download through the workspace.
-    """
-
-    name: str  # what the user calls it, and what --input NAME matches
-    kind: str  # "DataReference", "FileDataset", "TabularDataset", "DataPath parameter"
-    points_to: str  # the datastore path, dataset name or URL, as the user would recognise it
-    mode: str = "mount"  # mount, download or direct, as the step asked
-    source: Any = field(default=None, compare=False, hash=False)  # the SDK object, to download
-
-
-Argument = str | DataFolder | ExternalInput
-
-
-@dataclass
-class StepSpec:
-    """One script to run: where, with which arguments and environment, and whether to debug it."""
-
-    name: str
-    source_directory: Path
-    script_name: str
-    arguments: list[Argument] = field(default_factory=list)
-    environment: dict[str, str] = field(default_factory=dict)
-    reads: list[DataFolder] = field(default_factory=list)
-    writes: list[DataFolder] = field(default_factory=list)
-    external: list[ExternalInput] = field(default_factory=list)
-    debug: bool = True
-    sdk_object: Any = None  # the user's step or ScriptRunConfig, for targets that submit it
-
-    @property
-    def script(self) -> Path:
-        return self.source_directory / self.script_name
 
 
 def _class_names(value: Any) -> set[str]:

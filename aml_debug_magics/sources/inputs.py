@@ -1,8 +1,8 @@
 """External data on the local target: the user's stand-ins, else one download into a cache.
 
-In: the :class:`~aml_debug_magics.steps.ExternalInput`s the steps read (DataReferences, File and
-Tabular datasets, PipelineParameters holding a DataPath), the user's ``--input NAME=PATH``, and,
-when one is configured, a workspace to download through. Out: one local path per input name,
+In: the ``ExternalInput`` records the steps read (DataReferences, File and Tabular datasets,
+PipelineParameters holding a DataPath), the user's ``--input NAME=PATH``, and, when one is
+configured, a workspace to download through. Out: one local path per input name,
 which the local target hands to the step where Azure ML would hand the mounted or downloaded
 data. A download goes to ``~/.cache/aml_debug_magics/`` (``AML_DEBUG_CACHE``), keyed by the
 dataset's id and version or the datastore path, and is reused by the next run.
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from aml_debug_magics.errors import DebugInputError
-from aml_debug_magics.steps import ExternalInput, StepSpec
+from aml_debug_magics.records import ExternalInput, StepSpec
 
 PROGRESS_EVERY = 1.0  # seconds between two progress lines of a download
 

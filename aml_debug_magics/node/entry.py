@@ -13,7 +13,7 @@ import sys
 
 _here = os.path.dirname(os.path.abspath(__file__))
 try:
-    from aml_debug_magics import bootstrap
+    from aml_debug_magics.node import bootstrap
 except ImportError:  # shipped next to aml_debug_bootstrap.py
     sys.path.insert(0, _here)
     import aml_debug_bootstrap as bootstrap  # type: ignore[no-redef]

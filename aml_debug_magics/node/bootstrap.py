@@ -1,6 +1,6 @@
 """Run any Python script under debugpy on the machine it lands on, without editing it.
 
-    python -m aml_debug_magics.bootstrap [--listen HOST:PORT | --connect HOST:PORT]
+    python -m aml_debug_magics.node.bootstrap [--listen HOST:PORT | --connect HOST:PORT]
         [--timeout SECONDS] [--on-timeout continue|exit] [--ranks 0|all|0,2]
         [--just-my-code | --no-just-my-code] -- SCRIPT [ARGS...]
 
@@ -39,16 +39,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 try:
-    from aml_debug_magics import announce, gate
+    from aml_debug_magics.node import announce, gate
 except ImportError:  # shipped into a run's snapshot beside this file
     import aml_debug_announce as announce  # type: ignore[no-redef]
     import aml_debug_gate as gate  # type: ignore[no-redef]
 
-SHIPPED_NAMES = {
+SHIPPED_NAMES = {  # file in aml_debug_magics/node/ -> its name in a run's snapshot
     "bootstrap.py": "aml_debug_bootstrap.py",
     "announce.py": "aml_debug_announce.py",
     "gate.py": "aml_debug_gate.py",
 }
+ENTRY_SHIPPED_NAMES = {"entry.py": "aml_debug_entry.py"}  # a scoring image's entry script too
 DEFAULT_PORT = 5678
 DEFAULT_TIMEOUT = 300.0
 MAX_TIMEOUT = 24 * 3600.0

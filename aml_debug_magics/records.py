@@ -1,0 +1,104 @@
+"""The plain records that travel between the pieces: what a reader of the user's objects makes
+(``StepSpec`` and its data), what a magic asks for (``DebugRequest``), and the statuses a target
+reports. Standard library only and nothing of ours, so every piece can import it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DataFolder:
+    """A piece of data passed between steps (a PipelineData or an OutputFileDatasetConfig)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class ExternalInput:
+    """Data from outside the pipeline: a DataReference, a File or Tabular dataset, or a
+    PipelineParameter holding a DataPath. On the local target it becomes a local path: the
+    user's stand-in (``--input NAME=PATH``) or a download through the workspace.
+    """
+
+    name: str  # what the user calls it, and what --input NAME matches
+    kind: str  # "DataReference", "FileDataset", "TabularDataset", "DataPath parameter"
+    points_to: str  # the datastore path, dataset name or URL, as the user would recognise it
+    mode: str = "mount"  # mount, download or direct, as the step asked
+    source: Any = field(default=None, compare=False, hash=False)  # the SDK object, to download
+
+
+Argument = str | DataFolder | ExternalInput
+
+
+@dataclass
+class StepSpec:
+    """One script to run: where, with which arguments and environment, and whether to debug it."""
+
+    name: str
+    source_directory: Path
+    script_name: str
+    arguments: list[Argument] = field(default_factory=list)
+    environment: dict[str, str] = field(default_factory=dict)
+    reads: list[DataFolder] = field(default_factory=list)
+    writes: list[DataFolder] = field(default_factory=list)
+    external: list[ExternalInput] = field(default_factory=list)
+    debug: bool = True
+    sdk_object: Any = None  # the user's step or ScriptRunConfig, for targets that submit it
+
+    @property
+    def script(self) -> Path:
+        return self.source_directory / self.script_name
+
+
+class Status(str, Enum):
+    QUEUED = "queued"
+    STARTING = "starting"
+    WAITING = "waiting for debugger"
+    ATTACHED = "attached"
+    RUNNING = "running"
+    TIMED_OUT = "timed out and continued"
+    FINISHED = "finished"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    NOT_RUN = "not run"
+
+    def __str__(self) -> str:  # what enum.StrEnum gives on 3.11+; the notebook runs 3.10 too
+        return self.value
+
+
+ENDED = frozenset({Status.FINISHED, Status.FAILED, Status.STOPPED, Status.NOT_RUN})
+
+
+@dataclass
+class ServiceInfo:
+    """A served scoring script (``%aml_debug_deploy``): where to score it and how it answers."""
+
+    scoring_url: str = ""
+    health: str = ""
+    response: str = ""  # the last test request's status and body, or why it failed
+
+
+@dataclass
+class DebugRequest:
+    """What a magic asks for, checked and typed."""
+
+    title: str
+    steps: list[StepSpec]
+    target: str = "local"
+    timeout: float = 300.0
+    port: int = 0
+    connect: str | None = None
+    ranks: str = "0"
+    just_my_code: bool = True
+    launch_json: Path = Path(".vscode/launch.json")
+    write_launch_json: bool = False
+    workspace: Any = None  # for the azureml target: where to submit (an SdkWorkspace)
+    experiment: str = "aml-debug"
+    deployment: Any = None  # for %aml_debug_deploy: a deploy.local.Deployment
+    models: list[str] = field(default_factory=list)  # for packaging: NAME or NAME:VERSION
+    input_paths: dict[str, Path] = field(default_factory=dict)  # local target: external data

@@ -1,0 +1,132 @@
+"""The tree's shape: no import circle among our modules, and the node files stay self-contained.
+
+Read with the standard library's ``ast``, nothing imported: every ``import`` of one of our
+modules counts, also inside functions, except under ``if TYPE_CHECKING:`` (never run).
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+from pathlib import Path
+
+import pytest
+from node_pythons import find_python
+
+PACKAGE = Path(__file__).resolve().parents[1] / "aml_debug_magics"
+NODE = PACKAGE / "node"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Our modules ``path`` imports when it runs (``TYPE_CHECKING`` blocks left out)."""
+    tree = ast.parse(path.read_text())
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skipped |= {id(child) for stmt in node.body for child in ast.walk(stmt)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    modules = {module_name(p) for p in PACKAGE.rglob("*.py")}
+    return {name for name in found if name in modules} - {module_name(path)}
+
+
+def import_graph() -> dict[str, set[str]]:
+    return {module_name(p): imports_of(p) for p in PACKAGE.rglob("*.py")}
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected groups of more than one module (Tarjan), or a module importing
+    itself."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(name: str) -> None:
+        index[name] = low[name] = len(index)
+        stack.append(name)
+        for other in graph.get(name, ()):
+            if other not in index:
+                visit(other)
+                low[name] = min(low[name], low[other])
+            elif other in stack:
+                low[name] = min(low[name], index[other])
+        if low[name] == index[name]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == name:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for name in sorted(graph):
+        if name not in index:
+            visit(name)
+    return found
+
+
+def test_no_import_circle():
+    assert circles(import_graph()) == []
+
+
+def test_the_circle_check_can_fail():
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_plain_types_import_nothing_of_ours():
+    assert imports_of(PACKAGE / "records.py") == set()
+
+
+def test_what_travels_to_the_node_imports_only_the_standard_library_and_debugpy():
+    """Each node file needs only the other node files (under the package or shipped names),
+    the standard library and debugpy: anything else is imported in a ``try`` with a fallback."""
+    import sys
+
+    allowed_ours = {module_name(p) for p in NODE.glob("*.py")} | {"aml_debug_magics.node"}
+    for path in NODE.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        optional = {  # tried, with a fallback: azureml.core to tag the run where it is installed
+            id(child) for node in ast.walk(tree) if isinstance(node, ast.Try)
+            for stmt in node.body for child in ast.walk(stmt)
+        }
+        for node in ast.walk(tree):
+            if id(node) in optional:
+                continue
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for name in names:
+                top = name.split(".")[0]
+                if top == "aml_debug_magics":
+                    assert name in allowed_ours | {"aml_debug_magics"}, (path.name, name)
+                elif not top.startswith("aml_debug_"):
+                    assert top in sys.stdlib_module_names | {"debugpy", "pydevd"}, (path.name, name)
+
+
+def test_the_node_files_parse_on_python_3_8():
+    python = find_python("3.8")
+    if python is None:
+        pytest.skip("Python 3.8 is not on this machine (pyenv install 3.8)")
+    files = [str(p) for p in NODE.glob("*.py")]
+    compiled = subprocess.run(
+        [python, "-c", "import ast, sys\nfor f in sys.argv[1:]: ast.parse(open(f).read(), f)",
+         *files], capture_output=True, text=True,
+    )
+    assert compiled.returncode == 0, compiled.stderr
+    assert len(files) >= 3
