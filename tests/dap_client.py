@@ -137,3 +137,18 @@ class DapClient:
             pass
         if self._closer:
             self._closer()
+
+
+def evaluate_at_first_stop(config: dict[str, Any], breakpoints: dict[str, list[int]],
+                           expression: str) -> str:
+    """Attach with a launch.json ``config``, wait for the first breakpoint, evaluate
+    ``expression`` in that frame, continue and detach; the value as the debugger shows it."""
+    client = DapClient.connect(config["connect"]["host"], config["connect"]["port"])
+    try:
+        client.attach(config, breakpoints)
+        frame = client.wait_stopped()
+        value = client.evaluate(frame, expression)
+        client.resume()
+    finally:
+        client.close()
+    return value

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import children_of, need_python_script_step, port_refuses, wait_for
-from dap_client import DapClient
+from dap_client import DapClient, evaluate_at_first_stop
 from IPython.core.error import UsageError
 
 from aml_debug_magics.records import Status
@@ -144,13 +144,7 @@ def test_run_magic_debugs_a_script_with_its_arguments(ip, tmp_path, capsys):
     written = json.loads((tmp_path / ".vscode" / "launch.json").read_text())["configurations"]
     assert written == [row.attach_config()]
     assert f"wrote {written[0]['name']!r} to {tmp_path}/.vscode/launch.json" in shown
-    client = attach(row.attach_config(), {str(script): [3]})
-    try:
-        frame = client.wait_stopped()
-        assert client.evaluate(frame, "value") == "42"
-        client.resume()
-    finally:
-        client.close()
+    assert evaluate_at_first_stop(row.attach_config(), {str(script): [3]}, "value") == "42"
     wait_for(lambda: session.state == "finished", 30, "the script to end")
     assert "value 42" in row.last_lines
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import need_python_script_step, wait_for
-from dap_client import DapClient
+from dap_client import evaluate_at_first_stop
 from IPython.core.error import UsageError
 
 from aml_debug_magics.records import Status
@@ -143,15 +143,9 @@ def test_a_debugger_stops_in_a_step_two_levels_down_and_reads_its_data(ip, sampl
     ip.run_line_magic("aml_debug_pipeline", "last --step c --timeout 60")
     session = current_session("pipeline")
     wait_for(lambda: session.row("c").status == Status.WAITING, 60, "c to wait")
-    config = session.row("c").attach_config()
-    client = DapClient.connect(config["connect"]["host"], config["connect"]["port"])
-    try:
-        client.attach(config, {str(sample / "src" / "step.py"): [BREAK_LINE]})
-        frame = client.wait_stopped()
-        assert client.evaluate(frame, "chain") == "['a', 'b', 'c']"
-        client.resume()
-    finally:
-        client.close()
+    breakpoints = {str(sample / "src" / "step.py"): [BREAK_LINE]}
+    chain = evaluate_at_first_stop(session.row("c").attach_config(), breakpoints, "chain")
+    assert chain == "['a', 'b', 'c']"
     wait_for(lambda: session.state == "finished", 60, "the pipeline to finish")
 
 
