@@ -88,8 +88,8 @@ class AmlDebugMagics(Magics):
     # -- %aml_debug_pipeline --------------------------------------------------------------
 
     @magic_arguments()
-    @argument("pipeline", help="a variable holding an Azure ML Pipeline, a list of steps, or "
-              "one PythonScriptStep")
+    @argument("pipeline", nargs="?", help="a variable holding an Azure ML Pipeline, a list of "
+              "steps, or one PythonScriptStep")
     @argument("--step", action="append", metavar="NAME", help="a step to debug (repeat for "
               "more; default: every PythonScriptStep); the others run without a debugger")
     @session_options
@@ -109,6 +109,8 @@ class AmlDebugMagics(Magics):
         args = self._parse(self.aml_debug_pipeline, line)
         if args.stop:
             return self._stop("pipeline")
+        if not args.pipeline:
+            raise DebugInputError("give the pipeline: %aml_debug_pipeline VARIABLE [--step NAME]")
         pipeline = self._variable(args.pipeline)
         found = steps.steps_of(pipeline, args.pipeline)
         debugged = steps.pick_steps(found, args.step)

@@ -15,6 +15,11 @@ def check_port_free(port: int, host: str = "127.0.0.1") -> None:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
+        except PermissionError:
+            raise DebugInputError(
+                f"port {port} needs privileges to bind (ports below 1024 are root's): pick one "
+                "above 1023 with --port, or --port 0 for any free port"
+            ) from None
         except OSError:
             raise DebugInputError(
                 f"port {port} is in use on {host}: pick another with --port, or --port 0 for "

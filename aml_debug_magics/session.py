@@ -277,17 +277,23 @@ _live_lock = threading.Lock()
 
 
 def check_request(request: DebugRequest) -> None:
-    if not request.timeout > 0:
-        raise DebugInputError(f"--timeout must be more than 0 seconds (got {request.timeout:g})")
+    """What the node would refuse after a submit and a provisioning, refused here, at once."""
+    from aml_debug_magics.node import bootstrap
+
+    if not 0 < request.timeout <= bootstrap.MAX_TIMEOUT:  # also refuses inf and nan
+        raise DebugInputError(
+            f"--timeout must be more than 0 and at most {bootstrap.MAX_TIMEOUT:g} seconds "
+            f"(got {request.timeout:g})"
+        )
+    try:
+        bootstrap.parse_ranks(request.ranks)
+    except bootstrap.UsageError as error:
+        raise DebugInputError(str(error)) from None
     if not 0 <= request.port <= 65535:
         raise DebugInputError(f"--port must be between 0 and 65535 (got {request.port})")
     if not any(s.debug for s in request.steps):
         raise DebugInputError("no step to debug: name one with --step")
     if request.connect is None:
-        if request.target == "local":
-            check_port_free(request.port)
-        if request.deployment is not None and request.target in ("local", "docker"):
-            check_port_free(request.deployment.scoring_port)
         return
     host, _, port = request.connect.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) <= 65535:
@@ -295,6 +301,14 @@ def check_request(request: DebugRequest) -> None:
             f"--connect wants HOST:PORT where VS Code listens, like 127.0.0.1:5678 "
             f"(got {request.connect!r})"
         )
+
+
+def check_ports(request: DebugRequest) -> None:
+    """The ports this machine must bind for ``request`` are free and may be bound."""
+    if request.connect is None and request.target == "local":
+        check_port_free(request.port)
+    if request.deployment is not None and request.target in ("local", "docker"):
+        check_port_free(request.deployment.scoring_port)
 
 
 def open_session(
@@ -306,11 +320,12 @@ def open_session(
     clock: Callable[[], float] = time.time,
 ) -> DebugSession:
     """Check ``request``, stop the previous session of this ``kind``, start a new one."""
-    check_request(request)
     from aml_debug_magics.targets import make_target
 
+    check_request(request)
+    stop_session(kind)  # first: a re-run with the same --port finds it free
+    check_ports(request)
     chosen = target or make_target(request)
-    stop_session(kind)
     session = DebugSession(request, chosen, view, clock=clock)
     with _live_lock:
         _live[kind] = session

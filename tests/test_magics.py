@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import children_of, need_python_script_step, port_refuses, wait_for
+from conftest import REPO, children_of, free_port, need_python_script_step, port_refuses, wait_for
 from dap_client import DapClient, evaluate_at_first_stop
 from IPython.core.error import UsageError
 
@@ -193,6 +194,40 @@ def test_rerunning_stops_the_previous_session_and_stop_closes_the_port(ip, tmp_p
     assert children_of() == []
 
 
+def test_rerunning_with_the_same_fixed_port_stops_the_old_session_first(ip, tmp_path):
+    (tmp_path / "job.py").write_text("print('hi')\n")
+    port = free_port()
+    ip.run_line_magic("aml_debug_run", f"--port {port} job.py")
+    first = current_session("run")
+    wait_for(lambda: first.rows[0].address, 30, "the first announcement")
+    ip.run_line_magic("aml_debug_run", f"--port {port} job.py")
+    second = current_session("run")
+    assert first.state == "stopped" and second is not first
+    wait_for(lambda: second.rows[0].address, 30, "the second announcement")
+    assert second.rows[0].announcement.port == port
+
+
+def test_stop_needs_no_pipeline(ip, capsys):
+    ip.run_line_magic("aml_debug_pipeline", "--stop")
+    assert "no %aml_debug_pipeline session is running" in capsys.readouterr().out
+
+
+def test_a_privileged_port_says_it_needs_privileges():
+    """Run as the unprivileged user ``nobody`` (the tests run as root here, who may bind 80),
+    with the system's Python 3 (the test environment's lies under root's home)."""
+    if Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text().strip() == "0":
+        pytest.skip("this machine lets anyone bind every port")
+    python, user = sys.executable, None
+    if os.geteuid() == 0:
+        python, user = "/usr/bin/python3", 65534
+        if not os.access(python, os.X_OK):
+            pytest.skip("no /usr/bin/python3 to run as nobody")
+    code = "from aml_debug_magics.ports import check_port_free\ncheck_port_free(80)"
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, user=user,
+                          cwd="/", env={"PYTHONPATH": str(REPO), "PATH": os.environ["PATH"]})
+    assert "port 80 needs privileges to bind (ports below 1024 are root's)" in done.stderr
+
+
 def test_unload_ext_stops_every_session(ip, tmp_path):
     (tmp_path / "job.py").write_text("print('hi')\n")
     ip.run_line_magic("aml_debug_run", "job.py")
@@ -226,11 +261,15 @@ def busy_port():
     [
         ("aml_debug_pipeline", "nowhere", "no variable named 'nowhere' in this notebook"),
         ("aml_debug_pipeline", "a_dict", "'a_dict' is a dict: give an Azure ML Pipeline"),
-        ("aml_debug_pipeline", "", "the following arguments are required: pipeline"),
+        ("aml_debug_pipeline", "", "give the pipeline: %aml_debug_pipeline VARIABLE"),
         ("aml_debug_run", "missing.py", "script not found: missing.py"),
         ("aml_debug_run", "", "give a script"),
-        ("aml_debug_run", "--timeout 0 job.py", "--timeout must be more than 0 seconds"),
-        ("aml_debug_run", "--timeout -5 job.py", "--timeout must be more than 0 seconds"),
+        ("aml_debug_run", "--timeout 0 job.py", "--timeout must be more than 0 and at most"),
+        ("aml_debug_run", "--timeout -5 job.py", "--timeout must be more than 0 and at most"),
+        ("aml_debug_run", "--timeout inf job.py", "at most 86400 seconds (got inf)"),
+        ("aml_debug_run", "--timeout 90000 job.py", "at most 86400 seconds (got 90000)"),
+        ("aml_debug_run", "--ranks 0,x job.py", "--ranks takes 'all' or rank numbers"),
+        ("aml_debug_run", "--ranks=-1 job.py", "--ranks takes 'all' or rank numbers"),
         ("aml_debug_run", "--port {busy} job.py", "port {busy} is in use on 127.0.0.1"),
         ("aml_debug_run", "--port 70000 job.py", "--port must be between 0 and 65535"),
         ("aml_debug_run", "--connect nowhere job.py", "--connect wants HOST:PORT"),

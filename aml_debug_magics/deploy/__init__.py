@@ -44,7 +44,6 @@ def make_deployment(
     """Check what ``%aml_debug_deploy`` was given; one line naming what to fix if it is wrong."""
     from aml_debug_magics.deploy.local import Deployment, read_sample_request
     from aml_debug_magics.errors import DebugInputError
-    from aml_debug_magics.ports import check_port_free
 
     folder = (base / source_dir).resolve() if source_dir else None
     script = ((folder or base) / entry_script).resolve()
@@ -75,9 +74,7 @@ def make_deployment(
         raise DebugInputError("--target docker needs --image (e.g. what Model.package pulled)")
     if target == "azureml" and not models:
         raise DebugInputError("--target azureml needs --model NAME[:VERSION] to package")
-    if scoring_port:
-        check_port_free(scoring_port)
-    else:
+    if not scoring_port:  # a given one is checked once the previous session has stopped
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             scoring_port = probe.getsockname()[1]
