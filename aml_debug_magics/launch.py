@@ -7,11 +7,15 @@ configurations survive; it writes atomically and keeps a backup of what was ther
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -286,42 +290,95 @@ def merge_into_launch_json(
     path: str | os.PathLike[str],
     configurations: list[dict[str, Any]],
     compounds: list[dict[str, Any]] | None = None,
+    *,
+    backup_tag: str | None = None,
 ) -> MergeResult:
     """Merge configurations into a launch.json: comments kept, atomic write, backup kept.
 
-    A file that cannot be parsed is left byte for byte as it was, and the error names its line.
+    A file that cannot be parsed is left byte for byte as it was, and the error names its line;
+    a read-only one is refused. A symlink is written through to its target. The file's BOM,
+    line endings and mode stay; a new file gets 0644 (under the umask). Merges are serialised
+    by a lock on the folder, so concurrent writers lose nothing. With ``backup_tag`` (one per
+    session) the first write keeps one backup, ``launch.json.TAG.bak``, and later writes of that
+    session keep it; without, each write keeps a timestamped one.
     """
-    target = Path(path)
+    target = Path(os.path.realpath(path))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _folder_lock(target.parent):
+        return _merge_locked(target, configurations, compounds, backup_tag)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` itself: no lock file is left in the user's .vscode."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # releases the lock
+
+
+def _merge_locked(
+    target: Path,
+    configurations: list[dict[str, Any]],
+    compounds: list[dict[str, Any]] | None,
+    backup_tag: str | None,
+) -> MergeResult:
     original = target.read_bytes() if target.exists() else None
-    text = ""
+    text, bom, crlf = "", False, False
     if original is not None:
+        if not target.stat().st_mode & 0o222:  # checked by the mode: root may write anyway
+            raise LaunchJsonError(f"{target} is read-only: make it writable (chmod u+w) first")
         try:
             text = original.decode("utf-8-sig")
         except UnicodeDecodeError:
             raise LaunchJsonError(f"{target}: not UTF-8 text; fix or move it aside") from None
-    merged, report = merge_text(text, configurations, compounds, target)
+        bom, crlf = original.startswith(codecs.BOM_UTF8), "\r\n" in text
+    merged, report = merge_text(text.replace("\r\n", "\n"), configurations, compounds, target)
     parse_jsonc(merged, target)  # never write what VS Code could not read
-    target.parent.mkdir(parents=True, exist_ok=True)
-    backup = None
-    if original is not None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        backup = target.with_name(f"{target.name}.{stamp}.bak")
-        serial = 1
-        while backup.exists():
-            serial += 1
-            backup = target.with_name(f"{target.name}.{stamp}-{serial}.bak")
-        shutil.copy2(target, backup)
+    backup = _backup(target, backup_tag) if original is not None else None
     handle, temporary = tempfile.mkstemp(
         dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
     )
     try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
-            out.write(merged)
+        with os.fdopen(handle, "w", encoding="utf-8-sig" if bom else "utf-8", newline="") as out:
+            out.write(merged.replace("\n", "\r\n") if crlf else merged)
         if original is not None:
             shutil.copymode(target, temporary)
+        else:
+            os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, target)
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
     return MergeResult(target, backup, report["replaced"], report["added"])
+
+
+def _backup(target: Path, tag: str | None) -> Path:
+    if tag is not None:
+        backup = target.with_name(f"{target.name}.{tag}.bak")
+        if not backup.exists():  # the state before this session's first write
+            shutil.copy2(target, backup)
+        return backup
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    backup = target.with_name(f"{target.name}.{stamp}.bak")
+    serial = 1
+    while backup.exists():
+        serial += 1
+        backup = target.with_name(f"{target.name}.{stamp}-{serial}.bak")
+    shutil.copy2(target, backup)
+    return backup
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (os.umask would race other threads)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022

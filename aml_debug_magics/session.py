@@ -107,6 +107,7 @@ class DebugSession:
         self.service = ServiceInfo() if request.deployment is not None else None
         self.note = ""  # a standing fact from the target, e.g. where step data goes
         self.message = ""  # the answer to the user's last button
+        self.backup_tag = time.strftime("%Y%m%d-%H%M%S-") + f"{id(self) % 10000:04d}"
         self._target = target
         self.view = view
         self._lock = threading.RLock()
@@ -257,7 +258,9 @@ class DebugSession:
         if not configs:
             return "nothing to write yet: no step has said where to attach"
         try:
-            result = merge_into_launch_json(self.request.launch_json, configs)
+            result = merge_into_launch_json(
+                self.request.launch_json, configs, backup_tag=self.backup_tag
+            )
         except (LaunchJsonError, OSError) as error:
             self.message = f"launch.json not written: {error}"
         else:

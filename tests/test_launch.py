@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
 import json
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -162,3 +165,65 @@ def test_jsonc_parser_reads_what_vscode_reads():
         parse_jsonc('{"a": 1 /* open')
     with pytest.raises(LaunchJsonError, match=re.escape("line 1, column 7")):
         parse_jsonc('{"a": nope}', Path("x.json"))
+
+
+def test_a_symlinked_launch_json_is_written_through_to_its_target(tmp_path):
+    shared = tmp_path / "dotfiles" / "launch.json"
+    shared.parent.mkdir()
+    shared.write_text(USER_FILE)
+    link = tmp_path / ".vscode" / "launch.json"
+    link.parent.mkdir()
+    link.symlink_to(shared)
+    config = attach_config(NODE, tmp_path, name="via link")
+    merge_into_launch_json(link, [config])
+    assert link.is_symlink() and link.resolve() == shared
+    assert "via link" in shared.read_text()
+    assert sorted(p.name for p in link.parent.iterdir()) == ["launch.json"]
+
+
+def test_a_read_only_launch_json_is_refused_and_left_alone(tmp_path):
+    path = tmp_path / "launch.json"
+    path.write_text(USER_FILE)
+    path.chmod(0o444)
+    with pytest.raises(LaunchJsonError, match=r"launch.json is read-only: make it writable"):
+        merge_into_launch_json(path, [attach_config(NODE, tmp_path)])
+    assert path.read_text() == USER_FILE and (path.stat().st_mode & 0o777) == 0o444
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_twenty_concurrent_merges_keep_twenty_entries(tmp_path):
+    path = tmp_path / ".vscode" / "launch.json"
+    configs = [attach_config(NODE, tmp_path, name=f"rank {n}") for n in range(20)]
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        list(pool.map(lambda c: merge_into_launch_json(path, [c], backup_tag="s"), configs))
+    names = [c["name"] for c in json.loads(path.read_text())["configurations"]]
+    assert sorted(names) == sorted(c["name"] for c in configs)
+
+
+def test_one_backup_per_session_holds_what_was_there_before_it(tmp_path):
+    path = tmp_path / "launch.json"
+    path.write_text(USER_FILE)
+    for step in range(16):
+        merge_into_launch_json(path, [attach_config(NODE, tmp_path, name=f"step {step}")],
+                               backup_tag="20261201-1200-0001")
+    backups = [p for p in tmp_path.iterdir() if p.suffix == ".bak"]
+    assert [b.name for b in backups] == ["launch.json.20261201-1200-0001.bak"]
+    assert backups[0].read_text() == USER_FILE
+
+
+def test_bom_line_endings_and_mode_are_kept_and_a_new_file_is_0644(tmp_path):
+    path = tmp_path / "launch.json"
+    path.write_bytes(codecs.BOM_UTF8 + USER_FILE.replace("\n", "\r\n").encode())
+    path.chmod(0o640)
+    merge_into_launch_json(path, [attach_config(NODE, tmp_path, name="added")])
+    written = path.read_bytes()
+    assert written.startswith(codecs.BOM_UTF8) and b"added" in written
+    assert written.count(b"\n") == written.count(b"\r\n")
+    assert (path.stat().st_mode & 0o777) == 0o640
+    fresh = tmp_path / "new" / "launch.json"
+    old_umask = os.umask(0o022)
+    try:
+        merge_into_launch_json(fresh, [attach_config(NODE, tmp_path)])
+    finally:
+        os.umask(old_umask)
+    assert (fresh.stat().st_mode & 0o777) == 0o644
