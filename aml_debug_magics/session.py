@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aml_debug_magics.errors import DebugInputError
-from aml_debug_magics.node.announce import Announcement, AttachOutcome
+from aml_debug_magics.node.announce import Announcement, AttachOutcome, PortClosed
 from aml_debug_magics.ports import check_port_free
 from aml_debug_magics.records import ENDED, DebugRequest, ServiceInfo, Status
 
@@ -40,6 +40,7 @@ class StepRow:
     exit_code: int | None = None
     detail: str = ""
     reachability: str = ""  # what a probe of the announced address from here found
+    port_closed: bool = False  # the debug port closed for good while the script runs on
     last_lines: collections.deque[str] = field(
         default_factory=lambda: collections.deque(maxlen=LINES_SHOWN)
     )
@@ -180,13 +181,18 @@ class DebugSession:
                     row.exit_code = exit_code
                 self.view.refresh(row)
 
-    def step_news(self, step: str, news: Announcement | AttachOutcome) -> None:
+    def step_news(self, step: str, news: Announcement | AttachOutcome | PortClosed) -> None:
         with self._lock:
             row = self.row(step, news.rank)
             if isinstance(news, Announcement):
                 row.announcement = news
                 row.status = Status.WAITING
                 row.detail = ""
+            elif isinstance(news, PortClosed):
+                row.port_closed = True
+                row.detail = news.reason
+                if row.status == Status.ATTACHED:
+                    row.status = Status.RUNNING
             elif news.attached:
                 row.attached = True
                 row.status = Status.ATTACHED

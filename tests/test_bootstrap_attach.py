@@ -17,6 +17,7 @@ from netns import namespaces, node_network, skip_without_namespaces
 from node_pythons import NODE_VERSIONS, find_python, installed, node_python
 
 from aml_debug_magics.launch import attach_config
+from aml_debug_magics.node.announce import PortClosed, parse_line
 
 TRAIN = textwrap.dedent(
     """\
@@ -336,3 +337,58 @@ def test_a_node_with_its_own_network_announces_its_eth0_and_is_attached_from_her
         assert (seen["step"], seen["loss"]) == ("0", "5.0")
         assert process.wait(30) == 7
     assert namespaces() == []
+
+
+LONG_SCRIPT = "import time\nfor _ in range(600):\n    time.sleep(0.1)\n"
+
+
+def dap_answers(host: str, port: int) -> bool:
+    """Whether a debug-protocol ``initialize`` on ``host:port`` gets an answer."""
+    try:
+        client = DapClient.connect(host, port)
+    except OSError:
+        return False
+    try:
+        client.request("initialize", timeout=10, clientID="probe", adapterID="debugpy")
+        return True
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
+def test_after_the_debugger_leaves_the_port_takes_another_only_within_the_window(
+    tmp_path, start_local
+):
+    script = tmp_path / "long.py"
+    script.write_text(LONG_SCRIPT)
+    process = start_local(script, timeout=60, reattach_window=2)
+    assert process.announced.wait(30), list(process.last_lines)
+    config = attach_config(process.announcement, tmp_path)
+    host, port = config["connect"]["host"], config["connect"]["port"]
+    first = DapClient.connect(host, port)
+    first.attach(config, {})
+    first.close()
+    assert dap_answers(host, port)  # within the window: a second debugger may attach
+    closed = wait_for(
+        lambda: next((n for n in map(parse_line, process.last_lines) if isinstance(n, PortClosed)),
+                     None), 15, "the port to close after the window",
+    )
+    assert "nobody re-attached within 2 s" in closed.reason
+    assert port_refuses(host, port)
+    assert process.returncode is None  # the script runs on
+
+
+def test_sources_not_allowed_are_closed_before_debugpy_sees_them(tmp_path, start_local):
+    script = tmp_path / "long.py"
+    script.write_text(LONG_SCRIPT)
+    refused = start_local(script, timeout=60, allow="10.99.99.0/24")
+    allowed = start_local(script, timeout=60, allow="10.99.99.0/24,127.0.0.1")
+    for process in (refused, allowed):
+        assert process.announced.wait(30), list(process.last_lines)
+    for _ in range(3):
+        assert not dap_answers("127.0.0.1", refused.announcement.port)
+    wait_for(lambda: any("refused 1 connection(s) from addresses not allowed" in line
+                         for line in refused.last_lines), 10, "one line for the refusals")
+    assert sum("refused" in line for line in refused.last_lines) == 1  # not one per probe
+    assert dap_answers("127.0.0.1", allowed.announcement.port)

@@ -33,7 +33,7 @@ VERSION = 1
 GUIDE_PORT = 5678  # the guide's default; its lines never print a port
 
 # a logger may put a prefix before the line (the inference server's "... azmlinfsrv.print - ")
-_OURS = re.compile(r"(?:^|\s)AML_DEBUG v(\d+) (announce|outcome) (\{.*\})\s*$")
+_OURS = re.compile(r"(?:^|\s)AML_DEBUG v(\d+) (announce|outcome|closed) (\{.*\})\s*$")
 _GUIDE_TIMEOUT = re.compile(r"(?:^|\s)Timeout for debug connection: (\d+(?:\.\d+)?)\s*$")
 _GUIDE_ADDRESS = re.compile(r"(?:^|\s)ip_address: (\S+)\s*$")
 _GUIDE_ATTACHED = re.compile(r"(?:^|\s)Debugger attached = (True|False)\s*$")
@@ -84,6 +84,20 @@ class AttachOutcome:
     source: str = "aml_debug"
 
 
+@dataclass(frozen=True)
+class PortClosed:
+    """The debug port closed for good while the script still runs (printed by the gate)."""
+
+    reason: str
+    rank: int = 0
+    source: str = "aml_debug"
+
+
+def format_port_closed(closed: PortClosed) -> str:
+    body = {"reason": closed.reason, "rank": closed.rank}
+    return f"{PREFIX} v{VERSION} closed {json.dumps(body, sort_keys=True)}"
+
+
 def format_announcement(announcement: Announcement) -> str:
     """The machine-readable line for ``announcement`` (no newline)."""
     body = asdict(announcement)
@@ -123,7 +137,7 @@ def guide_line_after_wait(attached: bool) -> str:
     return f"Debugger attached = {attached}"
 
 
-def parse_line(line: str) -> Announcement | AttachOutcome | None:
+def parse_line(line: str) -> Announcement | AttachOutcome | PortClosed | None:
     """Parse one of our machine-readable lines; anything else (or a newer version) gives None.
 
     >>> parse_line('AML_DEBUG v1 outcome {"attached": true, "pid": 7, "rank": 0}')
@@ -136,6 +150,8 @@ def parse_line(line: str) -> Announcement | AttachOutcome | None:
         body = json.loads(match.group(3))
     except ValueError:
         return None
+    if match.group(2) == "closed":
+        return PortClosed(reason=str(body.get("reason", "")), rank=int(body.get("rank", 0)))
     if match.group(2) == "outcome":
         return AttachOutcome(
             attached=bool(body.get("attached")), pid=body.get("pid"), rank=body.get("rank", 0)

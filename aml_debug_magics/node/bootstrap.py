@@ -109,6 +109,8 @@ class Options:
     just_my_code: bool
     script: str
     script_args: list[str]
+    allow: str = "any"  # who may attach: any, or addresses and networks (checked by the gate)
+    reattach_window: float = gate.DEFAULT_REATTACH_WINDOW
 
 
 def parse_address(text: str, flag: str) -> Address:
@@ -195,6 +197,21 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="step into libraries too",
     )
+    parser.add_argument(
+        "--allow",
+        default="any",
+        metavar="ADDR|CIDR[,...]",
+        help="only these source addresses may attach, like 10.0.0.4,127.0.0.1 or 10.0.0.0/16 "
+        "(default any); others are closed before debugpy sees them",
+    )
+    parser.add_argument(
+        "--reattach-window",
+        type=float,
+        default=gate.DEFAULT_REATTACH_WINDOW,
+        metavar="SECONDS",
+        help="after the debugger leaves, how long the port takes a new one before it closes "
+        f"for good (default {gate.DEFAULT_REATTACH_WINDOW:g}; 0: at once)",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- SCRIPT [ARGS...]")
     return parser
 
@@ -212,6 +229,17 @@ def parse_options(argv: list[str]) -> Options:
             f"--timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds "
             f"(got {args.timeout:g})"
         )
+    try:
+        gate.parse_allow(args.allow)
+    except ValueError:
+        raise UsageError(
+            f"--allow takes any, or addresses and networks like 10.0.0.4,10.1.0.0/16 "
+            f"(got {args.allow!r})"
+        ) from None
+    if not 0 <= args.reattach_window <= MAX_TIMEOUT:
+        raise UsageError(
+            f"--reattach-window must be 0 to {MAX_TIMEOUT:g} seconds (got {args.reattach_window:g})"
+        )
     if args.connect:
         mode, address = "connect", parse_address(args.connect, "--connect")
         if address.port == 0:
@@ -228,6 +256,8 @@ def parse_options(argv: list[str]) -> Options:
         just_my_code=args.just_my_code,
         script=script,
         script_args=script_args,
+        allow=args.allow,
+        reattach_window=args.reattach_window,
     )
 
 
@@ -336,14 +366,23 @@ def node_addresses(bind_host: str) -> list[str]:
 class GateHandle:
     """The script's side of the gate process (``gate.py``): starts it, tells it what it needs."""
 
-    def __init__(self, listener: socket.socket) -> None:
+    def __init__(
+        self,
+        listener: socket.socket,
+        *,
+        allow: str = "any",
+        reattach_window: float = gate.DEFAULT_REATTACH_WINDOW,
+        rank: int = 0,
+    ) -> None:
         self.port = listener.getsockname()[1]
         ours, theirs = socket.socketpair()
         self._control = ours
         fds = (listener.fileno(), theirs.fileno())
+        options = ["--allow", allow, "--reattach-window", f"{reattach_window:g}"]
+        options += ["--rank", str(rank)]
         # -I -S: the gate needs only the standard library, and starts in a third of the time
         self._process = subprocess.Popen(
-            [sys.executable, "-I", "-S", os.path.abspath(gate.__file__), *map(str, fds)],
+            [sys.executable, "-I", "-S", os.path.abspath(gate.__file__), *map(str, fds), *options],
             pass_fds=fds,
             stdin=subprocess.DEVNULL,
         )
@@ -603,7 +642,10 @@ def debug_and_run(options: Options, rank: Rank) -> int:
     gate_handle: GateHandle | None = None
     if options.mode == "listen":
         port = options.address.port + rank.local_rank if options.address.port else 0
-        gate_handle = GateHandle(bind_public_port(Address(options.address.host, port)))
+        gate_handle = GateHandle(
+            bind_public_port(Address(options.address.host, port)), allow=options.allow,
+            reattach_window=options.reattach_window, rank=rank.rank or 0,
+        )
     debugger = Debugger()
 
     def on_sigterm(signum: int, frame: object) -> None:

@@ -1,6 +1,7 @@
 """The gate in front of debugpy: owns the public debug port, in a small process of its own.
 
-    python -I -S gate.py LISTENER_FD CONTROL_FD
+    python -I -S gate.py LISTENER_FD CONTROL_FD [--allow CIDR,...] [--reattach-window S]
+        [--rank N]
 
 Started by ``bootstrap.py`` (which binds the port and passes it in), never by hand. A bare TCP
 connect and close on a debugpy listener (a port scanner, a health check, a reachability probe)
@@ -11,11 +12,17 @@ Being a process of its own, it outlives the script long enough to deliver debugp
 messages (the exit code, ``terminated``), and then ends debugpy's adapter whatever state that is
 in: a client that sent a malformed message can leave the adapter listening for good.
 
+Who may attach, and for how long: with ``--allow``, connections from other source addresses are
+closed before a byte reaches debugpy (counted, one log line per ``REFUSAL_LOG_EVERY`` seconds at
+most). Once an attached debugger has left, the port takes a new one only for
+``--reattach-window`` seconds (0: none), then closes for good and says so.
+
 Standard library only; it travels into an Azure ML run's snapshot as ``aml_debug_gate.py``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import selectors
 import signal
@@ -27,6 +34,8 @@ DAP_HEADER = b"Content-Length:"
 HANDSHAKE_TIMEOUT = 30.0  # a connection that says nothing for this long is dropped
 EXIT_GRACE = 5.0  # after the script ends, open debug sessions get this long to finish
 ADAPTER_MARKER = "AML_DEBUG_ADAPTER_OF"  # set in the adapter's environment only
+REFUSAL_LOG_EVERY = 30.0
+DEFAULT_REATTACH_WINDOW = 60.0
 
 
 def say(message: str) -> None:
@@ -93,8 +102,22 @@ class DebugGate:
     over: stop accepting, let open sessions finish, then end the adapter.
     """
 
-    def __init__(self, listener: socket.socket, control: socket.socket | None = None) -> None:
+    def __init__(
+        self,
+        listener: socket.socket,
+        control: socket.socket | None = None,
+        *,
+        allow: list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None,
+        reattach_window: float = DEFAULT_REATTACH_WINDOW,
+        rank: int = 0,
+    ) -> None:
         self._listener = listener
+        self._allow = allow  # None: any source
+        self._refused = 0
+        self._refusals_told_at = 0.0
+        self._reattach_window = reattach_window
+        self._reattach_until: float | None = None
+        self._rank = rank
         self._control = control
         self._control_buffer = b""
         self._selector = selectors.DefaultSelector()
@@ -123,6 +146,7 @@ class DebugGate:
                     elif sock in self._peers:
                         self._pump(sock)
                 self._drop_silent()
+                self._end_reattach_window()
         finally:
             self._shut()
             if self._adapter_marker:
@@ -174,9 +198,47 @@ class DebugGate:
             conn, (host, port, *_) = self._listener.accept()
         except OSError:
             return
+        if not self._allowed(host):
+            conn.close()
+            self._refused += 1
+            now = time.monotonic()
+            if now - self._refusals_told_at >= REFUSAL_LOG_EVERY:
+                say(f"refused {self._refused} connection(s) from addresses not allowed to "
+                    f"attach (the last from {host})")
+                self._refused, self._refusals_told_at = 0, now
+            return
         conn.setblocking(True)
         self._pending[conn] = (f"{host}:{port}", b"", time.monotonic())
         self._selector.register(conn, selectors.EVENT_READ)
+
+    def _allowed(self, host: str) -> bool:
+        if self._allow is None:
+            return True
+        try:
+            source = ipaddress.ip_address(host.split("%")[0])
+        except ValueError:
+            return False
+        if source.version == 6 and source.ipv4_mapped:
+            source = source.ipv4_mapped
+        return any(source in network for network in self._allow)
+
+    def _end_reattach_window(self) -> None:
+        """Once the debugger has left: close the port for good when the window is over."""
+        if self._reattach_until is None or self._peers:
+            return
+        if time.monotonic() >= self._reattach_until and self._listener.fileno() >= 0:
+            self._reattach_until = None
+            self._close_listener()
+            for conn in list(self._pending):
+                self._selector.unregister(conn)
+                conn.close()
+            self._pending.clear()
+            reason = (
+                f"the debugger left and nobody re-attached within {self._reattach_window:g} s: "
+                "the port is closed for good" if self._reattach_window else
+                "the debugger left: the port is closed for good"
+            )
+            _tell_closed(reason, self._rank)
 
     def _handshake(self, conn: socket.socket) -> None:
         who, seen, since = self._pending[conn]
@@ -206,6 +268,7 @@ class DebugGate:
             conn.close()
             return
         say(f"debugger connected from {who}")
+        self._reattach_until = None
         self._peers[conn], self._peers[upstream] = upstream, conn
         self._selector.register(conn, selectors.EVENT_READ)
         self._selector.register(upstream, selectors.EVENT_READ)
@@ -225,6 +288,8 @@ class DebugGate:
             self._selector.unregister(end)
             self._peers.pop(end, None)
             end.close()
+        if not self._peers and self._listener.fileno() >= 0:
+            self._reattach_until = time.monotonic() + self._reattach_window
 
     @staticmethod
     def _recv(sock: socket.socket) -> bytes:
@@ -242,16 +307,39 @@ class DebugGate:
                 conn.close()
 
 
-def main(listener_fd: int, control_fd: int) -> int:
+def _tell_closed(reason: str, rank: int) -> None:
+    """The machine-readable line (announce.py's format, its one writer) and a human line."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, here)  # -I leaves the gate's own folder off the path
+    try:
+        import aml_debug_announce as announce  # shipped beside this file
+    except ImportError:
+        import announce  # type: ignore[no-redef]  # in the package's node/ folder
+    print(announce.format_port_closed(announce.PortClosed(reason, rank)), flush=True)
+    say(reason)
+
+
+def parse_allow(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None:
+    """``any`` (None), or addresses and networks like ``10.0.0.4,127.0.0.1,10.1.0.0/16``."""
+    if text.strip() == "any":
+        return None
+    return [ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",")]
+
+
+def main(listener_fd: int, control_fd: int, options: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C for the script must not cut the log
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # runs serve()'s cleanup
+    given = dict(zip(options[::2], options[1::2]))
     listener = socket.socket(fileno=listener_fd)
     control = socket.socket(fileno=control_fd)
-    DebugGate(listener, control).serve()
+    DebugGate(
+        listener, control,
+        allow=parse_allow(given.get("--allow", "any")),
+        reattach_window=float(given.get("--reattach-window", DEFAULT_REATTACH_WINDOW)),
+        rank=int(given.get("--rank", 0)),
+    ).serve()
     return 0
 
 
-
-
 if __name__ == "__main__":
-    sys.exit(main(int(sys.argv[1]), int(sys.argv[2])))
+    sys.exit(main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]))

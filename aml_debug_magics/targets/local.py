@@ -54,6 +54,8 @@ class LocalProcess:
         node_files: Path | None = None,
         launcher: Sequence[str] = (),
         listen: str | None = None,
+        allow: str = "any",
+        reattach_window: float | None = None,
         on_line: Callable[[str], None] | None = None,
         on_news: Callable[[Announcement | AttachOutcome], None] | None = None,
     ) -> None:
@@ -73,6 +75,9 @@ class LocalProcess:
             "--ranks",
             ranks,
             "--just-my-code" if just_my_code else "--no-just-my-code",
+            "--allow",
+            allow,
+            *(["--reattach-window", f"{reattach_window:g}"] if reattach_window is not None else []),
             "--",
         ]
         # launcher: what starts python elsewhere (the tests' ip netns exec NODE)
@@ -130,7 +135,7 @@ class LocalProcess:
                 if isinstance(news, Announcement):
                     self.announcement = news
                     self.announced.set()
-                else:
+                elif isinstance(news, AttachOutcome):
                     self.outcome = news
                 if self._on_news:
                     self._on_news(news)
