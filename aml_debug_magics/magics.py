@@ -54,6 +54,10 @@ def session_options(magic: Callable[..., Any]) -> Callable[..., Any]:
                  "target: a local file or folder for the DataReference, dataset or DataPath "
                  "parameter named NAME (repeat for more); inputs without one are downloaded "
                  "once through the workspace"),
+        argument("--allow", default="auto", metavar="ADDR|CIDR[,...]|any", help="azureml "
+                 "target: who may attach to the node's debug port (default: this machine's "
+                 "addresses and loopback, where an SSH tunnel arrives; any: everyone who "
+                 "reaches it)"),
         argument("--ranks", default="0", help="which ranks of a distributed step wait for a "
                  "debugger: 0 (default), all, or 0,2"),
         argument("--write-launch-json", action="store_true", help="write each attach config "
@@ -270,6 +274,7 @@ class AmlDebugMagics(Magics):
             launch_json=Path(os.path.expanduser(self.launch_json)),
             write_launch_json=args.write_launch_json,
             input_paths=input_paths,
+            allow=getattr(args, "allow", "auto"),
             **extra,
         )
         open_session(kind, request, make_view(self.view))

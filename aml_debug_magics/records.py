@@ -97,6 +97,7 @@ class DebugRequest:
     just_my_code: bool = True
     launch_json: Path = Path(".vscode/launch.json")
     write_launch_json: bool = False
+    allow: str = "auto"  # who the node lets attach: auto (this machine), any, or a list
     workspace: Any = None  # for the azureml target: where to submit (an SdkWorkspace)
     experiment: str = "aml-debug"
     deployment: Any = None  # for %aml_debug_deploy: a deploy.local.Deployment

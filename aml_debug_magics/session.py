@@ -287,7 +287,7 @@ _live_lock = threading.Lock()
 
 def check_request(request: DebugRequest) -> None:
     """What the node would refuse after a submit and a provisioning, refused here, at once."""
-    from aml_debug_magics.node import bootstrap
+    from aml_debug_magics.node import bootstrap, gate
 
     if not 0 < request.timeout <= bootstrap.MAX_TIMEOUT:  # also refuses inf and nan
         raise DebugInputError(
@@ -298,6 +298,14 @@ def check_request(request: DebugRequest) -> None:
         bootstrap.parse_ranks(request.ranks)
     except bootstrap.UsageError as error:
         raise DebugInputError(str(error)) from None
+    if request.allow != "auto":
+        try:
+            gate.parse_allow(request.allow)
+        except ValueError:
+            raise DebugInputError(
+                f"--allow takes any, or addresses and networks like 10.0.0.4,10.1.0.0/16 "
+                f"(got {request.allow!r})"
+            ) from None
     if not 0 <= request.port <= 65535:
         raise DebugInputError(f"--port must be between 0 and 65535 (got {request.port})")
     if not any(s.debug for s in request.steps):

@@ -19,6 +19,7 @@ from conftest import need_python_script_step, wait_for
 from IPython.core.error import UsageError
 
 from aml_debug_magics.node.announce import Announcement, format_announcement, tag_key
+from aml_debug_magics.node.bootstrap import node_addresses
 from aml_debug_magics.records import DebugRequest, Status
 from aml_debug_magics.session import DebugSession, current_session
 from aml_debug_magics.sources.sdk_v1 import pick_steps, read_steps, steps_of
@@ -141,8 +142,11 @@ def test_submits_debug_ready_steps_and_leaves_everything_as_it_was(project):
     sent_prep, sent_train = submitted["items"]
     assert sent_train["_script_name"] == "aml_debug_bootstrap.py"
     arguments = sent_train["_arguments"]
-    assert arguments[: arguments.index("--")] == [
+    options = arguments[: arguments.index("--")]
+    assert options[:-2] == [
         "--listen", "0.0.0.0:5678", "--timeout", "300", "--ranks", "0", "--just-my-code"]
+    assert options[-2] == "--allow"  # this machine only: its own addresses and loopback
+    assert options[-1].split(",") == [*node_addresses("0.0.0.0"), "127.0.0.1"]
     after_dashes = arguments[arguments.index("--") + 1 :]
     assert after_dashes[:3] == ["train.py", "--data", prepared]
     assert after_dashes[2] is prepared  # the input object itself, for the SDK to bind
@@ -326,3 +330,14 @@ def test_live_against_a_real_workspace(ip, tmp_path):
     wait_for(lambda: session.rows[0].announcement, 1800, "the node to announce itself")
     wait_for(lambda: session.state in ("finished", "failed"), 1800, "the run to end")
     assert session.state == "finished"
+
+
+def test_allow_any_is_passed_on_and_warned_about(project):
+    workspace = StandInWorkspace([])
+    session, target, printed = start(project, workspace, allow="any")
+    wait_for(lambda: workspace.submitted, 30, "the submit")
+    arguments = workspace.submitted[0]["items"][1]["_arguments"]
+    assert arguments[arguments.index("--allow") + 1] == "any"
+    wait_for(lambda: session.note.startswith("--allow any: anyone who reaches the node's port"),
+             10, "the warning on the panel")
+    session.stop()

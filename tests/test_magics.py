@@ -269,6 +269,7 @@ def busy_port():
         ("aml_debug_run", "--timeout inf job.py", "at most 86400 seconds (got inf)"),
         ("aml_debug_run", "--timeout 90000 job.py", "at most 86400 seconds (got 90000)"),
         ("aml_debug_run", "--ranks 0,x job.py", "--ranks takes 'all' or rank numbers"),
+        ("aml_debug_run", "--allow 10.0.0.x job.py", "--allow takes any, or addresses"),
         ("aml_debug_run", "--ranks=-1 job.py", "--ranks takes 'all' or rank numbers"),
         ("aml_debug_run", "--port {busy} job.py", "port {busy} is in use on 127.0.0.1"),
         ("aml_debug_run", "--port 70000 job.py", "--port must be between 0 and 65535"),

@@ -113,7 +113,24 @@ def bootstrap_options(request: DebugRequest) -> list[str]:
         "--timeout", f"{request.timeout:g}",
         "--ranks", request.ranks,
         "--just-my-code" if request.just_my_code else "--no-just-my-code",
+        "--allow", allowed_sources(request.allow),
     ]
+
+
+def allowed_sources(choice: str) -> str:
+    """Who the node's gate lets attach: by default this machine only (its own addresses, and
+    loopback, where an SSH tunnel arrives); ``any`` or the user's own list otherwise."""
+    if choice != "auto":
+        return choice
+    from aml_debug_magics.node.bootstrap import node_addresses
+
+    return ",".join(dict.fromkeys([*node_addresses("0.0.0.0"), "127.0.0.1"]))
+
+
+ANYONE_MAY_ATTACH = (
+    "--allow any: anyone who reaches the node's port can attach and run code as the job's "
+    "identity"
+)
 
 
 @contextlib.contextmanager
@@ -329,7 +346,8 @@ class AzureMLTarget:
                 self.run.cancel()
             return
         portal = getattr(self.run, "get_portal_url", lambda: "")()
-        events.target_note("; ".join([f"run {self.run.id}: {portal}", *self.notes]))
+        warning = [ANYONE_MAY_ATTACH] if self.request.allow == "any" else []
+        events.target_note("; ".join([*warning, f"run {self.run.id}: {portal}", *self.notes]))
         self._follow(events, is_pipeline)
 
     def _follow(self, events: DebugSession, is_pipeline: bool) -> None:
