@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import socket
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -204,7 +208,29 @@ def test_packaging_builds_a_debug_environment(app):
         environment = config.environment
     pip = list(environment.python.conda_dependencies.pip_packages)
     assert "debugpy>=1.8.1,<1.9" in pip and "azureml-inference-server-http" in pip
-    assert environment.environment_variables["AML_DEBUG_USER_SCRIPT"] == "score.py"
-    assert environment.environment_variables["AML_DEBUG_WAIT_IN_INIT"] == "1"
-    assert environment.environment_variables["AML_DEBUG_TIMEOUT"] == "120"
+    # the image itself never switches the debugger on: only `docker run -e` does
+    assert environment.environment_variables == {"AML_DEBUG_USER_SCRIPT": "score.py"}
     assert sorted(p.name for p in (app / "app").iterdir()) == ["score.py"]
+
+
+def test_the_entry_script_without_a_listen_address_serves_without_a_debugger(app, tmp_path):
+    """As a packaged image runs when deployed: AML_DEBUG_LISTEN is not set, so no debugger
+    starts and no port opens; init() and run() are the user's."""
+    from aml_debug_magics.targets.environment import NODE_FILES
+
+    code = (
+        "import sys, json\n"
+        "import entry\n"
+        "entry.init()\n"
+        "print(json.dumps({'debugpy': 'debugpy' in sys.modules, "
+        "'answer': entry.run(json.dumps({'data': [[1, 2]]}))}))\n"
+    )
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("AML_DEBUG_")}
+    environment.update(AML_DEBUG_USER_SCRIPT=str(app / "app" / "score.py"),
+                       AZUREML_MODEL_DIR=str(app / "model"), PYTHONPATH=str(NODE_FILES))
+    done = subprocess.run([sys.executable, "-c", code], env=environment, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["debugpy"] is False
+    assert result["answer"] == {"prediction": [4.5]}

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from aml_debug_magics.deploy.docker import DockerDeployTarget
-from aml_debug_magics.deploy.local import DEBUGGING_TIMEOUT_S, Deployment
+from aml_debug_magics.deploy.local import Deployment
 from aml_debug_magics.logs import redact
 from aml_debug_magics.node.bootstrap import ENTRY_SHIPPED_NAMES
 from aml_debug_magics.records import Status
@@ -43,14 +43,9 @@ def debug_environment(request: DebugRequest, deployment: Deployment) -> Any:
             pip_packages=["azureml-defaults", "azureml-inference-server-http", DEBUGPY_REQUIREMENT]
         )
     script = deployment.entry_script.relative_to(deployment.source_dir).as_posix()
-    environment.environment_variables = {
-        "AML_DEBUG_USER_SCRIPT": script,
-        "AML_DEBUG_LISTEN": "0.0.0.0:5678",
-        "AML_DEBUG_TIMEOUT": f"{request.timeout:g}",
-        "AML_DEBUG_WAIT_IN_INIT": "1" if deployment.wait_in_init else "0",
-        "SCORING_TIMEOUT_MS": str(DEBUGGING_TIMEOUT_S * 1000),
-        "WORKER_TIMEOUT": str(DEBUGGING_TIMEOUT_S),
-    }
+    # nothing here switches the debugger on: the image may be deployed one day, and its debug
+    # port must not ship with it; `docker run -e AML_DEBUG_LISTEN=...` (the docker target) does
+    environment.environment_variables = {"AML_DEBUG_USER_SCRIPT": script}
     return environment
 
 
