@@ -4,7 +4,8 @@
 the gate, on ``AML_DEBUG_LISTEN``, and only when that is set at run time), loads ``score.py``
 as the server would, and hands it over as its ``driver_module``: the server then calls
 score.py's own ``run()`` (decorators intact), and ``init()`` through here, which first waits
-for a debugger when ``AML_DEBUG_WAIT_IN_INIT=1``. Standard library and debugpy only: it is shipped into images as ``aml_debug_entry.py``.
+for a debugger when ``AML_DEBUG_WAIT_IN_INIT=1``. Standard library and debugpy only: it is
+shipped into images as ``aml_debug_entry.py``.
 """
 
 import importlib.util
