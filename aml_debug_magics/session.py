@@ -362,11 +362,16 @@ def current_session(kind: str) -> DebugSession | None:
 
 
 def stop_session(kind: str) -> bool:
+    """Stop the session of ``kind``; it is forgotten only once stopped, so an interrupted stop
+    can be run again (``--stop``)."""
     with _live_lock:
-        session = _live.pop(kind, None)
+        session = _live.get(kind)
     if session is None:
         return False
     session.stop()
+    with _live_lock:
+        if _live.get(kind) is session:
+            del _live[kind]
     return True
 
 

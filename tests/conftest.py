@@ -113,7 +113,7 @@ def run_bootstrap(*args: str, cwd: Path | None = None, env=None, timeout: float 
 
 def children_of(pid: int | None = None) -> list[int]:
     """Live (not zombie) processes whose parent is ``pid`` (default: this test process),
-    leaving out the Azurite fixture's, which lives for the whole test run."""
+    leaving out the Azurite fixture's and the reaper."""
     parent = str(pid or os.getpid())
     found = []
     for entry in filter(str.isdigit, os.listdir("/proc")):
@@ -124,8 +124,11 @@ def children_of(pid: int | None = None) -> list[int]:
             continue
         if fields[1] == parent and fields[0] not in ("Z", "X"):
             with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                if b"azurite" in cmdline.read():
-                    continue
+                command = cmdline.read()
+            # Azurite lives for the whole run; the reaper is the kernel's own watchdog and
+            # ends with it (test_lifecycle.py proves that)
+            if b"azurite" in command or b"aml_debug_magics/reaper.py" in command:
+                continue
             found.append(int(entry))
     return found
 

@@ -8,6 +8,7 @@ compute instance is exposed to its network.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from aml_debug_magics import reaper
 from aml_debug_magics.node.announce import Announcement, AttachOutcome, LogReader
 from aml_debug_magics.records import Argument, DataFolder, ExternalInput, Status, StepSpec
 
@@ -112,6 +114,7 @@ class LocalProcess:
             bufsize=1,
             start_new_session=True,  # stop() ends the script's children too
         )
+        reaper.watch(self._process.pid)  # and so does the kernel's death
         self._pump = threading.Thread(target=self._read, name="aml-debug-local-log", daemon=True)
         self._pump.start()
         return self
@@ -144,6 +147,7 @@ class LocalProcess:
     def wait(self, timeout: float | None = None) -> int:
         assert self._process is not None
         code = self._process.wait(timeout)
+        reaper.forget(self._process.pid)
         if self._pump:
             self._pump.join(timeout=5)
         return code
@@ -158,9 +162,15 @@ class LocalProcess:
             return
         try:
             self._process.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(self._process.pid, signal.SIGKILL)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt) as reason:
+            with contextlib.suppress(ProcessLookupError):  # a Ctrl-C must not leave it running
+                os.killpg(self._process.pid, signal.SIGKILL)
             self._process.wait()
+            if isinstance(reason, KeyboardInterrupt):
+                raise
+        finally:
+            if self._process.poll() is not None:
+                reaper.forget(self._process.pid)
 
 
 class LocalPipelineTarget:

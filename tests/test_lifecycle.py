@@ -1,0 +1,134 @@
+"""Nothing outlives the kernel or an interrupted stop: real processes, real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+from conftest import REPO, children_of, live_adapters, wait_for
+
+from aml_debug_magics.records import Status
+from aml_debug_magics.session import current_session
+
+KERNEL = textwrap.dedent(
+    """\
+    import json, sys, time
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+    from aml_debug_magics.session import current_session
+
+    config = Config()
+    config.HistoryAccessor.enabled = False
+    ip = InteractiveShell.instance(config=config)
+    ip.run_line_magic("load_ext", "aml_debug_magics")
+    ip.run_line_magic("config", "AmlDebugMagics.view = 'text'")
+    ip.run_line_magic("aml_debug_run", "--timeout 120 job.py")
+    ip.run_line_magic("aml_debug_deploy", "--entry-script score.py --timeout 120")
+    run, deploy = current_session("run"), current_session("deploy")
+    deadline = time.time() + 90
+    while time.time() < deadline and not (run.rows[0].announcement and deploy.rows[0].announcement
+                                           and deploy.service.health == "healthy"):
+        time.sleep(0.1)
+    print("READY", flush=True)
+    time.sleep(600)
+    """
+)
+SCORE = "def init():\n    pass\n\ndef run(raw):\n    return {'ok': True}\n"
+
+
+def group_members(pgid: int) -> list[int]:
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            found.append(int(entry))
+    return found
+
+
+def test_a_killed_kernel_takes_every_process_it_started_with_it(tmp_path, capsys):
+    pytest.importorskip("azureml_inference_server_http", reason="the inference server")
+    (tmp_path / "job.py").write_text("print('never reached while waiting')\n")
+    (tmp_path / "score.py").write_text(SCORE)
+    adapters_before = set(live_adapters())
+    kernel = subprocess.Popen(
+        [sys.executable, "-c", KERNEL], cwd=tmp_path, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert "READY" in kernel.stdout.readline() or wait_for(
+            lambda: "READY" in kernel.stdout.readline(), 120, "the kernel's sessions")
+        groups = children_of(kernel.pid)
+        started = {pid for group in groups for pid in group_members(group)}
+        watchdog = _children_with_reaper(kernel.pid)
+        assert len(watchdog) == 1  # the reaper: it must end too
+        started |= set(watchdog)
+        started |= set(live_adapters()) - adapters_before
+        assert len(groups) >= 2 and len(started) >= 5  # bootstrap, gate, adapter, server, worker
+        kernel.send_signal(signal.SIGKILL)  # as the OOM killer does
+        kernel.wait()
+        killed_at = time.monotonic()
+        wait_for(lambda: not [p for p in started if _alive(p)], 30, "every child to end")
+        print(f"{len(started)} processes ended {time.monotonic() - killed_at:.1f} s after the "
+              "kernel's SIGKILL")
+    finally:
+        if kernel.poll() is None:
+            kernel.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_ctrl_c_during_a_stop_still_ends_a_script_that_ignores_sigterm(ip, tmp_path):
+    (tmp_path / "stubborn.py").write_text(
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('ignoring SIGTERM', flush=True)\nwhile True:\n    time.sleep(0.1)\n"
+    )
+    ip.run_line_magic("aml_debug_run", "--timeout 1 stubborn.py")
+    session = current_session("run")
+    wait_for(lambda: "ignoring SIGTERM" in session.rows[0].last_lines, 30, "the script to run")
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))  # the user's Ctrl-C
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ip.run_line_magic("aml_debug_run", "--stop")
+    finally:
+        timer.cancel()
+    wait_for(lambda: children_of() == [], 10, f"the script to be gone: {children_info()}")
+    assert current_session("run") is session  # still known: --stop can be run again
+    ip.run_line_magic("aml_debug_run", "--stop")
+    assert current_session("run") is None
+    assert session.rows[0].status == Status.STOPPED
+
+
+def children_info():
+    return [open(f"/proc/{p}/cmdline").read().replace("\0", " ") for p in children_of()]
+
+
+def _children_with_reaper(pid: int) -> list[int]:
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = stat.read().rsplit(")", 1)[1].split()[1]
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                command = cmdline.read()
+        except OSError:
+            continue
+        if parent == str(pid) and b"aml_debug_magics/reaper.py" in command:
+            found.append(int(entry))
+    return found
