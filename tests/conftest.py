@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -19,15 +20,21 @@ from aml_debug_magics.targets.local import LocalProcess
 REPO = Path(__file__).resolve().parents[1]
 
 
+# every process this test run starts inherits it (debug adapters too, though they daemonize):
+# what the checks below look for is this run's own, whatever else runs on the machine
+TEST_RUN = os.environ.setdefault("AML_DEBUG_TEST_RUN", uuid.uuid4().hex)
+
+
 def live_adapters() -> list[int]:
-    """Pids of debug adapters started by a bootstrap that are still running (not zombies)."""
-    needle = f"{ADAPTER_MARKER}=".encode()
+    """Pids of debug adapters started by this test run's bootstraps that are still running."""
+    needle, ours = f"{ADAPTER_MARKER}=".encode(), f"AML_DEBUG_TEST_RUN={TEST_RUN}".encode()
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/environ", "rb") as environ:
-                if not any(v.startswith(needle) for v in environ.read().split(b"\0")):
-                    continue
+                variables = environ.read().split(b"\0")
+            if ours not in variables or not any(v.startswith(needle) for v in variables):
+                continue
             with open(f"/proc/{pid}/stat") as stat:
                 if stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
                     continue

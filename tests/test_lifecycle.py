@@ -132,3 +132,34 @@ def _children_with_reaper(pid: int) -> list[int]:
         if parent == str(pid) and b"aml_debug_magics/reaper.py" in command:
             found.append(int(entry))
     return found
+
+
+def test_the_leftover_check_sees_only_this_runs_adapters(tmp_path):
+    """A debug session on the same machine that this run did not start (another user, another
+    test run) is not this run's to wait for."""
+    (tmp_path / "job.py").write_text("print('done')\n")
+    foreign_env = {k: v for k, v in os.environ.items() if k != "AML_DEBUG_TEST_RUN"}
+    foreign_env["PYTHONPATH"] = str(REPO)
+    foreign = subprocess.Popen(
+        [sys.executable, "-u", "-m", "aml_debug_magics.node.bootstrap", "--listen",
+         "127.0.0.1:0", "--timeout", "60", "--", "job.py"],
+        cwd=tmp_path, env=foreign_env, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_for(lambda: "AML_DEBUG v1 announce" in foreign.stdout.readline(), 30, "announce")
+        wait_for(lambda: _adapters_of_anyone() - set(live_adapters()), 10, "the foreign adapter")
+    finally:
+        foreign.terminate()
+        foreign.wait(10)
+
+
+def _adapters_of_anyone() -> set[int]:
+    found = set()
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as environ:
+                if b"AML_DEBUG_ADAPTER_OF=" in environ.read():
+                    found.add(int(entry))
+        except OSError:
+            continue
+    return found
