@@ -21,22 +21,12 @@ from aml_debug_magics.node.announce import (
     LogReader,
     announcements_in_tags,
 )
-
-_SIGNATURE = re.compile(r"(?i)(\bsig=)[^&\s\"'<>]+")
+from aml_debug_magics.redaction import redact
 
 # current runtime: user_logs/std_log.txt, std_log_process_N.txt (one per process);
 # older runtime: azureml-logs/70_driver_log.txt, 70_driver_log_N.txt (one per node)
 _CURRENT = re.compile(r"^user_logs/std_log(?:_process)?(?:_(\d+))?\.txt$")
 _OLDER = re.compile(r"^azureml-logs/70_driver_log(?:_(\d+))?\.txt$")
-
-
-def redact(text: str) -> str:
-    """``text`` with every SAS signature replaced: never show or log one.
-
-    >>> redact("https://a.blob.core.windows.net/c/log.txt?sv=2021&sig=AbC%2Bd&se=x")
-    'https://a.blob.core.windows.net/c/log.txt?sv=2021&sig=REDACTED&se=x'
-    """
-    return _SIGNATURE.sub(r"\1REDACTED", text)
 
 
 def driver_logs(log_files: dict[str, str]) -> dict[str, int]:

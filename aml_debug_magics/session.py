@@ -1,5 +1,7 @@
 """A debug session: one target, the rows it reports on, one view, and their lifecycle.
 
+Every text a target hands in goes through ``redact`` here, the one way to the screen.
+
 Data flows one way: a target runs the steps and reports what happens (``step_status``,
 ``step_news``, ``step_output``) from its own threads; the session keeps one :class:`StepRow` per
 step and rank and hands changed rows to its view. The view calls back only for the user's
@@ -22,6 +24,7 @@ from aml_debug_magics.errors import DebugInputError
 from aml_debug_magics.node.announce import Announcement, AttachOutcome, PortClosed
 from aml_debug_magics.ports import check_port_free
 from aml_debug_magics.records import ENDED, DebugRequest, ServiceInfo, Status
+from aml_debug_magics.redaction import redact
 
 LINES_SHOWN = 40
 
@@ -177,7 +180,7 @@ class DebugSession:
                 keep = status == Status.FINISHED and row.status in ENDED
                 if not keep:
                     row.status = status
-                    row.detail = detail
+                    row.detail = redact(detail)
                     row.exit_code = exit_code
                 self.view.refresh(row)
 
@@ -190,7 +193,7 @@ class DebugSession:
                 row.detail = ""
             elif isinstance(news, PortClosed):
                 row.port_closed = True
-                row.detail = news.reason
+                row.detail = redact(news.reason)
                 if row.status == Status.ATTACHED:
                     row.status = Status.RUNNING
             elif news.attached:
@@ -206,22 +209,22 @@ class DebugSession:
     def step_reachability(self, step: str, rank: int, text: str) -> None:
         with self._lock:
             row = self.row(step, rank)
-            row.reachability = text
+            row.reachability = redact(text)
             self.view.refresh(row)
 
     def service_update(self, **facts: str) -> None:
         with self._lock:
             for name, value in facts.items():
-                setattr(self.service, name, value)
+                setattr(self.service, name, redact(value))
         self.view.refresh(None)
 
     def target_note(self, note: str) -> None:
-        self.note = note
+        self.note = redact(note)
         self.view.refresh(None)
 
     def step_output(self, step: str, line: str) -> None:
         with self._lock:
-            self.row(step).last_lines.append(line)
+            self.row(step).last_lines.append(redact(line))
 
     def target_done(self, failed: bool) -> None:
         with self._lock:

@@ -8,8 +8,9 @@ import urllib.request
 
 import pytest
 
-from aml_debug_magics.logs import BlobTail, LogUnavailable, RunLogs, SasExpired, driver_logs, redact
+from aml_debug_magics.logs import BlobTail, LogUnavailable, RunLogs, SasExpired, driver_logs
 from aml_debug_magics.node.announce import Announcement, format_announcement, tag_key
+from aml_debug_magics.redaction import redact
 
 
 def test_reads_only_new_bytes_and_whole_lines(azurite):

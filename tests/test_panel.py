@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import wait_for
 
-from aml_debug_magics.node.announce import Announcement, AttachOutcome
+from aml_debug_magics.node.announce import Announcement, AttachOutcome, PortClosed
 from aml_debug_magics.records import DebugRequest, Status, StepSpec
 from aml_debug_magics.session import DebugSession
 from aml_debug_magics.ui.panel import PanelView
@@ -235,3 +235,45 @@ def test_the_run_link_is_clickable(made):
     assert '<a href="https://ml.azure.com/runs/r1?wsid=a&amp;tid=b" target="_blank">' in (
         view.header.value
     )
+
+
+SECRET = "AbC%2Bd3f"
+SIGNED_FORMS = [
+    f"https://acct.blob.core.windows.net/azureml/user_logs/std_log.txt?sv=2021&sig={SECRET}&se=1",
+    f"https%3A%2F%2Facct.blob.core.windows.net%2Fx%3Fsv%3D1%26sig%3D{SECRET}%26se%3D1",
+    f'{{"url": "https://acct.blob.core.windows.net/x?sv=1\\u0026sig={SECRET}\\u0026se=1"}}',
+    f"Authorization failed for ?SIG={SECRET}",
+]
+
+
+def widget_texts(widget) -> list[str]:
+    """Every text a widget tree shows (values and descriptions, rendered or not)."""
+    found = [str(getattr(widget, name, "")) for name in ("value", "description", "placeholder")]
+    for child in getattr(widget, "children", ()):
+        found += widget_texts(child)
+    return found
+
+
+def test_no_form_of_a_sas_signature_reaches_any_view(made):
+    """Every way a target hands text to the session: output lines, status details, notes,
+    reachability, port closures, service facts; shown by the panel and the text view."""
+    session, view, target, clock, ticker, tmp_path = made
+    printed: list[str] = []
+    text_view = TextView(write=printed.append)
+    text_view.show(session)
+    announce(session, clock)
+    for form in SIGNED_FORMS:
+        session.step_output("train", form)
+        session.step_status("train", Status.RUNNING, f"reading {form}")
+        session.target_note(f"run 1: {form}")
+        session.step_reachability("train", 0, f"refused ({form})")
+        session.step_news("train", PortClosed(f"closed: {form}"))
+        for row in session.rows:
+            text_view.refresh(row)
+        text_view.refresh(None)
+    for row_view in view.rows:
+        row_view.show_output.value = True
+    shown = "\n".join(widget_texts(view.widget) + printed)
+    assert SECRET not in shown and "%2Bd3f" not in shown
+    assert shown.count("REDACTED") >= len(SIGNED_FORMS)
+    assert "sig%3DREDACTED%26se" in shown and "\\u0026sig=REDACTED\\u0026se" in shown

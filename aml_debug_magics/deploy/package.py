@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from aml_debug_magics.deploy.docker import DockerDeployTarget
 from aml_debug_magics.deploy.local import Deployment
-from aml_debug_magics.logs import redact
 from aml_debug_magics.node.bootstrap import ENTRY_SHIPPED_NAMES
 from aml_debug_magics.records import Status
+from aml_debug_magics.redaction import redact
 from aml_debug_magics.targets.environment import DEBUGPY_REQUIREMENT, shipped_bootstrap
 
 if TYPE_CHECKING:

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aml_debug_magics.errors import DebugInputError
-from aml_debug_magics.logs import RunLogs, redact
+from aml_debug_magics.logs import RunLogs
 from aml_debug_magics.node.announce import Announcement, AttachOutcome
 from aml_debug_magics.records import Status
+from aml_debug_magics.redaction import redact
 from aml_debug_magics.targets.environment import DEBUGPY_REQUIREMENT, shipped_bootstrap
 
 if TYPE_CHECKING:
