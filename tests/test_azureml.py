@@ -341,3 +341,44 @@ def test_allow_any_is_passed_on_and_warned_about(project):
     wait_for(lambda: session.note.startswith("--allow any: anyone who reaches the node's port"),
              10, "the warning on the panel")
     session.stop()
+
+
+class FlakyRun(Run):
+    """A run whose control-plane calls fail ``failures`` times first (the SDK raising on a
+    transient service error, with a SAS URL in its message), then answer."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__("pipeline_1", status="Running")
+        self.failures = failures
+
+    def get_children(self) -> list[Run]:
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("ServiceError: GET https://acct.blob.core.windows.net/x?sv=1"
+                               "&sig=SeCrEt%2B&se=2 failed: 503")
+        return super().get_children()
+
+
+def test_a_transient_control_plane_error_is_shown_redacted_and_following_goes_on(project):
+    workspace = StandInWorkspace([])
+    workspace.run = FlakyRun(failures=2)
+    session, target, printed = start(project, workspace)
+    wait_for(lambda: "could not follow the run (RuntimeError" in session.note, 10, "the problem")
+    assert "SeCrEt" not in session.note and "sig=REDACTED" in session.note
+    wait_for(lambda: workspace.run.failures == 0 and session.note.startswith("run pipeline_1"),
+             10, "the note to be clean again")
+    assert target._follower.is_alive()
+    workspace.run.status = "Completed"
+    assert session.wait(10) == "finished"
+
+
+def test_a_control_plane_that_keeps_failing_is_said_and_stays_stoppable(project):
+    workspace = StandInWorkspace([])
+    workspace.run = FlakyRun(failures=10_000)
+    session, target, printed = start(project, workspace)
+    wait_for(lambda: "not following the run: 5 failures in a row" in session.note, 30,
+             "the give-up note")
+    assert "SeCrEt" not in session.note and "Stop cancels the run" in session.note
+    session.stop()
+    assert workspace.run.cancelled and not target._follower.is_alive()
+    assert not any("SeCrEt" in line for line in printed)

@@ -53,6 +53,8 @@ RUN_STATUSES = {
 }
 ENDED_RUN = {"Completed", "Finished", "Failed", "Canceled"}
 PROBE_TIMEOUT = 3.0
+FAILURES_TOLD = 5  # failures in a row before the note says the run is not being followed
+RETRY_LONGEST = 30.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,31 +350,61 @@ class AzureMLTarget:
             return
         portal = getattr(self.run, "get_portal_url", lambda: "")()
         warning = [ANYONE_MAY_ATTACH] if self.request.allow == "any" else []
-        events.target_note("; ".join([*warning, f"run {self.run.id}: {portal}", *self.notes]))
-        self._follow(events, is_pipeline)
+        note = "; ".join([*warning, f"run {self.run.id}: {portal}", *self.notes])
+        events.target_note(note)
+        self._follow(events, is_pipeline, note)
 
-    def _follow(self, events: DebugSession, is_pipeline: bool) -> None:
+    def _follow(self, events: DebugSession, is_pipeline: bool, note: str) -> None:
+        """Follow until the run ends or Stop. An unexpected error (a transient SDK or HTTP
+        failure, a reply that is not what it should be) is shown, redacted, and retried with a
+        back-off; after ``FAILURES_TOLD`` in a row the note says the run is not being followed,
+        and retrying goes on at the longest back-off: the session stays stoppable."""
         by_name = {s.name: s for s in self.request.steps}
         followers: dict[str, _StepFollower] = {}
-        if not is_pipeline:
-            followers[self.request.steps[0].name] = _StepFollower(self, self.run, by_name, events)
+        failures = 0
         while not self._stopping.is_set():
-            if is_pipeline:
-                for child in self.run.get_children():
-                    name = getattr(child, "name", None)
-                    if name in by_name and name not in followers:
-                        followers[name] = _StepFollower(self, child, by_name, events, name)
-            for follower in followers.values():
-                follower.poll()
-            status = self.run.get_status()
-            if status in ENDED_RUN and all(f.ended for f in followers.values()):
-                for spec in self.request.steps:
-                    if spec.name not in followers:
-                        events.step_status(spec.name, Status.NOT_RUN, f"the run ended {status}")
-                events.target_done(failed=status != "Completed" and status != "Finished")
-                return
+            try:
+                if self._poll(events, is_pipeline, by_name, followers):
+                    return
+            except Exception as error:
+                failures += 1
+                first = redact(str(error).splitlines()[0] if str(error) else "")
+                problem = f"{type(error).__name__}: {first}" if first else type(error).__name__
+                if failures >= FAILURES_TOLD:
+                    events.target_note(
+                        f"{note}; not following the run: {failures} failures in a row, the last "
+                        f"{problem}; retrying every {RETRY_LONGEST:g} s (Stop cancels the run)"
+                    )
+                else:
+                    events.target_note(f"{note}; could not follow the run ({problem}); retrying")
+                self._stopping.wait(min(RETRY_LONGEST, 2.0 ** failures * self.poll_fast))
+                continue
+            if failures:
+                failures = 0
+                events.target_note(note)
             waiting = any(f.waiting for f in followers.values()) or not followers
             self._stopping.wait(self.poll_fast if waiting else self.poll_slow)
+
+    def _poll(self, events: DebugSession, is_pipeline: bool, by_name: dict, followers: dict
+              ) -> bool:
+        """One round of following; True once the run and every followed step have ended."""
+        if not is_pipeline and not followers:
+            followers[self.request.steps[0].name] = _StepFollower(self, self.run, by_name, events)
+        if is_pipeline:
+            for child in self.run.get_children():
+                name = getattr(child, "name", None)
+                if name in by_name and name not in followers:
+                    followers[name] = _StepFollower(self, child, by_name, events, name)
+        for follower in followers.values():
+            follower.poll()
+        status = self.run.get_status()
+        if status in ENDED_RUN and all(f.ended for f in followers.values()):
+            for spec in self.request.steps:
+                if spec.name not in followers:
+                    events.step_status(spec.name, Status.NOT_RUN, f"the run ended {status}")
+            events.target_done(failed=status != "Completed" and status != "Finished")
+            return True
+        return False
 
 
 class _StepFollower:
