@@ -148,6 +148,14 @@ class DebugSession:
         self.view.refresh(None)
         self.view.close()
 
+    def dispose(self) -> None:
+        """The session is replaced (or the kernel ends): after ``stop``, let the view and the
+        target free what they hold (widgets, temporary folders)."""
+        for part in (self.view, self._target):
+            dispose = getattr(part, "dispose", None)
+            if dispose is not None:
+                dispose()
+
     def wait(self, timeout: float | None = None) -> str:
         """Block until the session ends (or ``timeout``); its state: finished, failed..."""
         self._ended.wait(timeout)
@@ -375,6 +383,7 @@ def stop_session(kind: str) -> bool:
     with _live_lock:
         if _live.get(kind) is session:
             del _live[kind]
+    session.dispose()
     return True
 
 

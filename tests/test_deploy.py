@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from conftest import children_of, port_refuses, wait_for
@@ -170,6 +171,10 @@ def test_docker_target_without_an_engine_shows_the_commands(ip, app, monkeypatch
     assert f"-v {app / 'model'}:/var/azureml-models/debug:ro" in run_line
     assert run_line.endswith("myacr.azurecr.io/package:1 runsvdir /var/runit")
     assert "docker logs --follow aml-debug-score" in session.note
+    tools = Path(run_line.split("-v ")[2].split(":")[0])  # the node files it mounts
+    assert tools.name.startswith("aml_debug_tools_") and tools.is_dir()
+    ip.run_line_magic("aml_debug_deploy", "--stop")  # replaced or ended: the folder goes
+    assert not tools.exists()
 
 
 def test_docker_announcements_attach_to_localhost_and_the_app_root(app):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -358,3 +360,28 @@ def test_an_interrupt_while_the_magic_runs_leaves_nothing_behind(ip, tmp_path, m
         ip.run_line_magic("aml_debug_run", "--timeout 60 job.py")
     assert current_session("run") is None
     assert children_of() == []
+
+
+def test_replaced_sessions_leave_no_widgets_fds_or_folders_behind(ip, tmp_path, monkeypatch):
+    from ipywidgets.widgets import widget as ipywidget
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    tempfile.tempdir = None  # read TMPDIR again
+    (tmp_path / "job.py").write_text("print('hi')\n")
+    ip.run_line_magic("config", "AmlDebugMagics.view = 'widgets'")
+    seen = []
+    try:
+        for _ in range(6):
+            ip.run_line_magic("aml_debug_run", "--timeout 1 job.py")
+            assert current_session("run").wait(30) == "finished"
+            gc.collect()
+            seen.append((len(ipywidget._instances), len(os.listdir("/proc/self/fd"))))
+        ip.run_line_magic("aml_debug_run", "--stop")
+    finally:
+        tempfile.tempdir = None
+    gc.collect()
+    assert len({widgets for widgets, _ in seen[1:]}) == 1  # one session's worth, not growing
+    assert len({fds for _, fds in seen[1:]}) == 1
+    assert len(ipywidget._instances) == 0
+    assert list((tmp_path / "tmp").iterdir()) == []  # a run without data makes no folder

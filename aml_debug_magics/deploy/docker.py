@@ -145,6 +145,10 @@ class DockerDeployTarget:
     def score(self, body: str) -> tuple[int, str]:
         return post_json(f"http://127.0.0.1:{self.deployment.scoring_port}/score", body)
 
+    def dispose(self) -> None:
+        """The session is replaced or the kernel ends: the copied node files go."""
+        shutil.rmtree(self.tools, ignore_errors=True)
+
     def stop(self) -> None:
         if self._logs is not None:
             subprocess.run(["docker", "rm", "--force", self.container], capture_output=True)

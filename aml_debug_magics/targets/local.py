@@ -143,6 +143,7 @@ class LocalProcess:
                 if self._on_news:
                     self._on_news(news)
         self.announced.set()  # ended without announcing: wake whoever waits
+        self._process.stdout.close()
 
     def wait(self, timeout: float | None = None) -> int:
         assert self._process is not None
@@ -184,7 +185,11 @@ class LocalPipelineTarget:
 
     def __init__(self, request: DebugRequest, *, data_root: Path | None = None) -> None:
         self.request = request
-        self.data_root = data_root or Path(tempfile.mkdtemp(prefix="aml_debug_data_"))
+        # made only when steps hand data on; kept after the session: the panel tells where
+        self.data_root = data_root or (
+            Path(tempfile.mkdtemp(prefix="aml_debug_data_"))
+            if any(step.writes for step in request.steps) else None
+        )
         self._current: LocalProcess | None = None
         self._stopping = threading.Event()
         self._runner: threading.Thread | None = None
@@ -206,6 +211,7 @@ class LocalPipelineTarget:
             self._runner.join(timeout=15)
 
     def folder_of(self, data: DataFolder) -> Path:
+        assert self.data_root is not None  # a step that reads data follows one that writes it
         return self.data_root / data.name
 
     def _local_value(self, argument: Argument) -> str:

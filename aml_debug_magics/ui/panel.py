@@ -244,9 +244,28 @@ class PanelView:
             self.session.message = COPY_RESULTS.get(result, result)
             self.refresh(None)
 
+    def dispose(self) -> None:
+        """The session is replaced: the panel becomes its final text, and every widget is
+        closed (the kernel would otherwise keep them all, session after session)."""
+        self._ticker.remove(self)
+        if self._handle is not None and self.session is not None:
+            self._handle.update({"text/plain": session_text(self.session, self.now())}, raw=True)
+        _close_tree(self.widget)
+        self.rows.clear()
+
     def close(self) -> None:
         """The session ended: the countdowns stop (the panel stays, with the final state)."""
         self._ticker.remove(self)
         now = self.now()
         for row_widgets in list(self.rows):
             row_widgets.update(now)
+
+
+def _close_tree(widget: Any) -> None:
+    """Close ``widget``, its children, and their layout and style widgets."""
+    for child in getattr(widget, "children", ()):
+        _close_tree(child)
+    for part in (getattr(widget, "layout", None), getattr(widget, "style", None)):
+        if part is not None:
+            part.close()
+    widget.close()
