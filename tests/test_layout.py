@@ -29,6 +29,7 @@ def imports_of(path: Path) -> set[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
             skipped |= {id(child) for stmt in node.body for child in ast.walk(stmt)}
+    modules = {module_name(p) for p in PACKAGE.rglob("*.py")}
     found = set()
     for node in ast.walk(tree):
         if id(node) in skipped:
@@ -36,9 +37,9 @@ def imports_of(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found |= {f"{node.module}.{alias.name}" for alias in node.names}
-    modules = {module_name(p) for p in PACKAGE.rglob("*.py")}
+            for alias in node.names:  # "from package import module" imports the module
+                submodule = f"{node.module}.{alias.name}"
+                found.add(submodule if submodule in modules else node.module)
     return {name for name in found if name in modules} - {module_name(path)}
 
 
