@@ -65,6 +65,15 @@ class StepRow:
             return None
         return self.announcement.seconds_left(now)
 
+    @property
+    def attachable(self) -> bool:
+        """Whether the announced port may still take a debugger (not after the end, a missed
+        window, or a closed port)."""
+        return (
+            self.announcement is not None and not self.port_closed
+            and self.status not in ENDED and self.status != Status.TIMED_OUT
+        )
+
     def attach_config(self) -> dict[str, Any] | None:
         if self.announcement is None:
             return None

@@ -87,11 +87,13 @@ def test_a_request_stops_in_run_and_gets_its_prediction(ip, app):
     finally:
         client.close()
     assert session.service.response == 'HTTP 200: {"prediction": [7.0]}'
+    assert row.status == Status.ATTACHED and row.attached  # the row says so, not only Output
     port = int(session.service.scoring_url.split(":")[2].split("/")[0])
     debug_port = row.announcement.port
     ip.run_line_magic("aml_debug_deploy", "--stop")
     assert port_refuses("127.0.0.1", port) and port_refuses("127.0.0.1", debug_port)
     assert children_of() == []
+    assert session.service.health == "stopped" and not row.attachable
 
 
 def test_wait_in_init_stops_in_init(ip, app):
@@ -239,3 +241,27 @@ def test_the_entry_script_without_a_listen_address_serves_without_a_debugger(app
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["debugpy"] is False
     assert result["answer"] == {"prediction": [4.5]}
+
+
+GUIDE_LINES = "import debugpy\ndebugpy.listen(('0.0.0.0', 5678))\ndebugpy.wait_for_client()\n"
+GUIDE_SCORE = GUIDE_LINES + SCORE
+
+
+def test_the_guides_own_score_py_with_its_debugpy_lines_is_served_and_debugged(ip, app):
+    """Microsoft's guide puts debugpy.listen(...) and wait_for_client() at the top of score.py;
+    under the worker's own debugger both are absorbed instead of killing the worker."""
+    (app / "app" / "score.py").write_text(GUIDE_SCORE)
+    session = deploy(ip)
+    row = session.rows[0]
+    wait_for(lambda: session.service.health == "healthy", 60, "the server to be healthy")
+    assert any("the script called debugpy.listen()" in line for line in row.last_lines)
+    client = attach(row, {str(app / "app" / "score.py"): [RUN_BREAK + 3]})
+    try:
+        sender = session.send_test_request()
+        frame = client.wait_stopped(60)
+        assert client.evaluate(frame, "prediction") == "[7.0]"
+        client.resume()
+        sender.join(60)
+    finally:
+        client.close()
+    assert session.service.response == 'HTTP 200: {"prediction": [7.0]}'

@@ -83,8 +83,10 @@ class LocalDeployTarget:
         self.process: LocalProcess | None = None
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._events: DebugSession | None = None
 
     def start(self, events: DebugSession) -> None:
+        self._events = events
         deployment = self.deployment
         arguments = [
             "--entry_script", str(PACKAGE.parent / "node" / "entry.py"),
@@ -147,6 +149,8 @@ class LocalDeployTarget:
             self.process.stop()
         if self._watcher is not None and self._watcher is not threading.current_thread():
             self._watcher.join(timeout=10)
+        if self._events is not None:
+            self._events.service_update(health="stopped")
 
 
 def read_sample_request(value: str | None, base: Path) -> str | None:

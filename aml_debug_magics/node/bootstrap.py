@@ -734,12 +734,32 @@ def debug_in_this_process(
         timeout or 0,
     )
 
+    real_wait = debugger.debugpy.wait_for_client
+    debugger.absorb_script_calls((address.host, gate_handle.port))  # the guide's score.py
+
+    def tell_when_attached() -> None:  # a debugger may attach at any time while serving
+        real_wait()
+        if debugger.debugpy.is_client_connected():
+            emit(announce.format_outcome(announce.AttachOutcome(True, os.getpid(), 0)))
+
     def wait() -> bool:
-        attached = debugger.wait_until(deadline) if deadline else False
-        emit(announce.guide_line_after_wait(attached))
-        emit(announce.format_outcome(announce.AttachOutcome(attached, os.getpid(), 0)))
+        attached = False
+        if deadline:
+            debugger.debugpy.wait_for_client = real_wait  # wait_until waits for real
+            try:
+                attached = debugger.wait_until(deadline)
+            finally:
+                debugger.absorb_script_calls((address.host, gate_handle.port))
+            emit(announce.guide_line_after_wait(attached))
+            emit(announce.format_outcome(announce.AttachOutcome(attached, os.getpid(), 0)))
+        if not attached:
+            _hide_from_debugger(
+                threading.Thread(target=tell_when_attached, name="aml-debug-attached", daemon=True)
+            ).start()
         return attached
 
+    if not deadline:
+        wait()
     return wait
 
 

@@ -113,11 +113,11 @@ class RowWidgets:
         self.attached.value = "debugger attached" if row.attached else ""
         said = [t for t in (row.detail, row.reachability) if t]
         self.detail.value = "".join(f"<small>{html.escape(t)}</small><br>" for t in said)
-        config = row.attach_config()
+        config = row.attach_config() if row.attachable else None  # never a dead port's
         text = json.dumps(config, indent=4) if config else ""
         self.copy.text = text
-        self.write.disabled = config is None
-        self.config.value = _pre(text) if config and row.status not in (Status.FINISHED,) else ""
+        self.write.disabled = config is None  # the copy button greys itself out without text
+        self.config.value = _pre(text) if config else ""
         self.tick(now)
         self.update_lines()
 
