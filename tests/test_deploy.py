@@ -114,13 +114,22 @@ def test_wait_in_init_stops_in_init(ip, app):
     assert row.attached
 
 
+def test_a_score_py_that_does_not_import_names_its_own_line(ip, app):
+    (app / "app" / "score.py").write_text("import json\n\ndef init(:\n    pass\n")
+    session = deploy(ip)
+    wait_for(lambda: session.state == "failed", 90, "the server to give up")
+    assert session.rows[0].detail.endswith("SyntaxError: invalid syntax (score.py, line 3)")
+    assert children_of() == []
+
+
 def test_init_raising_shows_the_servers_lines_and_leaves_nothing(ip, app):
     (app / "model" / "weights.json").unlink()  # a missing model file
     session = deploy(ip)
     wait_for(lambda: session.state == "failed", 90, "the server to give up")
     row = session.rows[0]
     assert row.status == Status.FAILED and "inference server exited" in row.detail
-    assert any("weights.json" in line for line in row.last_lines)
+    assert "FileNotFoundError: [Errno 2] No such file or directory: " in row.detail
+    assert row.detail.endswith("weights.json' (score.py, line 9, in init)")
     assert children_of() == []
 
 

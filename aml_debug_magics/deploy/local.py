@@ -9,6 +9,7 @@ breakpoint must not be killed.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import urllib.error
 import urllib.request
@@ -118,9 +119,11 @@ class LocalDeployTarget:
             if code is not None:
                 if not self._stopping.is_set():
                     events.service_update(health="down")
+                    lines = list(events.row(self.name).last_lines)
+                    cause = user_error(lines, self.deployment.entry_script) or "see its last lines"
                     events.step_status(
                         self.name, Status.FAILED,
-                        f"the inference server exited (status {code}): see its last lines",
+                        f"the inference server exited (status {code}): {cause}",
                         exit_code=code,
                     )
                     events.target_done(failed=True)
@@ -151,6 +154,29 @@ class LocalDeployTarget:
             self._watcher.join(timeout=10)
         if self._events is not None:
             self._events.service_update(health="stopped")
+
+
+_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)(?:, in (?P<function>\S+))?')
+_EXCEPTION = re.compile(r"^(?:[\w.]+\.)?(?P<name>\w*(?:Error|Exception|Exit|Interrupt))\b:?(.*)$")
+
+
+def user_error(lines: list[str], script: Path) -> str | None:
+    """The user's own exception from the server's output: the exception line and the last
+    frame in their script (``FileNotFoundError: ... (score.py, line 9, in init)``), or None.
+
+    The server wraps it in tracebacks of its own; the first traceback that passes through the
+    user's script is theirs.
+    """
+    frame = None
+    for line in lines:
+        found = _FRAME.search(line)
+        if found and Path(found["file"]).name == script.name:
+            frame = found
+        elif frame is not None and (exception := _EXCEPTION.match(line.strip())):
+            where = f"{script.name}, line {frame['line']}"
+            where += f", in {frame['function']}" if frame["function"] else ""
+            return f"{exception.group(0).strip()} ({where})"
+    return None
 
 
 def read_sample_request(value: str | None, base: Path) -> str | None:
