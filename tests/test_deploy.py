@@ -274,3 +274,38 @@ def test_the_guides_own_score_py_with_its_debugpy_lines_is_served_and_debugged(i
     finally:
         client.close()
     assert session.service.response == 'HTTP 200: {"prediction": [7.0]}'
+
+
+MODEL_SCORE = textwrap.dedent(
+    """\
+    import json
+    from azureml.core.model import Model
+
+    def init():
+        global model
+        model = json.loads(open(Model.get_model_path("weights")).read())
+
+    def run(raw_data):
+        return {"w": model["w"]}
+    """
+)
+
+
+def test_get_model_path_finds_the_model_laid_out_as_azure_ml_does(ip, app):
+    """The script calls Model.get_model_path('weights') (the SDK's own, run for real in the
+    server's worker): without --model it fails with a hint; with it, azureml-models/weights/1/
+    is laid out in the app folder for the session's life."""
+    pytest.importorskip("azureml.core")
+    (app / "app" / "score.py").write_text(MODEL_SCORE)
+    session = deploy(ip)
+    wait_for(lambda: session.state == "failed", 120, "the server to give up")
+    assert "add --model NAME[:VERSION] with --model-dir" in session.rows[0].detail
+    session = deploy(ip, "--model weights:1")
+    wait_for(lambda: session.service.health == "healthy", 120, "the server to be healthy")
+    laid_out = app / "app" / "azureml-models" / "weights" / "1" / "weights.json"
+    assert laid_out.is_symlink() and laid_out.resolve() == app / "model" / "weights.json"
+    session.send_test_request().join(60)
+    assert session.service.response == 'HTTP 200: {"w": [0.5, 2.0]}'
+    ip.run_line_magic("aml_debug_deploy", "--stop")
+    assert sorted(p.name for p in (app / "app").iterdir()) == ["score.py"]
+    assert (app / "model" / "weights.json").is_file()

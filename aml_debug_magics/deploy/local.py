@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import threading
 import urllib.error
 import urllib.request
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from aml_debug_magics.errors import DebugInputError
 from aml_debug_magics.records import Status
 from aml_debug_magics.targets.local import LocalProcess
 
@@ -85,10 +87,37 @@ class LocalDeployTarget:
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
         self._events: DebugSession | None = None
+        self._laid_out: Path | None = None  # azureml-models/ made for --model, removed at stop
+
+    def _lay_out_models(self) -> Path | None:
+        """``--model NAME[:VERSION]`` with ``--model-dir``: ``azureml-models/NAME/VERSION/`` in
+        the app root, as Azure ML's container has it, so ``Model.get_model_path('NAME')``
+        finds the model; links only, removed at stop. None without ``--model``."""
+        if not self.request.models or self.deployment.model_dir is None:
+            return None
+        name, _, version = self.request.models[0].partition(":")
+        root = self.deployment.source_dir / "azureml-models"
+        if root.exists() or root.is_symlink():
+            raise DebugInputError(
+                f"{root} exists: move it aside to let --model lay out azureml-models/{name}"
+            )
+        folder = root / name / (version or "1")
+        folder.parent.mkdir(parents=True)
+        model = self.deployment.model_dir
+        entries = list(model.iterdir())
+        if len(entries) == 1:  # one registered file or folder: VERSION/ holds it
+            folder.mkdir()
+            (folder / entries[0].name).symlink_to(entries[0])
+        else:  # a registered folder of several files
+            folder.mkdir()
+            (folder / model.name).symlink_to(model)
+        self._laid_out = root
+        return folder
 
     def start(self, events: DebugSession) -> None:
         self._events = events
         deployment = self.deployment
+        model_folder = self._lay_out_models()
         arguments = [
             "--entry_script", str(PACKAGE.parent / "node" / "entry.py"),
             "--port", str(deployment.scoring_port),
@@ -103,7 +132,10 @@ class LocalDeployTarget:
             arguments,
             cwd=deployment.source_dir,
             debug=False,
-            env=server_environment(self.request, deployment, f"127.0.0.1:{self.request.port}"),
+            env={
+                **server_environment(self.request, deployment, f"127.0.0.1:{self.request.port}"),
+                **({"AZUREML_MODEL_DIR": str(model_folder)} if model_folder else {}),
+            },
             on_line=lambda line: events.step_output(self.name, line),
             on_news=lambda news: events.step_news(self.name, news),
         ).start()
@@ -121,6 +153,12 @@ class LocalDeployTarget:
                     events.service_update(health="down")
                     lines = list(events.row(self.name).last_lines)
                     cause = user_error(lines, self.deployment.entry_script) or "see its last lines"
+                    if not self.request.models and any(MODEL_NOT_FOUND in ln for ln in lines):
+                        cause += (
+                            "; the script looks for a registered model (Model.get_model_path): "
+                            "add --model NAME[:VERSION] with --model-dir to lay out "
+                            "azureml-models/NAME/VERSION here"
+                        )
                     events.step_status(
                         self.name, Status.FAILED,
                         f"the inference server exited (status {code}): {cause}",
@@ -154,8 +192,12 @@ class LocalDeployTarget:
             self._watcher.join(timeout=10)
         if self._events is not None:
             self._events.service_update(health="stopped")
+        if self._laid_out is not None:
+            shutil.rmtree(self._laid_out, ignore_errors=True)
+            self._laid_out = None
 
 
+MODEL_NOT_FOUND = "ModelNotFoundException"  # what Model.get_model_path raises, in its message
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)(?:, in (?P<function>\S+))?')
 _EXCEPTION = re.compile(r"^(?:[\w.]+\.)?(?P<name>\w*(?:Error|Exception|Exit|Interrupt))\b:?(.*)$")
 
