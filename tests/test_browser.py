@@ -134,8 +134,8 @@ def check_panel(page, lab, screenshot: Path) -> None:
     assert elapsed - 2.5 <= first - second <= elapsed + 2.5, (first, second, elapsed)
 
     row.locator(".aml-debug-copy").click()
+    row.locator(".aml-debug-copied").filter(has_text="copied").wait_for(timeout=30_000)
     message = page.locator(".aml-debug-message")
-    message.filter(has_text="copied").wait_for(timeout=30_000)
     copied = json.loads(page.evaluate("navigator.clipboard.readText()"))
     assert copied["type"] == "debugpy" and copied["request"] == "attach"
     assert copied["connect"]["port"] == int(port)
@@ -187,7 +187,7 @@ def test_copy_falls_back_where_the_page_is_not_a_secure_context(lab, browser):
         row = train_row(page)
         port = int(row.locator(".aml-debug-address code").inner_text().split(":")[1])
         row.locator(".aml-debug-copy").click()
-        page.locator(".aml-debug-message").filter(has_text="fallback route").wait_for(
+        row.locator(".aml-debug-copied").filter(has_text="fallback route").wait_for(
             timeout=30_000)
         reader = page.context.new_page()  # the clipboard is read back on a secure page
         reader.goto(f"http://127.0.0.1:{lab['port']}/api?token={lab['token']}")

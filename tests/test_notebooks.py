@@ -33,6 +33,14 @@ def test_tutorial_runs_top_to_bottom(notebook, tmp_path, monkeypatch):
             "train = current_session('pipeline').row('train')\n"
             "print('CHECK', finished, train.announcement is not None, train.last_lines[-1])"
         ))
+    if notebook.stem.startswith("2_"):  # after Run All the server still waits: click Send
+        document.cells.append(nbformat.v4.new_code_cell(
+            "from aml_debug_magics.session import current_session\n"
+            "session = current_session('deploy')\n"
+            "print('STILL', session.active, session.service.health)\n"
+            "session.send_test_request().join(120)\n"
+            "print(session.service.response)"
+        ))
     client = nbclient.NotebookClient(
         document, timeout=600, kernel_name="python3", resources={"metadata": {"path": tmp_path}}
     )
@@ -47,9 +55,11 @@ def test_tutorial_runs_top_to_bottom(notebook, tmp_path, monkeypatch):
         assert len(document.cells) == tutorial_cells + 1
         assert "CHECK finished True trained weight 4.441" in joined
     if notebook.stem.startswith("2_"):
+        assert "STILL True healthy" in joined  # Run All left the server up for the attach
         assert 'HTTP 200: {"prediction": [4.5, 9.5]}' in joined
     if notebook.stem.startswith("3_"):
         assert "No workspace configured" in joined
+        assert not any(text.strip().isdigit() for text in texts)  # no stray write_text count
     assert children_of() == []
 
 

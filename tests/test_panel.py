@@ -154,10 +154,11 @@ def test_copy_result_is_reported(made):
     session, view, target, clock, ticker, _ = made
     announce(session, clock)
     copy = view.rows[1].copy
+    copied = view.rows[1].copied  # beside the Copy button of that row, not beside Stop
     copy.result, copy.clicks = "failed", 1  # what the page's script sends back
-    assert "select the configuration below" in view.message.value
+    assert "select the configuration below" in copied.value
     copy.result, copy.clicks = "copied", 2
-    assert "Attach config copied" in view.message.value
+    assert "Attach config copied" in copied.value and "copied" not in view.message.value
 
 
 def test_stop_button_stops_the_target(made):

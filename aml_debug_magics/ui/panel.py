@@ -70,7 +70,8 @@ class RowWidgets:
         self.countdown = widgets.Label(layout={"width": "90px"})
         self.attached = widgets.Label(layout={"width": "130px"})
         self.copy = CopyButton()
-        self.copy.observe(panel.copy_reported, names="clicks")
+        self.copied = widgets.HTML()  # what the copy did, beside the button that did it
+        self.copy.observe(self.copy_reported, names="clicks")
         self.write = widgets.Button(
             description="Write to .vscode/launch.json", disabled=True, layout={"width": "auto"}
         )
@@ -88,6 +89,7 @@ class RowWidgets:
             (self.countdown, "aml-debug-countdown"),
             (self.attached, "aml-debug-attached"),
             (self.write, "aml-debug-write"),
+            (self.copied, "aml-debug-copied"),
             (self.show_output, "aml-debug-output"),
             (self.config, "aml-debug-config"),
         ):
@@ -97,10 +99,16 @@ class RowWidgets:
             layout={"align_items": "center", "flex_flow": "row wrap"},
         )
         # A step without a debugger has nothing to attach to: only its output is offered.
-        actions = [self.copy, self.write, self.show_output] if row.debugged else [self.show_output]
+        actions = [self.copy, self.copied, self.write, self.show_output] if row.debugged else [
+            self.show_output
+        ]
         buttons = widgets.HBox(actions, layout={"flex_flow": "row wrap"})
         self.box = widgets.VBox([facts, buttons, self.detail, self.config, self.lines])
         self.box.add_class("aml-debug-row")
+
+    def copy_reported(self, change: dict[str, Any]) -> None:
+        result = change["owner"].result
+        self.copied.value = f"<small>{html.escape(COPY_RESULTS.get(result, result))}</small>"
 
     def update(self, now: float) -> None:
         row = self.row
@@ -237,12 +245,6 @@ class PanelView:
             row_widgets.tick(now)
             row_widgets.update_lines()
         return self.session is not None and self.session.active
-
-    def copy_reported(self, change: dict[str, Any]) -> None:
-        result = change["owner"].result
-        if self.session is not None:
-            self.session.message = COPY_RESULTS.get(result, result)
-            self.refresh(None)
 
     def dispose(self) -> None:
         """The session is replaced: the panel becomes its final text, and every widget is
