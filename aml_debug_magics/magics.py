@@ -178,7 +178,8 @@ class AmlDebugMagics(Magics):
               "request button posts")
     @argument("--image", help="docker target: the image to run (e.g. what Model.package pulled)")
     @argument("--model", action="append", default=[], metavar="NAME[:VERSION]", help="azureml "
-              "target: a registered model to package (repeat for more)")
+              "target: a registered model to package (repeat for more); local target, with "
+              "--model-dir: lay it out as azureml-models/NAME/VERSION for Model.get_model_path")
     @argument("--workspace", metavar="VARIABLE", help="azureml target: the Workspace variable")
     @argument("--stop", action="store_true", help="stop the running session and exit")
     @line_magic
