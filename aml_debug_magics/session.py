@@ -218,7 +218,8 @@ class DebugSession:
                 row.status = Status.ATTACHED
             else:
                 row.status = Status.TIMED_OUT
-                row.detail = "no debugger attached in time; the script runs on without one"
+                if not row.port_closed:  # else the closing said why already
+                    row.detail = "no debugger attached in time; the script runs on without one"
             self.view.refresh(row)
         if isinstance(news, Announcement) and self.request.write_launch_json:
             self.write_launch_json(row)

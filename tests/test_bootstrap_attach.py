@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -11,7 +13,7 @@ import threading
 import time
 
 import pytest
-from conftest import port_refuses, ship_node_files, wait_for
+from conftest import children_of, port_refuses, ship_node_files, wait_for
 from dap_client import DapClient
 from netns import namespaces, node_network, skip_without_namespaces
 from node_pythons import NODE_VERSIONS, find_python, installed, node_python
@@ -392,3 +394,24 @@ def test_sources_not_allowed_are_closed_before_debugpy_sees_them(tmp_path, start
                          for line in refused.last_lines), 10, "one line for the refusals")
     assert sum("refused" in line for line in refused.last_lines) == 1  # not one per probe
     assert dap_answers("127.0.0.1", allowed.announcement.port)
+
+
+def test_when_the_gate_dies_the_row_says_the_port_is_gone_and_the_script_runs_on(
+    remote_and_local, start_local
+):
+    remote_script, _ = remote_and_local
+    process = start_local(remote_script, "0.5", timeout=120)
+    assert process.announced.wait(30), list(process.last_lines)
+    gate = wait_for(lambda: next((pid for pid in children_of(process.pid)
+                                  if b"gate.py" in open(f"/proc/{pid}/cmdline", "rb").read()),
+                                 None), 10, "the gate process")
+    os.kill(gate, signal.SIGKILL)
+    try:
+        closed = wait_for(lambda: next(
+            (n for n in map(parse_line, process.last_lines) if isinstance(n, PortClosed)), None
+        ), 15, "the port-gone line")
+    except AssertionError:
+        raise AssertionError(f"no port-gone line in {list(process.last_lines)}") from None
+    assert "the debug port is gone: its gate process ended" in closed.reason
+    assert process.wait(30) == 7  # it did not wait out its 120 s
+    assert "final loss 1.6666666666666667" in process.last_lines

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import builtins
+import contextlib
 import importlib.machinery
 import io
 import ipaddress
@@ -377,6 +378,7 @@ class GateHandle:
         self.port = listener.getsockname()[1]
         ours, theirs = socket.socketpair()
         self._control = ours
+        self._closing = False
         fds = (listener.fileno(), theirs.fileno())
         options = ["--allow", allow, "--reattach-window", f"{reattach_window:g}"]
         options += ["--rank", str(rank)]
@@ -395,8 +397,25 @@ class GateHandle:
         except OSError:
             pass
 
+    def when_gone(self, action: Callable[[], None]) -> None:
+        """Call ``action`` if the gate process ends before we tell it to (then the port is
+        gone): the gate never writes to the control socket, so its end reads as EOF."""
+
+        def watch() -> None:
+            try:
+                while self._control.recv(1):
+                    pass
+            except OSError:
+                pass
+            if not self._closing:
+                action()
+
+        _hide_from_debugger(threading.Thread(target=watch, name="aml-debug-gate", daemon=True))\
+            .start()
+
     def close_now(self) -> None:
         """Close the port and every connection, end the adapter, and wait until that is done."""
+        self._closing = True
         self.tell("close")
         self.release()
         try:
@@ -406,6 +425,9 @@ class GateHandle:
 
     def release(self) -> None:
         """The script is over: the gate lets open sessions finish, then ends the adapter."""
+        self._closing = True
+        with contextlib.suppress(OSError):
+            self._control.shutdown(socket.SHUT_RDWR)  # wakes the watcher, which then ends
         self._control.close()
 
 
@@ -508,6 +530,12 @@ class Debugger:
         self._schedule(max(0.0, deadline - time.time()), on_deadline)
         self.debugpy.wait_for_client()
         return not self._cancelled
+
+    def cancel_wait(self) -> None:
+        """End a wait for a debugger now, as if its deadline had passed."""
+        self._cancelled = True
+        with contextlib.suppress(RuntimeError, AttributeError):  # no wait has begun
+            self.debugpy.wait_for_client.cancel()
 
     def absorb_script_calls(self, public: tuple[str, int]) -> None:
         """Make the script's own debugpy calls (the guide's boilerplate) harmless.
@@ -655,8 +683,17 @@ def debug_and_run(options: Options, rank: Rank) -> int:
         os.kill(os.getpid(), signum)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+
+    def gate_gone() -> None:  # nobody can attach any more: stop waiting, and say why
+        emit(announce.format_port_closed(announce.PortClosed(
+            "the debug port is gone: its gate process ended; the script runs on without a "
+            "debugger", rank.rank or 0,
+        )))
+        debugger.cancel_wait()
+
     try:
         if gate_handle is not None:
+            gate_handle.when_gone(gate_gone)
             upstream, adapter_marker = debugger.listen_on_loopback()
             gate_handle.tell(f"upstream {upstream}")
             gate_handle.tell(f"adapter {adapter_marker}")
