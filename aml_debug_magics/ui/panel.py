@@ -177,6 +177,7 @@ class PanelView:
         self.widget.add_class("aml-debug-panel")
         self._handle: Any = None
         self._statuses: tuple = ()
+        self._disposed = False
 
     def now(self) -> float:
         clock = self._clock or (self.session.clock if self.session else time.time)
@@ -211,7 +212,7 @@ class PanelView:
 
     def refresh(self, row: StepRow | None) -> None:
         session = self.session
-        if session is None:
+        if session is None or self._disposed:  # a late report from a target's thread
             return
         if row is not None:
             self._widgets_for(row).update(self.now())
@@ -249,6 +250,7 @@ class PanelView:
     def dispose(self) -> None:
         """The session is replaced: the panel becomes its final text, and every widget is
         closed (the kernel would otherwise keep them all, session after session)."""
+        self._disposed = True
         self._ticker.remove(self)
         if self._handle is not None and self.session is not None:
             self._handle.update({"text/plain": session_text(self.session, self.now())}, raw=True)
