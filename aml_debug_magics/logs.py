@@ -19,6 +19,7 @@ from aml_debug_magics.node.announce import (
     Announcement,
     AttachOutcome,
     LogReader,
+    PortClosed,
     announcements_in_tags,
 )
 from aml_debug_magics.redaction import redact
@@ -182,9 +183,11 @@ class RunLogs:
     def _log_files(self) -> dict[str, str]:
         return dict((self.run.get_details() or {}).get("logFiles") or {})
 
-    def _tell(self, news: Announcement | AttachOutcome) -> None:
+    def _tell(self, news: Announcement | AttachOutcome | PortClosed) -> None:
         if isinstance(news, Announcement):
             key = ("announce", news.rank, news.port, news.addresses[:1])
+        elif isinstance(news, PortClosed):
+            key = ("closed", news.rank, news.reason)
         else:
             key = ("outcome", news.rank, news.attached)
         if key not in self._told:

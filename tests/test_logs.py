@@ -9,7 +9,13 @@ import urllib.request
 import pytest
 
 from aml_debug_magics.logs import BlobTail, LogUnavailable, RunLogs, SasExpired, driver_logs
-from aml_debug_magics.node.announce import Announcement, format_announcement, tag_key
+from aml_debug_magics.node.announce import (
+    Announcement,
+    PortClosed,
+    format_announcement,
+    format_port_closed,
+    tag_key,
+)
 from aml_debug_magics.redaction import redact
 
 
@@ -138,3 +144,17 @@ def test_run_logs_read_the_announcement_from_tags_when_logs_are_late():
     logs.poll()
     logs.poll()
     assert [(a.rank, a.addresses) for a in news] == [(0, ("10.0.0.4",))]
+
+
+def test_run_logs_pass_on_a_closed_port_once(azurite):
+    run = StepRun()
+    news = []
+    logs = RunLogs(run, lambda *_: None, news.append)
+    log = azurite.append_blob("runs/c/user_logs/std_log.txt")
+    run.log_files = {"user_logs/std_log.txt": log.url()}
+    closed = format_port_closed(PortClosed("the debugger left: the port is closed for good", 0))
+    log.append(format_announcement(announcement(0, 5678)) + "\n" + closed + "\n" + closed + "\n")
+    logs.poll()
+    logs.poll()
+    assert [type(n).__name__ for n in news] == ["Announcement", "PortClosed"]
+    assert news[1].reason == "the debugger left: the port is closed for good"
