@@ -28,6 +28,7 @@ class Node:
     namespace: str
     address: str  # the node's eth0
     gateway: str  # this machine's end of the pair
+    host_end: str  # the name of this machine's end (for tc)
 
     @property
     def launcher(self) -> list[str]:
@@ -65,7 +66,7 @@ def node_network() -> Iterator[Node]:
         _ip("link", "set", "eth0", "up", namespace=namespace)
         _ip("link", "set", "lo", "up", namespace=namespace)
         _ip("route", "add", "default", "via", gateway, namespace=namespace)
-        yield Node(namespace, address, gateway)
+        yield Node(namespace, address, gateway, host_end)
     finally:
         _remove(namespace, host_end)
 

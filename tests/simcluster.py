@@ -1,0 +1,284 @@
+"""A simulated Azure ML cluster, built from real parts, where what ``--target azureml`` submits
+really runs.
+
+Only the control plane is a stand-in: :class:`SimWorkspace` takes the place of ``SdkWorkspace``
+(the one seam the azureml target talks through), with the same ``submit`` and the SDK's run
+methods (``get_status``, ``get_details`` with ``logFiles``, ``get_tags``, ``get_children``,
+``cancel``, ``get_portal_url``). Everything behind it is real:
+
+- **Snapshot.** ``submit`` copies each step's source folder at that moment (the bootstrap's
+  shipped files are in it only then), as Azure ML snapshots it.
+- **Nodes.** Each node is its own network host: a network namespace with its own ``eth0`` and a
+  link-local address (``tests/netns.py``), made when the cluster is made, so this machine has
+  its address on their network before a magic computes who may attach. A step's processes run
+  there with ``ip netns exec``, in the oldest Python the machine has holding only debugpy
+  (``tests/node_pythons.py``), with the variables Azure ML sets (``AZUREML_RUN_ID``; for a
+  distributed step ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``NODE_RANK``, ``MASTER_ADDR``,
+  ``AZ_BATCH_IS_CURRENT_NODE_MASTER``).
+- **Order and data.** Steps run in dependency order (a step after the producers of the
+  ``PipelineData`` it reads); a ``PipelineData`` is a folder both steps see.
+- **Statuses.** NotStarted, Queued, Preparing, Running, then Completed, Failed or Canceled.
+- **Logs.** Each process's output goes, in chunks and late, to an append blob in the test's
+  Azurite at Azure ML's layout (``user_logs/std_log.txt``, ``std_log_process_N.txt`` per process,
+  or ``azureml-logs/70_driver_log.txt``); a log is listed in ``logFiles``, with a real SAS URL,
+  only once something was written to it.
+
+Needs root and ``ip``; without them the cluster skips the test with the reason. Every
+namespace and process it made is gone when :meth:`SimCluster.close` returns (the fixture calls
+it, also when the test fails).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from netns import Node, node_network
+from node_pythons import NODE_VERSIONS, find_python, node_python
+
+FLUSH_EVERY = 0.3  # seconds between two appends of a process's output to its log blob
+STAGE_PAUSE = 0.2  # seconds a run spends in each status before Running
+
+_ids = itertools.count(1)
+
+
+class SimRun:
+    """A run as the SDK returns it; the cluster moves its status and writes its logs."""
+
+    def __init__(self, name: str, cluster: SimCluster) -> None:
+        self.id = f"{name}_{os.getpid()}_{next(_ids)}"
+        self.name = name
+        self.status = "NotStarted"
+        self.children: list[SimRun] = []
+        self.tags: dict[str, str] = {}
+        self.log_files: dict[str, str] = {}  # listed name -> blob name, once written
+        self.cancelled = threading.Event()
+        self._cluster = cluster
+
+    def get_status(self) -> str:
+        return self.status
+
+    def get_details(self) -> dict[str, Any]:
+        urls = {listed: self._cluster.azurite.sas_url(blob)
+                for listed, blob in dict(self.log_files).items()}
+        return {"runId": self.id, "status": self.status, "logFiles": urls}
+
+    def get_tags(self) -> dict[str, str]:
+        return dict(self.tags)
+
+    def get_children(self) -> list[SimRun]:
+        return list(self.children)
+
+    def get_portal_url(self) -> str:
+        return f"https://ml.azure.com/runs/{self.id}"
+
+    def cancel(self) -> None:
+        for run in [self, *self.children]:
+            run.cancelled.set()
+            if run.status not in ("Completed", "Failed"):
+                run.status = "Canceled"
+        self._cluster.kill_all()
+
+
+class SimCluster:
+    """The simulated compute: ``nodes`` network namespaces; ``submit`` runs what it is given."""
+
+    def __init__(self, azurite: Any, root: Path, *, nodes: int = 1,
+                 processes_per_node: int = 1, layout: str = "current") -> None:
+        self.azurite = azurite
+        self.root = root
+        self.processes_per_node = processes_per_node
+        self.layout = layout
+        version = next((v for v in NODE_VERSIONS if find_python(v)), None)
+        self.python = node_python(version or "3.8")  # skips when there is none
+        self._stack = ExitStack()
+        self.nodes: list[Node] = [self._stack.enter_context(node_network()) for _ in range(nodes)]
+        self._processes: list[subprocess.Popen[bytes]] = []
+        self._lock = threading.Lock()
+        self.submitted: list[Any] = []
+        self.runs: list[SimRun] = []
+
+    # -- the seam: what SdkWorkspace offers ---------------------------------------------------
+
+    def submit(self, experiment: str, what: Any) -> SimRun:
+        steps = what if isinstance(what, list) else [what]
+        self.submitted.append(what)
+        parent = SimRun("pipeline" if isinstance(what, list) else "run", self)
+        jobs = [self._snapshot(step) for step in _in_dependency_order(steps)]
+        if isinstance(what, list):
+            for job in jobs:
+                job["run"] = SimRun(job["name"], self)
+                parent.children.append(job["run"])
+        else:
+            jobs[0]["run"] = parent
+        parent.status = "Running" if isinstance(what, list) else "NotStarted"
+        self.runs.append(parent)
+        threading.Thread(target=self._run_all, args=(parent, jobs), daemon=True).start()
+        return parent
+
+    # -- what Azure ML does with it ------------------------------------------------------------
+
+    def _snapshot(self, step: Any) -> dict[str, Any]:
+        is_step = hasattr(step, "_script_name")
+        folder = Path(getattr(step, "_source_directory" if is_step else "source_directory") or ".")
+        snapshot = self.root / "snapshots" / f"{next(_ids)}_{folder.name or 'root'}"
+        shutil.copytree(folder.resolve(), snapshot)
+        arguments = getattr(step, "_arguments" if is_step else "arguments", None) or []
+        return {
+            "name": getattr(step, "name", None) or Path(step.script).stem,
+            "snapshot": snapshot,
+            "script": step._script_name if is_step else step.script,
+            "arguments": [self._argument(a) for a in arguments],
+            "environment": _environment_of(step),
+        }
+
+    def _argument(self, value: Any) -> str:
+        names = {cls.__name__ for cls in type(value).__mro__}
+        if "PipelineData" in names:
+            folder = self.root / "data" / value._name
+            folder.mkdir(parents=True, exist_ok=True)
+            return str(folder)
+        return str(value)
+
+    def _run_all(self, parent: SimRun, jobs: list[dict[str, Any]]) -> None:
+        failed = False
+        for job in jobs:
+            run = job["run"]
+            if parent.cancelled.is_set() or failed:
+                run.status = "Canceled" if parent.cancelled.is_set() else "NotStarted"
+                continue
+            for stage in ("Queued", "Preparing"):
+                run.status = stage
+                time.sleep(STAGE_PAUSE)
+            run.status = "Running"
+            codes = self._run_step(run, job)
+            if run.cancelled.is_set() or parent.cancelled.is_set():
+                run.status = "Canceled"
+                continue
+            failed = any(code != 0 for code in codes)
+            run.status = "Failed" if failed else "Completed"
+        if parent.children:
+            parent.status = (
+                "Canceled" if parent.cancelled.is_set() else "Failed" if failed else "Completed"
+            )
+
+    def _run_step(self, run: SimRun, job: dict[str, Any]) -> list[int]:
+        distributed = len(self.nodes) * self.processes_per_node > 1
+        world = len(self.nodes) * self.processes_per_node
+        pumps = []
+        for node_rank, node in enumerate(self.nodes if distributed else self.nodes[:1]):
+            for local_rank in range(self.processes_per_node if distributed else 1):
+                rank = node_rank * self.processes_per_node + local_rank
+                environment = {
+                    "PATH": os.environ["PATH"], "AZUREML_RUN_ID": run.id,
+                    "PYTHONUNBUFFERED": "1", **job["environment"],
+                }
+                if distributed:
+                    environment.update(
+                        RANK=str(rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world),
+                        NODE_RANK=str(node_rank), MASTER_ADDR=self.nodes[0].address,
+                        AZ_BATCH_IS_CURRENT_NODE_MASTER="true" if node_rank == 0 else "false",
+                    )
+                process = subprocess.Popen(
+                    [*node.launcher, self.python, "-u", job["script"], *job["arguments"]],
+                    cwd=job["snapshot"], env=environment, stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                )
+                with self._lock:
+                    self._processes.append(process)
+                log = self._log_name(rank if distributed else None)
+                pump = threading.Thread(target=self._pump, args=(process, run, log), daemon=True)
+                pump.start()
+                pumps.append((process, pump))
+        codes = []
+        for process, pump in pumps:
+            codes.append(process.wait())
+            pump.join(10)
+        return codes
+
+    def _log_name(self, rank: int | None) -> str:
+        if self.layout == "older":
+            return "azureml-logs/70_driver_log.txt" if rank is None else (
+                f"azureml-logs/70_driver_log_{rank}.txt")
+        return "user_logs/std_log.txt" if rank is None else (
+            f"user_logs/std_log_process_{rank}.txt")
+
+    def _pump(self, process: subprocess.Popen[bytes], run: SimRun, listed: str) -> None:
+        """The process's output to its append blob, in chunks: listed once it has written."""
+        assert process.stdout is not None
+        blob, pending, last = None, b"", time.monotonic()
+        os.set_blocking(process.stdout.fileno(), False)
+        while True:
+            chunk = process.stdout.read()  # None: nothing just now; b"": the end
+            ended = chunk == b""
+            pending += chunk or b""
+            if pending and (ended or time.monotonic() - last >= FLUSH_EVERY):
+                if blob is None:
+                    blob = self.azurite.append_blob(f"runs/{run.id}/{listed}")
+                    run.log_files[listed] = blob.name
+                blob.append(pending.decode(errors="replace"))
+                pending, last = b"", time.monotonic()
+            if ended:
+                return
+            time.sleep(0.05)
+
+    # -- cleaning up ---------------------------------------------------------------------------
+
+    def kill_all(self) -> None:
+        with self._lock:
+            processes = list(self._processes)
+        for process in processes:
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for process in processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def close(self) -> None:
+        for run in self.runs:
+            for child in [run, *run.children]:
+                child.cancelled.set()
+        self.kill_all()
+        self._stack.close()
+
+
+def _in_dependency_order(steps: list[Any]) -> list[Any]:
+    """Producers of what a step reads (its PipelineData inputs) come before it."""
+    def producers(step: Any) -> list[Any]:
+        found = []
+        for item in getattr(step, "_inputs", None) or []:
+            producer = getattr(getattr(item, "_bind_object", item), "_producer", None)
+            if producer is not None and producer is not step:
+                found.append(producer)
+        return found
+
+    ordered: list[Any] = []
+    while len(ordered) < len(steps):
+        ready = [s for s in steps if s not in ordered and all(
+            p in ordered or p not in steps for p in producers(s))]
+        if not ready:
+            raise AssertionError("the submitted steps wait on each other")
+        ordered.append(ready[0])
+    return ordered
+
+
+def _environment_of(step: Any) -> dict[str, str]:
+    runconfig = getattr(step, "_runconfig", None) or getattr(step, "run_config", None)
+    environment = getattr(runconfig, "environment", None)
+    found = dict(getattr(environment, "environment_variables", None) or {})
+    found.update(getattr(runconfig, "environment_variables", None) or {})
+    return {str(k): str(v) for k, v in found.items()}

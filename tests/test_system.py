@@ -1,0 +1,183 @@
+"""The azureml target as a system, on the simulated cluster of ``tests/simcluster.py``.
+
+What ``--target azureml`` submits (the snapshot with the shipped bootstrap, the debug-ready
+arguments) really runs on a node that is another network host, in a Python holding only
+debugpy; its log reaches Azurite late and in chunks; the target finds the announcement there,
+and a real debug-protocol client attaches from this machine to the node's own address. The
+control plane is the only stand-in: ``SdkWorkspace`` is replaced by the cluster (Azure ML's
+control plane cannot run here).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+
+import pytest
+from conftest import free_port, need_python_script_step, wait_for
+from dap_client import DapClient
+from netns import namespaces, skip_without_namespaces
+from simcluster import SimCluster
+
+from aml_debug_magics.node.announce import Announcement
+from aml_debug_magics.records import Status
+from aml_debug_magics.session import current_session
+from aml_debug_magics.targets import azureml as azureml_target
+
+PREP = textwrap.dedent(
+    """\
+    import argparse, pathlib
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    pathlib.Path(args.out, "numbers.txt").write_text("3 1 4 1 5")
+    print("prepared", args.out, flush=True)
+    """
+)
+TRAIN = textwrap.dedent(
+    """\
+    import argparse, pathlib
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data")
+    args = parser.parse_args()
+    numbers = [int(n) for n in pathlib.Path(args.data, "numbers.txt").read_text().split()]
+    total = sum(numbers)
+    print("trained on", numbers, "total", total, flush=True)
+    """
+)
+TRAIN_BREAK = 6  # total = sum(numbers)
+
+PIPELINE = """
+from azureml.pipeline.core import PipelineData
+from azureml.pipeline.steps import PythonScriptStep
+
+prepared = PipelineData("prepared")
+prep = PythonScriptStep(name="prep", script_name="prep.py", source_directory="prep",
+                        arguments=["--out", prepared], outputs=[prepared],
+                        compute_target="cpu-cluster")
+train = PythonScriptStep(name="train", script_name="train.py", source_directory="train",
+                         arguments=["--data", prepared], inputs=[prepared],
+                         compute_target="cpu-cluster")
+steps = [prep, train]
+ws = object()  # what --workspace names; the cluster stands in for the control plane
+"""
+
+
+@pytest.fixture
+def make_cluster(azurite, tmp_path, monkeypatch):
+    skip_without_namespaces()
+    made: list[SimCluster] = []
+
+    def make(**options) -> SimCluster:
+        cluster = SimCluster(azurite, tmp_path / f"cluster{len(made)}", **options)
+        made.append(cluster)
+        monkeypatch.setattr(azureml_target, "SdkWorkspace", lambda workspace: cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.close()
+    assert namespaces() == []
+
+
+@pytest.fixture
+def project(ip, tmp_path):
+    for folder, name, text in (("prep", "prep.py", PREP), ("train", "train.py", TRAIN)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / name).write_text(text)
+    return tmp_path
+
+
+def drop_all_traffic_to(node) -> None:
+    """``netem loss 100%`` where the kernel has netem; else a FIFO of length 0, which drops
+    every packet just the same (this machine's kernel has no sch_netem)."""
+    for qdisc in (["netem", "loss", "100%"], ["pfifo", "limit", "0"]):
+        done = subprocess.run(["tc", "qdisc", "add", "dev", node.host_end, "root", *qdisc],
+                              capture_output=True)
+        if done.returncode == 0:
+            return
+    raise AssertionError(f"tc could not drop traffic: {done.stderr.decode()}")
+
+
+def attach_and_read(row, local_root, line: int, expression: str) -> str:
+    config = row.attach_config()
+    config["pathMappings"][0]["localRoot"] = str(local_root)
+    client = DapClient.connect(config["connect"]["host"], config["connect"]["port"])
+    try:
+        client.attach(config, {str(local_root / "train.py"): [line]})
+        frame = client.wait_stopped(60)
+        assert frame["source"]["path"] == str(local_root / "train.py")
+        value = client.evaluate(frame, expression)
+        client.resume()
+    finally:
+        client.close()
+    return value
+
+
+def test_a_pipeline_step_on_a_node_is_attached_from_here_and_the_run_completes(
+    ip, project, make_cluster
+):
+    need_python_script_step()
+    cluster = make_cluster()
+    assert ip.run_cell(PIPELINE).success
+    ip.run_line_magic(
+        "aml_debug_pipeline", "steps --step train --target azureml --workspace ws --timeout 120"
+    )
+    session = current_session("pipeline")
+    train = session.row("train")
+    wait_for(lambda: train.status == Status.WAITING, 90, "train to announce itself")
+    assert train.address.split(":")[0] == cluster.nodes[0].address  # the node's own eth0
+    wait_for(lambda: "is reachable from this machine" in train.reachability, 30, "the probe")
+    numbers = attach_and_read(train, project / "train", TRAIN_BREAK, "numbers")
+    assert numbers == "[3, 1, 4, 1, 5]"  # what the first step wrote, on the node
+    assert session.wait(60) == "finished"
+    assert [r.status for r in session.rows] == [Status.FINISHED, Status.FINISHED]
+    assert any("trained on [3, 1, 4, 1, 5] total 14" in line for line in train.last_lines)
+    snapshot = cluster.submitted[0][1]
+    assert snapshot._script_name == "train.py"  # the user's step is as it was after submit
+    assert sorted(p.name for p in (project / "train").iterdir()) == ["train.py"]
+
+
+def test_a_script_run_config_runs_on_a_node_and_is_attached(ip, project, make_cluster):
+    cluster = make_cluster()
+    assert ip.run_cell(
+        "from azureml.core import ScriptRunConfig\n"
+        "(__import__('pathlib').Path('train') / 'data').mkdir()\n"
+        "(__import__('pathlib').Path('train') / 'data' / 'numbers.txt').write_text('2 7')\n"
+        "config = ScriptRunConfig(source_directory='train', script='train.py',"
+        " arguments=['--data', 'data'], compute_target='cpu-cluster')\n"
+        "ws = object()"
+    ).success
+    ip.run_line_magic("aml_debug_run", "--target azureml --workspace ws --timeout 120 config")
+    session = current_session("run")
+    row = session.rows[0]
+    wait_for(lambda: row.status == Status.WAITING, 90, "the run to announce itself")
+    assert row.address.split(":")[0] == cluster.nodes[0].address
+    assert attach_and_read(row, project / "train", TRAIN_BREAK, "numbers") == "[2, 7]"
+    assert session.wait(60) == "finished"
+
+
+def test_an_unreachable_node_says_timed_out_with_the_tunnel_and_a_refused_one_says_refused(
+    ip, project, make_cluster
+):
+    """The node's traffic is dropped (on this machine's end of its link): the probe from here times
+    out, and the row gives the virtual-network note and the SSH tunnel. A port where nothing
+    listens on the node answers with a reset: the refused wording."""
+    need_python_script_step()
+    cluster = make_cluster()
+    node = cluster.nodes[0]
+    assert "refused the connection" in azureml_target.reachability(
+        Announcement((node.address,), free_port()))  # nothing listens there on the node
+    drop_all_traffic_to(node)
+    assert ip.run_cell(PIPELINE).success
+    ip.run_line_magic(
+        "aml_debug_pipeline", "steps --step train --target azureml --workspace ws --timeout 60"
+    )
+    session = current_session("pipeline")
+    train = session.row("train")
+    wait_for(lambda: train.reachability, 120, "the probe's verdict")
+    assert f"{node.address}:" in train.reachability and "timed out from here" in train.reachability
+    assert "same virtual network" in train.reachability
+    assert f"ssh azureuser@PUBLIC_IP -p 50000 -L {train.announcement.port}:{node.address}:" in (
+        train.reachability)
+    session.stop()
