@@ -78,7 +78,8 @@ def _remove(namespace: str, host_end: str) -> None:
             os.kill(int(pid), signal.SIGKILL)
         except (ProcessLookupError, ValueError):
             pass
-    subprocess.run(["ip", "link", "del", host_end], capture_output=True)
+    if host_end:
+        subprocess.run(["ip", "link", "del", host_end], capture_output=True)
     subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
 
 
@@ -86,3 +87,28 @@ def namespaces() -> list[str]:
     """Network namespaces made by these helpers that still exist (none after a test)."""
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return [line.split()[0] for line in listed.splitlines() if line.startswith("amldbg")]
+
+
+@contextmanager
+def side_client(node: Node) -> Iterator[Node]:
+    """A third host joined to ``node`` only (a second link, its ``eth1``): somebody else on the
+    cluster's network. Returns it as a Node whose ``address`` is its own and whose ``gateway``
+    is the node's address on that link."""
+    number = next(_counter)
+    tag = f"{os.getpid() % 100000}c{number}"
+    namespace, node_end = f"amldbg{tag}", f"eth{number % 9 + 1}"
+    third, fourth = divmod(4 * ((os.getpid() * 11 + number + 8000) % 16000), 256)
+    third += 1
+    node_side, client = f"169.254.{third}.{fourth + 1}", f"169.254.{third}.{fourth + 2}"
+    try:
+        _ip("netns", "add", namespace)
+        _ip("link", "add", node_end, "netns", node.namespace, "type", "veth", "peer", "name",
+            "eth0", "netns", namespace)
+        _ip("addr", "add", f"{node_side}/30", "dev", node_end, namespace=node.namespace)
+        _ip("link", "set", node_end, "up", namespace=node.namespace)
+        _ip("addr", "add", f"{client}/30", "dev", "eth0", namespace=namespace)
+        _ip("link", "set", "eth0", "up", namespace=namespace)
+        yield Node(namespace, client, node_side, node_end)
+    finally:
+        subprocess.run(["ip", "-n", node.namespace, "link", "del", node_end], capture_output=True)
+        _remove(namespace, "")

@@ -11,12 +11,13 @@ control plane cannot run here).
 from __future__ import annotations
 
 import subprocess
+import sys
 import textwrap
 
 import pytest
 from conftest import free_port, need_python_script_step, wait_for
 from dap_client import DapClient
-from netns import namespaces, skip_without_namespaces
+from netns import namespaces, side_client, skip_without_namespaces
 from simcluster import SimCluster
 
 from aml_debug_magics.node.announce import Announcement
@@ -181,3 +182,102 @@ def test_an_unreachable_node_says_timed_out_with_the_tunnel_and_a_refused_one_sa
     assert f"ssh azureuser@PUBLIC_IP -p 50000 -L {train.announcement.port}:{node.address}:" in (
         train.reachability)
     session.stop()
+
+
+STRANGER = """
+import socket, sys
+body = b'{"seq": 1, "type": "request", "command": "initialize", "arguments": {}}'
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10) as s:
+    s.sendall(b"Content-Length: %d\\r\\n\\r\\n" % len(body) + body)
+    try:
+        print("ANSWER", repr(s.recv(4096)))
+    except OSError as error:
+        print("ANSWER", type(error).__name__)
+"""
+
+
+def test_only_this_machine_may_attach_another_host_on_the_network_is_refused(
+    ip, project, make_cluster
+):
+    need_python_script_step()
+    cluster = make_cluster()
+    with side_client(cluster.nodes[0]) as stranger:
+        assert ip.run_cell(PIPELINE).success
+        ip.run_line_magic(
+            "aml_debug_pipeline", "steps --step train --target azureml --workspace ws --timeout 120"
+        )
+        session = current_session("pipeline")
+        train = session.row("train")
+        wait_for(lambda: train.status == Status.WAITING, 90, "train to announce itself")
+        port = str(train.announcement.port)
+        tried = subprocess.run([*stranger.launcher, sys.executable, "-c", STRANGER,
+                                stranger.gateway, port], capture_output=True, text=True)
+        assert tried.stdout.strip() in ("ANSWER b''", "ANSWER ConnectionResetError"), tried
+        wait_for(lambda: any("refused 1 connection(s) from addresses not allowed" in line
+                             for line in train.last_lines), 30, "the refusal in the node's log")
+        assert attach_and_read(train, project / "train", TRAIN_BREAK, "numbers") == (
+            "[3, 1, 4, 1, 5]")  # this machine may
+        assert session.wait(60) == "finished"
+
+
+def node_processes(node) -> list[str]:
+    listed = subprocess.run(["ip", "netns", "pids", node.namespace], capture_output=True,
+                            text=True)
+    return listed.stdout.split()
+
+
+def test_stop_from_the_panel_cancels_the_run_and_every_node_process_ends(
+    ip, project, make_cluster
+):
+    need_python_script_step()
+    cluster = make_cluster()
+    assert ip.run_cell(PIPELINE).success
+    ip.run_line_magic("config", "AmlDebugMagics.view = 'widgets'")
+    ip.run_line_magic(
+        "aml_debug_pipeline", "steps --step train --target azureml --workspace ws --timeout 120"
+    )
+    session = current_session("pipeline")
+    wait_for(lambda: session.row("train").status == Status.WAITING, 90, "train to wait")
+    assert node_processes(cluster.nodes[0])  # the bootstrap, its gate, debugpy's adapter
+    session.view.stop_button.click()
+    assert cluster.runs[0].status == "Canceled"
+    assert session.row("train").status == Status.STOPPED
+    wait_for(lambda: not node_processes(cluster.nodes[0]), 15, "every node process to end")
+
+
+def test_a_missed_window_closes_the_nodes_port_and_the_step_completes(ip, project, make_cluster):
+    need_python_script_step()
+    cluster = make_cluster()
+    assert ip.run_cell(PIPELINE).success
+    ip.run_line_magic(
+        "aml_debug_pipeline", "steps --step train --target azureml --workspace ws --timeout 3"
+    )
+    session = current_session("pipeline")
+    train = session.row("train")
+    wait_for(lambda: train.announcement, 90, "train to announce itself")
+    assert session.wait(90) == "finished"
+    assert any("Debugger attached = False" in line for line in train.last_lines)
+    assert azureml_target.probe(cluster.nodes[0].address, train.announcement.port) == "refused"
+
+
+FAILING_PREP = "import json\n\nsettings = json.load(open('settings.json'))\n"
+
+
+def test_a_step_that_fails_before_announcing_shows_its_exception_and_last_lines(
+    ip, project, make_cluster
+):
+    need_python_script_step()
+    make_cluster()
+    (project / "prep" / "prep.py").write_text(FAILING_PREP)
+    assert ip.run_cell(PIPELINE).success
+    ip.run_line_magic(
+        "aml_debug_pipeline", "steps --step train --target azureml --workspace ws --timeout 60"
+    )
+    session = current_session("pipeline")
+    assert session.wait(120) == "failed"
+    prep, train = session.row("prep"), session.row("train")
+    assert prep.status == Status.FAILED
+    assert prep.detail == ("Failed: FileNotFoundError: [Errno 2] No such file or directory: "
+                           "'settings.json' (prep.py, line 3, in <module>)")
+    assert any("Traceback (most recent call last):" in line for line in prep.last_lines)
+    assert train.status == Status.NOT_RUN

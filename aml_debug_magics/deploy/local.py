@@ -9,7 +9,6 @@ breakpoint must not be killed.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import threading
 import urllib.error
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aml_debug_magics.errors import DebugInputError
+from aml_debug_magics.failures import user_error
 from aml_debug_magics.records import Status
 from aml_debug_magics.targets.local import LocalProcess
 
@@ -198,29 +198,6 @@ class LocalDeployTarget:
 
 
 MODEL_NOT_FOUND = "ModelNotFoundException"  # what Model.get_model_path raises, in its message
-_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)(?:, in (?P<function>\S+))?')
-_EXCEPTION = re.compile(r"^(?:[\w.]+\.)?(?P<name>\w*(?:Error|Exception|Exit|Interrupt))\b:?(.*)$")
-
-
-def user_error(lines: list[str], script: Path) -> str | None:
-    """The user's own exception from the server's output: the exception line and the last
-    frame in their script (``FileNotFoundError: ... (score.py, line 9, in init)``), or None.
-
-    The server wraps it in tracebacks of its own; the first traceback that passes through the
-    user's script is theirs.
-    """
-    frame = None
-    for line in lines:
-        found = _FRAME.search(line)
-        if found and Path(found["file"]).name == script.name:
-            frame = found
-        elif frame is not None and (exception := _EXCEPTION.match(line.strip())):
-            where = f"{script.name}, line {frame['line']}"
-            where += f", in {frame['function']}" if frame["function"] else ""
-            return f"{exception.group(0).strip()} ({where})"
-    return None
-
-
 def read_sample_request(value: str | None, base: Path) -> str | None:
     """The ``--sample-request`` body: a JSON file's text, or JSON given inline. Raises
     ValueError naming what is wrong."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aml_debug_magics.errors import DebugInputError
+from aml_debug_magics.failures import user_error
 from aml_debug_magics.logs import RunLogs
 from aml_debug_magics.node.announce import Announcement, AttachOutcome
 from aml_debug_magics.records import Status
@@ -52,6 +53,7 @@ RUN_STATUSES = {
     "CancelRequested": Status.STOPPED,
 }
 ENDED_RUN = {"Completed", "Finished", "Failed", "Canceled"}
+NEVER_STARTED = {"", "NotStarted", "Queued"}
 PROBE_TIMEOUT = 3.0
 FAILURES_TOLD = 5  # failures in a row before the note says the run is not being followed
 RETRY_LONGEST = 30.0
@@ -398,6 +400,11 @@ class AzureMLTarget:
         for follower in followers.values():
             follower.poll()
         status = self.run.get_status()
+        if status in ENDED_RUN:  # a step after a failed one stays NotStarted for good
+            for follower in followers.values():
+                if not follower.ended and follower.status in NEVER_STARTED:
+                    follower.never_ran = True
+                    events.step_status(follower.name, Status.NOT_RUN, f"the run ended {status}")
         if status in ENDED_RUN and all(f.ended for f in followers.values()):
             for spec in self.request.steps:
                 if spec.name not in followers:
@@ -417,6 +424,7 @@ class _StepFollower:
         self.status = ""
         self.started_at = time.time()
         self.announced = False
+        self.never_ran = False  # the whole run ended before this step started
         self.logs = RunLogs(
             run,
             lambda line, node: events.step_output(self.name, line),
@@ -426,7 +434,7 @@ class _StepFollower:
 
     @property
     def ended(self) -> bool:
-        return self.status in ENDED_RUN
+        return self.status in ENDED_RUN or self.never_ran
 
     @property
     def waiting(self) -> bool:
@@ -442,6 +450,10 @@ class _StepFollower:
             self.status = status
             if ours != Status.RUNNING or not self.announced:
                 detail = "" if ours in (Status.FINISHED, Status.QUEUED) else status
+                if ours == Status.FAILED:  # the script's own exception, from its log
+                    lines = list(self.events.row(self.name).last_lines)
+                    cause = user_error(lines, self.spec.script_name)
+                    detail = f"Failed: {cause}" if cause else "Failed: see its last lines"
                 code = {Status.FINISHED: 0, Status.FAILED: 1}.get(ours)
                 self.events.step_status(self.name, ours, detail, exit_code=code)
         if self.waiting and ours == Status.RUNNING:
