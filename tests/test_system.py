@@ -281,3 +281,65 @@ def test_a_step_that_fails_before_announcing_shows_its_exception_and_last_lines(
                            "'settings.json' (prep.py, line 3, in <module>)")
     assert any("Traceback (most recent call last):" in line for line in prep.last_lines)
     assert train.status == Status.NOT_RUN
+
+
+DISTRIBUTED = "import os\nrank = int(os.environ['RANK'])\nprint('rank', rank, 'done', flush=True)\n"
+RUN_CONFIG = (
+    "from azureml.core import ScriptRunConfig\n"
+    "config = ScriptRunConfig(source_directory='dist', script='dist.py',"
+    " compute_target='gpu-cluster')\n"
+    "ws = object()"
+)
+
+
+def attach_and_evaluate(row, local_root, line: int, expression: str) -> str:
+    config = row.attach_config()
+    config["pathMappings"][0]["localRoot"] = str(local_root)
+    client = DapClient.connect(config["connect"]["host"], config["connect"]["port"])
+    try:
+        client.attach(config, {str(local_root / "dist.py"): [line]})
+        value = client.evaluate(client.wait_stopped(60), expression)
+        client.resume()
+    finally:
+        client.close()
+    return value
+
+
+@pytest.fixture
+def distributed(ip, tmp_path, make_cluster):
+    (tmp_path / "dist").mkdir()
+    (tmp_path / "dist" / "dist.py").write_text(DISTRIBUTED)
+    cluster = make_cluster(nodes=2, processes_per_node=2)
+    assert ip.run_cell(RUN_CONFIG).success
+    return cluster, tmp_path / "dist"
+
+
+def test_a_distributed_step_by_default_waits_in_rank_0_only(ip, distributed):
+    cluster, local_root = distributed
+    ip.run_line_magic("aml_debug_run", "--target azureml --workspace ws --timeout 120 config")
+    session = current_session("run")
+    first = session.rows[0]
+    wait_for(lambda: first.status == Status.WAITING, 90, "rank 0 to wait")
+    wait_for(lambda: all(f"rank {r} done" in first.last_lines for r in (1, 2, 3)), 60,
+             "the other ranks to run on")
+    assert first.status == Status.WAITING and [r.rank for r in session.rows] == [0]
+    assert first.address == f"{cluster.nodes[0].address}:5678"
+    assert attach_and_evaluate(first, local_root, 3, "rank") == "0"
+    assert session.wait(60) == "finished"
+
+
+def test_a_distributed_step_with_all_ranks_gives_each_its_own_attachable_row(ip, distributed):
+    cluster, local_root = distributed
+    ip.run_line_magic(
+        "aml_debug_run", "--target azureml --workspace ws --timeout 120 --ranks all config"
+    )
+    session = current_session("run")
+    wait_for(lambda: len([r for r in session.rows if r.status == Status.WAITING]) == 4, 90,
+             "four ranks to wait")
+    by_rank = {row.rank: row for row in session.rows}
+    first, second = cluster.nodes[0].address, cluster.nodes[1].address
+    assert {rank: row.address for rank, row in by_rank.items()} == {
+        0: f"{first}:5678", 1: f"{first}:5679", 2: f"{second}:5678", 3: f"{second}:5679"}
+    for rank, row in sorted(by_rank.items()):
+        assert attach_and_evaluate(row, local_root, 3, "rank") == str(rank)
+    assert session.wait(60) == "finished"
