@@ -1,0 +1,155 @@
+"""From the magic call to a debugger able to attach, on the simulated Azure ML cluster.
+
+    python bench/bench_cluster.py [--rounds 10]      (as root: it makes network namespaces)
+
+Each round makes a one-node cluster (``tests/simcluster.py``: the node is its own network host
+running the node Python that holds only debugpy; logs reach Azurite late, in chunks), runs
+``%aml_debug_run --target azureml`` on a ScriptRunConfig in an IPython shell, and times, from
+the magic call:
+
+* address: until the row shows the node's address (the announcement found in the log blob);
+* attachable: until a debug-protocol ``initialize`` sent from this machine to that address is
+  answered.
+
+Anchor (the floor): the same script started by hand under the shipped bootstrap in the node's
+namespace, from process start to ``initialize`` answered. What lies between is the simulated
+control plane (0.4 s of Queued/Preparing), the log upload (chunks every 0.3 s), and the
+follower's poll (1 s while waiting). Medians of ``--rounds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+from azurite import start_azurite  # noqa: E402
+from conftest import ship_node_files  # noqa: E402
+from netns import skip_without_namespaces  # noqa: E402
+from simcluster import SimCluster  # noqa: E402
+
+from aml_debug_magics.session import current_session  # noqa: E402
+from aml_debug_magics.targets import azureml as azureml_target  # noqa: E402
+
+SCRIPT = "print('hello from the node', flush=True)\n"
+
+
+def answers(host: str, port: int) -> bool:
+    body = json.dumps({"seq": 1, "type": "request", "command": "initialize",
+                       "arguments": {"adapterID": "debugpy"}}).encode()
+    try:
+        with socket.create_connection((host, port), timeout=2) as conn:
+            conn.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            conn.settimeout(5)
+            return b"Content-Length" in conn.recv(4096)
+    except OSError:
+        return False
+
+
+def until(condition, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        time.sleep(0.02)
+
+
+def magic_round(shell, azurite, root: Path) -> tuple[float, float]:
+    cluster = SimCluster(azurite, root)
+    azureml_target.SdkWorkspace = lambda workspace: cluster
+    try:
+        started = time.monotonic()
+        shell.run_line_magic("aml_debug_run", "--target azureml --workspace ws --timeout 60 config")
+        row = current_session("run").rows[0]
+        until(lambda: row.address)
+        address = time.monotonic() - started
+        host, port = row.address.rsplit(":", 1)
+        until(lambda: answers(host, int(port)))
+        attachable = time.monotonic() - started
+        shell.run_line_magic("aml_debug_run", "--stop")
+        return address, attachable
+    finally:
+        cluster.close()
+
+
+def floor_round(azurite, root: Path) -> float:
+    cluster = SimCluster(azurite, root)
+    try:
+        folder = ship_node_files(root / "by_hand")
+        started = time.monotonic()
+        process = subprocess.Popen(
+            [*cluster.nodes[0].launcher, cluster.python, "-u", "aml_debug_bootstrap.py",
+             "--listen", "0.0.0.0:0", "--timeout", "60", "--", "job.py"],
+            cwd=folder, stdout=subprocess.PIPE, text=True, start_new_session=True,
+        )
+        line = next(line for line in process.stdout if line.startswith("AML_DEBUG v1 announce"))
+        announced = json.loads(line.split(" ", 3)[3])
+        until(lambda: answers(cluster.nodes[0].address, announced["port"]))
+        took = time.monotonic() - started
+        os.killpg(process.pid, 15)
+        process.wait()
+        return took
+    finally:
+        cluster.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    rounds = parser.parse_args().rounds
+    try:
+        skip_without_namespaces()
+    except BaseException as skipped:  # pytest's skip outside pytest
+        sys.exit(f"cannot run: {skipped}")
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        (root / "app").mkdir()
+        (root / "app" / "job.py").write_text(SCRIPT)
+        os.chdir(root)
+        process, azurite = start_azurite(root / "azurite")
+        config = Config()
+        config.HistoryAccessor.enabled = False
+        shell = InteractiveShell.instance(config=config)
+        shell.run_line_magic("load_ext", "aml_debug_magics")
+        shell.run_line_magic("config", "AmlDebugMagics.view = 'text'")
+        shell.run_cell("from azureml.core import ScriptRunConfig\n"
+                       "config = ScriptRunConfig(source_directory='app', script='job.py',"
+                       " compute_target='cpu-cluster')\nws = object()")
+        try:
+            floors = []
+            for n in range(rounds):
+                (root / f"floor{n}" / "by_hand").mkdir(parents=True)
+                (root / f"floor{n}" / "by_hand" / "job.py").write_text(SCRIPT)
+                floors.append(floor_round(azurite, root / f"floor{n}"))
+            sys.stdout = open(os.devnull, "w")  # the text view's lines
+            measured = [magic_round(shell, azurite, root / f"round{n}") for n in range(rounds)]
+            sys.stdout = sys.__stdout__
+        finally:
+            shell.run_line_magic("unload_ext", "aml_debug_magics")
+            process.terminate()
+            os.chdir(REPO)  # before the scratch folder goes
+    floor = statistics.median(floors)
+    address = statistics.median(m[0] for m in measured)
+    attachable = statistics.median(m[1] for m in measured)
+    print(f"rounds: {rounds}; node Python: the oldest with only debugpy")
+    print(f"floor (bootstrap by hand in the node, start -> initialize answered): {floor:.2f} s")
+    print(f"magic call -> row shows the node's address: {address:.2f} s ({address / floor:.2f}x)")
+    print(f"magic call -> attachable from here:         {attachable:.2f} s "
+          f"({attachable / floor:.2f}x the floor)")
+
+
+if __name__ == "__main__":
+    main()
