@@ -157,6 +157,45 @@ class AmlDebugMagics(Magics):
             spec = steps.script_spec(first, rest, base_directory=Path.cwd())
         self._open("run", f"%aml_debug_run {shlex.join(args.command)}", [spec], args)
 
+    # -- %aml_debug_job (SDK v2) ----------------------------------------------------------
+
+    @magic_arguments()
+    @argument("job", nargs="?", help="a variable holding an SDK v2 command(...) job, or a "
+              "PipelineJob from a @dsl.pipeline function")
+    @argument("--node", action="append", metavar="NAME", help="a pipeline node to debug, by "
+              "its variable's name in the pipeline function (repeat for more; default: every "
+              "command node); the others run without a debugger")
+    @session_options
+    @line_magic
+    @one_line_errors
+    def aml_debug_job(self, line: str) -> None:
+        """Run an Azure ML SDK v2 job's command nodes with a debugger waiting in the chosen ones.
+
+        On the local target each node runs here in its code folder, its command's
+        ${{inputs.X}} and ${{outputs.Y}} resolved (outputs become local folders handed to the
+        nodes that read them), in dependency order.
+
+        Example: %aml_debug_job pipeline_job --node train --timeout 300
+        """
+        from aml_debug_magics.sources import sdk_v2
+
+        args = self._parse(self.aml_debug_job, line)
+        if args.stop:
+            return self._stop("job")
+        if not args.job:
+            raise DebugInputError("give the job: %aml_debug_job VARIABLE [--node NAME]")
+        job = self._variable(args.job)
+        nodes = sdk_v2.nodes_of(job, args.job)
+        debugged = sdk_v2.pick_nodes(nodes, args.node)
+        if self._target(args) != "local":
+            raise DebugInputError(
+                "%aml_debug_job runs on the local target so far; for Azure ML compute, debug "
+                "the same scripts with %aml_debug_run --target azureml and an SDK v1 "
+                "ScriptRunConfig"
+            )
+        specs = sdk_v2.read_job(job, args.job, debugged, base_directory=Path.cwd())
+        self._open("job", f"%aml_debug_job {args.job}", specs, args)
+
     # -- %aml_debug_deploy ----------------------------------------------------------------
 
     @magic_arguments()

@@ -40,7 +40,7 @@ for version in ${AML_DEBUG_PYTHONS:-3.11 3.10 3.12}; do
         continue
     fi
     echo "aml-debug: === the tests on Python $version ($venv) ===" >&2
-    (PYTHON="$python" VENV="$venv" EXTRAS="test" source scripts/_env.sh)
+    (PYTHON="$python" VENV="$venv" EXTRAS="test,v2" source scripts/_env.sh)
     if [ "$version" = 3.11 ]; then "$venv/bin/ruff" check aml_debug_magics tests bench; fi
     "$venv/bin/python" -m pytest -p no:cacheprovider "$@" || failed+=("$version")
 done

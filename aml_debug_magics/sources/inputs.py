@@ -23,6 +23,7 @@ from aml_debug_magics.errors import DebugInputError
 from aml_debug_magics.records import ExternalInput, StepSpec
 
 PROGRESS_EVERY = 1.0  # seconds between two progress lines of a download
+DOWNLOADABLE = {"DataReference", "FileDataset", "TabularDataset", "DataPath parameter", "DataPath"}
 
 
 def cache_root() -> Path:
@@ -58,7 +59,9 @@ def local_paths(
     target: ``workspace()`` is asked for only when something must be downloaded and a workspace
     was named or a ``config.json`` is where ``Workspace.from_config()`` looks."""
     stand_ins = parse_stand_ins(input_options, base)
-    missing = any(d.name not in stand_ins for s in specs for d in s.external)
+    missing = any(
+        d.name not in stand_ins and d.kind in DOWNLOADABLE for s in specs for d in s.external
+    )
     found = None
     if missing and (workspace_named or _config_json_near(base)):
         found = workspace()
@@ -98,6 +101,11 @@ def resolve(
     for name, (step, data) in readers.items():
         if name in stand_ins:
             paths[name] = _as_mode(data, stand_ins[name])
+        elif data.kind not in DOWNLOADABLE:  # an SDK v2 input: its copy is the user's to give
+            raise DebugInputError(
+                f"step {step!r} reads the {data.kind} {name!r} ({data.points_to}), which is not "
+                f"on this machine: add --input {name}=PATH with a local copy"
+            )
         elif workspace is None:
             raise DebugInputError(
                 f"step {step!r} reads the {data.kind} {name!r} ({data.points_to}), which needs "

@@ -153,7 +153,7 @@ def read_steps(
         for step in steps
     ]
     after = {s.name: {p.name for p in getattr(s, "run_after_steps", []) or []} for s in steps}
-    return _dependency_order(specs, after)
+    return dependency_order(specs, after)
 
 
 def external_inputs(specs: Sequence[StepSpec]) -> dict[str, ExternalInput]:
@@ -412,7 +412,9 @@ def _environment_of(runconfig: Any) -> dict[str, str]:
     return found
 
 
-def _dependency_order(specs: list[StepSpec], after: dict[str, set[str]]) -> list[StepSpec]:
+def dependency_order(specs: list[StepSpec], after: dict[str, set[str]]) -> list[StepSpec]:
+    """``specs`` ordered so each runs after the steps in ``after`` and the writers of what it
+    reads; one line naming the data no step writes, or the steps that wait on each other."""
     writers: dict[DataFolder, str] = {}
     for spec in specs:
         for data in spec.writes:
