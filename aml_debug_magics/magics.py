@@ -187,14 +187,16 @@ class AmlDebugMagics(Magics):
         job = self._variable(args.job)
         nodes = sdk_v2.nodes_of(job, args.job)
         debugged = sdk_v2.pick_nodes(nodes, args.node)
-        if self._target(args) != "local":
-            raise DebugInputError(
-                "%aml_debug_job runs on the local target so far; for Azure ML compute, debug "
-                "the same scripts with %aml_debug_run --target azureml and an SDK v1 "
-                "ScriptRunConfig"
-            )
-        specs = sdk_v2.read_job(job, args.job, debugged, base_directory=Path.cwd())
-        self._open("job", f"%aml_debug_job {args.job}", specs, args)
+        target = self._target(args)
+        specs = sdk_v2.read_job(job, args.job, debugged, base_directory=Path.cwd(), target=target)
+        submit: dict[str, Any] = {}
+        if target == "azureml":  # through an MLClient, the job as a whole
+            from aml_debug_magics.targets.azureml_v2 import check_environments, find_ml_client
+
+            workspace = find_ml_client(self.shell.user_ns, args.workspace)
+            check_environments(specs)
+            submit = {"sdk": "v2", "submitted": job, "workspace": workspace}
+        self._open("job", f"%aml_debug_job {args.job}", specs, args, **submit)
 
     # -- %aml_debug_deploy ----------------------------------------------------------------
 
@@ -288,12 +290,12 @@ class AmlDebugMagics(Magics):
         from aml_debug_magics.targets.azureml import find_workspace
         from aml_debug_magics.ui import make_view
 
-        workspace, input_paths = None, {}
+        workspace, input_paths = extra.pop("workspace", None), {}
         if self._target(args) == "azureml":  # submits (or packages) through a workspace
             if getattr(args, "input", None):
                 raise DebugInputError("--input is for the local target: on Azure ML the steps "
                                       "read their own data")
-            workspace = find_workspace(self.shell.user_ns, args.workspace)
+            workspace = workspace or find_workspace(self.shell.user_ns, args.workspace)
         else:
             input_paths = local_paths(
                 specs, getattr(args, "input", []), base=Path.cwd(),

@@ -98,6 +98,8 @@ class DebugRequest:
     launch_json: Path = Path(".vscode/launch.json")
     write_launch_json: bool = False
     allow: str = "auto"  # who the node lets attach: auto (this machine), any, or a list
+    sdk: str = "v1"  # which Azure ML SDK built the steps: v1, or v2 (azure-ai-ml)
+    submitted: Any = None  # SDK v2: the job to submit as a whole (a PipelineJob, a command job)
     workspace: Any = None  # for the azureml target: where to submit (an SdkWorkspace)
     experiment: str = "aml-debug"
     deployment: Any = None  # for %aml_debug_deploy: a deploy.local.Deployment

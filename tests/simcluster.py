@@ -30,8 +30,11 @@ it, also when the test fails).
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -104,22 +107,34 @@ class SimCluster:
         self._processes: list[subprocess.Popen[bytes]] = []
         self._lock = threading.Lock()
         self.submitted: list[Any] = []
+        self.seen_nodes: list[dict[str, tuple[str, Any]]] = []
         self.runs: list[SimRun] = []
 
     # -- the seam: what SdkWorkspace offers ---------------------------------------------------
 
     def submit(self, experiment: str, what: Any) -> SimRun:
-        steps = what if isinstance(what, list) else [what]
+        """SDK v1: a list of steps or a ScriptRunConfig; SDK v2: a PipelineJob or a command
+        job (what ``MLClient.jobs.create_or_update`` takes)."""
         self.submitted.append(what)
-        parent = SimRun("pipeline" if isinstance(what, list) else "run", self)
-        jobs = [self._snapshot(step) for step in _in_dependency_order(steps)]
-        if isinstance(what, list):
+        if hasattr(what, "jobs") or hasattr(what, "command"):
+            nodes = dict(what.jobs) if hasattr(what, "jobs") else {"job": what}
+            self.seen_nodes.append({  # as they were at the submit (the user's are restored)
+                name: (node.command, copy.deepcopy(getattr(node.environment, "conda_file", None)))
+                for name, node in nodes.items()})
+            jobs = self._v2_jobs(what)
+            is_pipeline = hasattr(what, "jobs")
+        else:
+            steps = what if isinstance(what, list) else [what]
+            jobs = [self._snapshot(step) for step in _in_dependency_order(steps)]
+            is_pipeline = isinstance(what, list)
+        parent = SimRun("pipeline" if is_pipeline else "run", self)
+        if is_pipeline:
             for job in jobs:
                 job["run"] = SimRun(job["name"], self)
                 parent.children.append(job["run"])
         else:
             jobs[0]["run"] = parent
-        parent.status = "Running" if isinstance(what, list) else "NotStarted"
+        parent.status = "Running" if is_pipeline else "NotStarted"
         self.runs.append(parent)
         threading.Thread(target=self._run_all, args=(parent, jobs), daemon=True).start()
         return parent
@@ -140,12 +155,58 @@ class SimCluster:
             "environment": _environment_of(step),
         }
 
+    def _v2_jobs(self, job: Any) -> list[dict[str, Any]]:
+        """Each command node with its ${{...}} resolved as Azure ML's runtime does: outputs
+        and node-to-node bindings as shared folders, local inputs as their (uploaded) path."""
+        nodes = dict(job.jobs) if hasattr(job, "jobs") else {job.name or "job": job}
+        given = {k: getattr(v, "_data", v) for k, v in (getattr(job, "inputs", None) or {}).items()
+                 } if hasattr(job, "jobs") else {}
+
+        def value_of(name: str, data: Any) -> str:
+            kind = type(data).__name__
+            if kind == "NodeOutput":
+                return self._folder(f"{data._owner.name}.{data._port_name}")
+            if kind == "PipelineInput":
+                return value_of(name, given[data._port_name])
+            if kind == "Input":
+                return str(Path(data.path).resolve())
+            return str(data)
+
+        def resolved(name: str, node: Any, word: str) -> str:
+            def one(found: re.Match[str]) -> str:
+                if found[1] == "outputs":
+                    return self._folder(f"{name}.{found[2]}")
+                return value_of(name, node.inputs[found[2]]._data)
+            return re.sub(r"\$\{\{\s*(inputs|outputs)\.(\w+)\s*\}\}", one, word)
+
+        def after(name: str) -> set[str]:
+            return {data._owner.name for data in
+                    (getattr(v, "_data", None) for v in nodes[name].inputs.values())
+                    if type(data).__name__ == "NodeOutput"}
+
+        ordered: list[str] = []
+        while len(ordered) < len(nodes):
+            ordered.append(next(n for n in nodes if n not in ordered and after(n) <= set(ordered)))
+        jobs = []
+        for name in ordered:
+            node = nodes[name]
+            snapshot = self.root / "snapshots" / f"{next(_ids)}_{name}"
+            shutil.copytree(Path(node.code).resolve(), snapshot)
+            words = [resolved(name, node, word) for word in shlex.split(node.command)]
+            jobs.append({"name": name, "snapshot": snapshot, "script": words[1],
+                         "arguments": words[2:],
+                         "environment": dict(node.environment_variables or {})})
+        return jobs
+
+    def _folder(self, name: str) -> str:
+        folder = self.root / "data" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        return str(folder)
+
     def _argument(self, value: Any) -> str:
         names = {cls.__name__ for cls in type(value).__mro__}
         if "PipelineData" in names:
-            folder = self.root / "data" / value._name
-            folder.mkdir(parents=True, exist_ok=True)
-            return str(folder)
+            return self._folder(value._name)
         return str(value)
 
     def _run_all(self, parent: SimRun, jobs: list[dict[str, Any]]) -> None:

@@ -131,10 +131,14 @@ def test_an_input_from_the_cloud_takes_a_local_stand_in(ip, project):
         ("glued = command(code='./src', command='python prep.py --out=${{outputs.clean}}', "
          "outputs={'clean': Output(type='uri_folder')}, environment='azureml:e@1')",
          "glued", "write ${{outputs.clean}} as a word of its own"),
-        ("", "pipeline_job --target azureml", "runs on the local target so far"),
+        ("", "pipeline_job --node train --target azureml --workspace ml_client",
+         "node 'train' uses the registered environment 'azureml:AzureML-sklearn-1.5@latest', "
+         "which cannot be extended here: add debugpy>=1.8.1,<1.9 to it"),
+        ("", "pipeline_job --target azureml --workspace nowhere", "no variable named 'nowhere'"),
     ],
 )
 def test_what_cannot_run_is_one_line(ip, project, cell, line, message):
+    ip.user_ns["ml_client"] = object()  # stands in for an MLClient: nothing is submitted here
     assert ip.run_cell(cell).success
     with pytest.raises(UsageError) as refused:
         ip.run_line_magic("aml_debug_job", line)

@@ -343,3 +343,58 @@ def test_a_distributed_step_with_all_ranks_gives_each_its_own_attachable_row(ip,
     for rank, row in sorted(by_rank.items()):
         assert attach_and_evaluate(row, local_root, 3, "rank") == str(rank)
     assert session.wait(60) == "finished"
+
+
+V2_PIPELINE = """
+from azure.ai.ml import Input, Output, command, dsl
+from azure.ai.ml.entities import Environment
+
+environment = Environment(name="training", image="mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04",
+                          conda_file={"name": "training", "dependencies": ["python=3.10", "pip",
+                                                                           {"pip": ["numpy"]}]})
+prep_step = command(code="./prep", command="python prep.py --out ${{outputs.prepared}}",
+                    outputs={"prepared": Output(type="uri_folder")}, environment=environment)
+train_step = command(code="./train", command="python train.py --data ${{inputs.data}}",
+                     inputs={"data": Input(type="uri_folder")}, environment=environment)
+
+@dsl.pipeline(compute="cpu-cluster")
+def training():
+    prep = prep_step()
+    train = train_step(data=prep.outputs.prepared)
+
+pipeline_job = training()
+ml_client = object()  # what --workspace names; the cluster stands in for the control plane
+"""
+
+
+def test_an_sdk_v2_pipeline_node_on_a_node_is_attached_from_here(
+    ip, project, make_cluster, monkeypatch
+):
+    """SDK v2: the pipeline job itself is submitted (``MLClient.jobs.create_or_update`` is the
+    seam the cluster replaces), with the debugged node's command wrapped by the bootstrap and
+    a derived environment holding debugpy; the user's job is as it was afterwards."""
+    pytest.importorskip("azure.ai.ml", reason="azure-ai-ml is the v2 extra")
+    from aml_debug_magics.targets import azureml_v2
+
+    cluster = make_cluster()
+    monkeypatch.setattr(azureml_v2, "V2Workspace", lambda ml_client: cluster)
+    assert ip.run_cell(V2_PIPELINE).success
+    ip.run_line_magic("aml_debug_job",
+                      "pipeline_job --node train --target azureml --workspace ml_client "
+                      "--timeout 120")
+    session = current_session("job")
+    train = session.row("train")
+    wait_for(lambda: train.status == Status.WAITING, 90, "train to announce itself")
+    assert train.address.split(":")[0] == cluster.nodes[0].address
+    assert attach_and_read(train, project / "train", TRAIN_BREAK, "numbers") == (
+        "[3, 1, 4, 1, 5]")
+    assert session.wait(60) == "finished"
+    command, conda = cluster.seen_nodes[0]["train"]
+    assert command.startswith("python aml_debug_bootstrap.py --listen 0.0.0.0:5678 ")
+    assert command.endswith(" -- train.py --data ${{inputs.data}}")
+    assert conda["dependencies"][2] == {"pip": ["numpy", "debugpy>=1.8.1,<1.9"]}
+    assert cluster.seen_nodes[0]["prep"][0] == "python prep.py --out ${{outputs.prepared}}"
+    job = ip.user_ns["pipeline_job"]
+    assert job.jobs["train"].command == "python train.py --data ${{inputs.data}}"
+    assert job.jobs["train"].environment.conda_file["dependencies"][2] == {"pip": ["numpy"]}
+    assert sorted(p.name for p in (project / "train").iterdir()) == ["train.py"]

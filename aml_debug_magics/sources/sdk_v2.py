@@ -67,18 +67,26 @@ def pick_nodes(nodes: dict[str, Any], wanted: Sequence[str] | None) -> set[str]:
 
 
 def read_job(
-    job: Any, variable: str, debugged: set[str], *, base_directory: Path
+    job: Any, variable: str, debugged: set[str], *, base_directory: Path, target: str = "local"
 ) -> list[StepSpec]:
-    """StepSpecs for every node of ``job``, in an order where each runs after what it reads."""
+    """StepSpecs for every node of ``job``, in an order where each runs after what it reads.
+
+    For a target that submits the job (``azureml``), a node that is not debugged goes as it is,
+    whatever it runs: its spec only names it.
+    """
     nodes = nodes_of(job, variable)
     pipeline_inputs = {
         name: getattr(value, "_data", value)
         for name, value in (getattr(job, "inputs", None) or {}).items()
     } if "PipelineJob" in _class_names(job) else {}
-    specs = [
-        _node_spec(name, node, name in debugged, pipeline_inputs, base_directory)
-        for name, node in nodes.items()
-    ]
+    specs = []
+    for name, node in nodes.items():
+        try:
+            specs.append(_node_spec(name, node, name in debugged, pipeline_inputs, base_directory))
+        except DebugInputError:
+            if target == "local" or name in debugged:
+                raise
+            specs.append(StepSpec(name, base_directory, "", debug=False, sdk_object=node))
     return dependency_order(specs, {})
 
 

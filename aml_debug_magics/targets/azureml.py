@@ -24,14 +24,17 @@ from aml_debug_magics.logs import RunLogs
 from aml_debug_magics.node.announce import Announcement, AttachOutcome
 from aml_debug_magics.records import Status
 from aml_debug_magics.redaction import redact
-from aml_debug_magics.targets.environment import DEBUGPY_REQUIREMENT, shipped_bootstrap
+from aml_debug_magics.targets.environment import (
+    BOOTSTRAP,
+    DEBUGPY_REQUIREMENT,
+    shipped_bootstrap,
+)
 
 if TYPE_CHECKING:
     from aml_debug_magics.records import DebugRequest, StepSpec
     from aml_debug_magics.session import DebugSession
 
 DEFAULT_PORT = 5678
-BOOTSTRAP = "aml_debug_bootstrap.py"
 GUIDE_FLAGS = {  # the guide's flags and how many values each takes
     "--remote_debug": 0,
     "--remote_debug_connection_timeout": 1,
@@ -336,10 +339,17 @@ class AzureMLTarget:
         for spec in specs:
             events.step_status(spec.name, Status.QUEUED, "submitting to Azure ML")
         try:
-            with debug_ready(specs, self.request, self.notes):
+            if self.request.sdk == "v2":
+                from aml_debug_magics.targets.azureml_v2 import debug_ready_v2
+
+                is_pipeline = hasattr(self.request.submitted, "jobs")
+                with debug_ready_v2(specs, self.request, self.notes) as what:
+                    self.run = self.workspace.submit(self.experiment, what)
+            else:
                 is_pipeline = hasattr(specs[0].sdk_object, "_script_name")
-                what = [s.sdk_object for s in specs] if is_pipeline else specs[0].sdk_object
-                self.run = self.workspace.submit(self.experiment, what)
+                with debug_ready(specs, self.request, self.notes):
+                    what = [s.sdk_object for s in specs] if is_pipeline else specs[0].sdk_object
+                    self.run = self.workspace.submit(self.experiment, what)
         except Exception as error:  # the submit failed: say why, in one line, without secrets
             message = redact(str(error).splitlines()[0] if str(error) else type(error).__name__)
             for spec in specs:

@@ -14,6 +14,7 @@ from aml_debug_magics.errors import DebugInputError
 # resolves on every node Python: 1.8.21 on 3.8 and 3.9 (the last for them), newer on 3.10+
 DEBUGPY_REQUIREMENT = "debugpy>=1.8.1,<1.9"
 NODE_FILES = Path(__file__).resolve().parents[1] / "node"
+BOOTSTRAP = "aml_debug_bootstrap.py"  # the bootstrap's name in a run's snapshot
 
 
 @contextlib.contextmanager
