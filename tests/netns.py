@@ -84,9 +84,11 @@ def _remove(namespace: str, host_end: str) -> None:
 
 
 def namespaces() -> list[str]:
-    """Network namespaces made by these helpers that still exist (none after a test)."""
+    """Network namespaces made by this process's helpers that still exist (none after a test;
+    another test run on the machine has its own)."""
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return [line.split()[0] for line in listed.splitlines() if line.startswith("amldbg")]
+    ours = (f"amldbg{os.getpid() % 100000}x", f"amldbg{os.getpid() % 100000}c")
+    return [line.split()[0] for line in listed.splitlines() if line.startswith(ours)]
 
 
 @contextmanager

@@ -349,9 +349,10 @@ V2_PIPELINE = """
 from azure.ai.ml import Input, Output, command, dsl
 from azure.ai.ml.entities import Environment
 
-environment = Environment(name="training", image="mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04",
-                          conda_file={"name": "training", "dependencies": ["python=3.10", "pip",
-                                                                           {"pip": ["numpy"]}]})
+environment = Environment(
+    name="training", image="mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04",
+    conda_file={"name": "training", "dependencies": ["python=3.10", "pip", {"pip": ["numpy"]}]},
+)
 prep_step = command(code="./prep", command="python prep.py --out ${{outputs.prepared}}",
                     outputs={"prepared": Output(type="uri_folder")}, environment=environment)
 train_step = command(code="./train", command="python train.py --data ${{inputs.data}}",
