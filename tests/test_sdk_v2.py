@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 
 import pytest
@@ -144,3 +145,28 @@ def test_what_cannot_run_is_one_line(ip, project, cell, line, message):
         ip.run_line_magic("aml_debug_job", line)
     assert message in str(refused.value) and "\n" not in str(refused.value)
     assert children_of() == []
+
+
+@pytest.mark.skipif(not os.environ.get("AML_DEBUG_V2_WORKSPACE"),
+                    reason="set AML_DEBUG_V2_WORKSPACE to a workspace config.json to run against "
+                           "a real Azure ML workspace with the SDK v2")
+def test_live_against_a_real_workspace(ip, tmp_path):
+    """A real submit through MLClient (no stand-in): the node announces itself in run history's
+    log and the job ends."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "job.py").write_text("import sys\nprint('live', sys.argv[1:])\n")
+    assert ip.run_cell(
+        "from azure.ai.ml import MLClient, command\n"
+        "from azure.ai.ml.entities import Environment\n"
+        "from azure.identity import DefaultAzureCredential\n"
+        "ml_client = MLClient.from_config(DefaultAzureCredential(), "
+        f"path={os.environ['AML_DEBUG_V2_WORKSPACE']!r})\n"
+        "environment = Environment(image='mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04',"
+        " conda_file={'dependencies': ['python=3.10', 'pip', {'pip': []}]})\n"
+        "job = command(code='./src', command='python job.py x', environment=environment, "
+        f"compute={os.environ.get('AML_DEBUG_COMPUTE', 'cpu-cluster')!r})"
+    ).success
+    ip.run_line_magic("aml_debug_job", "job --target azureml --workspace ml_client --timeout 60")
+    session = current_session("job")
+    wait_for(lambda: session.rows[0].announcement, 1800, "the node to announce itself")
+    assert session.wait(1800) == "finished"
