@@ -25,3 +25,10 @@ def check_port_free(port: int, host: str = "127.0.0.1") -> None:
                 f"port {port} is in use on {host}: pick another with --port, or --port 0 for "
                 "any free port"
             ) from None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on ``host`` just now."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from aml_debug_magics.errors import DebugInputError
 from aml_debug_magics.node.announce import Announcement, AttachOutcome, PortClosed
-from aml_debug_magics.ports import check_port_free
+from aml_debug_magics.ports import check_port_free, free_port
 from aml_debug_magics.records import ENDED, DebugRequest, ServiceInfo, Status
 from aml_debug_magics.redaction import redact
 
@@ -345,8 +345,11 @@ def check_ports(request: DebugRequest) -> None:
     """The ports this machine must bind for ``request`` are free and may be bound."""
     if request.connect is None and request.target == "local":
         check_port_free(request.port)
-    if request.deployment is not None and request.target in ("local", "docker"):
-        check_port_free(request.deployment.scoring_port)
+    if request.deployment is not None:  # every deploy target serves on this machine at last
+        if request.deployment.scoring_port:
+            check_port_free(request.deployment.scoring_port)
+        else:  # picked now, right before the target binds it: least time for others to take it
+            request.deployment.scoring_port = free_port()
 
 
 def open_session(

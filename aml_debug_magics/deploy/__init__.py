@@ -4,7 +4,6 @@ server, in its Docker image, or in an image Azure ML packages."""
 from __future__ import annotations
 
 import ast
-import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -74,10 +73,7 @@ def make_deployment(
         raise DebugInputError("--target docker needs --image (e.g. what Model.package pulled)")
     if target == "azureml" and not models:
         raise DebugInputError("--target azureml needs --model NAME[:VERSION] to package")
-    if not scoring_port:  # a given one is checked once the previous session has stopped
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            scoring_port = probe.getsockname()[1]
+    # the port is checked (or, when 0, picked) once the previous session has stopped
     return Deployment(script, folder, model, scoring_port, wait_in_init, sample, image)
 
 
