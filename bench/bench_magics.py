@@ -59,7 +59,7 @@ shell.run_line_magic("config", "AmlDebugMagics.view = 'widgets'")
 from aml_debug_magics.session import current_session
 kind = sys.argv[2]
 if kind == "job":  # SDK v2: the user's cell builds a command job (its import is theirs)
-    shell.run_cell(f"from azure.ai.ml import command\njob = command(code={sys.argv[3]!r}, "
+    shell.run_cell(f"from azure.ai.ml import command\\njob = command(code={sys.argv[3]!r}, "
                    "command='python job.py', environment='azureml:e@1')")
     line = "{port} job"
 else:
