@@ -116,7 +116,7 @@ class SimCluster:
         """SDK v1: a list of steps or a ScriptRunConfig; SDK v2: a PipelineJob or a command
         job (what ``MLClient.jobs.create_or_update`` takes)."""
         self.submitted.append(what)
-        if hasattr(what, "jobs") or hasattr(what, "command"):
+        if type(what).__module__.startswith("azure.ai.ml"):  # SDK v2
             nodes = dict(what.jobs) if hasattr(what, "jobs") else {"job": what}
             self.seen_nodes.append({  # as they were at the submit (the user's are restored)
                 name: (node.command, copy.deepcopy(getattr(node.environment, "conda_file", None)))
