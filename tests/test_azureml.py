@@ -242,7 +242,8 @@ def test_old_layout_multi_node_and_tags(project, azurite):
     workspace.run.children.append(train)
     logs[1].append(announcement_line(rank=1, port=5679, host="10.0.0.5") + "\n")
     train.tags = {tag_key(0): announcement_line(rank=0, port=5678)}  # rank 0's log is late
-    wait_for(lambda: len([r for r in session.rows if r.step == "train"]) == 2, 30, "both ranks")
+    wait_for(lambda: len([r for r in session.rows if r.step == "train" and r.address]) == 2,
+             30, "both ranks to announce")  # rank 1 from its log, rank 0 from the tags
     assert {(r.rank, r.address) for r in session.rows if r.step == "train"} == {
         (0, "10.0.0.4:5678"), (1, "10.0.0.5:5679")}
     session.stop()

@@ -27,6 +27,7 @@ from aml_debug_magics.redaction import redact
 from aml_debug_magics.targets.environment import (
     BOOTSTRAP,
     DEBUGPY_REQUIREMENT,
+    bootstrap_options,
     shipped_bootstrap,
 )
 
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
     from aml_debug_magics.records import DebugRequest, StepSpec
     from aml_debug_magics.session import DebugSession
 
-DEFAULT_PORT = 5678
 GUIDE_FLAGS = {  # the guide's flags and how many values each takes
     "--remote_debug": 0,
     "--remote_debug_connection_timeout": 1,
@@ -108,31 +108,6 @@ def strip_guide_flags(arguments: list[Any]) -> tuple[list[Any], bool]:
             continue
         kept.append(value)
     return kept, stripped
-
-
-def bootstrap_options(request: DebugRequest) -> list[str]:
-    where = (
-        ["--connect", request.connect]
-        if request.connect
-        else ["--listen", f"0.0.0.0:{request.port or DEFAULT_PORT}"]
-    )
-    return [
-        *where,
-        "--timeout", f"{request.timeout:g}",
-        "--ranks", request.ranks,
-        "--just-my-code" if request.just_my_code else "--no-just-my-code",
-        "--allow", allowed_sources(request.allow),
-    ]
-
-
-def allowed_sources(choice: str) -> str:
-    """Who the node's gate lets attach: by default this machine only (its own addresses, and
-    loopback, where an SSH tunnel arrives); ``any`` or the user's own list otherwise."""
-    if choice != "auto":
-        return choice
-    from aml_debug_magics.node.bootstrap import node_addresses
-
-    return ",".join(dict.fromkeys([*node_addresses("0.0.0.0"), "127.0.0.1"]))
 
 
 ANYONE_MAY_ATTACH = (

@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from aml_debug_magics.errors import DebugInputError
-from aml_debug_magics.targets.azureml import bootstrap_options
 from aml_debug_magics.targets.environment import (
     BOOTSTRAP,
     DEBUGPY_REQUIREMENT,
+    bootstrap_options,
     shipped_bootstrap,
 )
 
