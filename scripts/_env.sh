@@ -19,7 +19,12 @@ if [ ! -x "$VENV/bin/python" ]; then
         exit 2
     }
 fi
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 spec="."
 if [ -n "${EXTRAS:-}" ]; then spec=".[$EXTRAS]"; fi
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$spec"
+# uv (from PyPI) installs in seconds what pip takes minutes for; pip stays the fallback
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip uv \
+    2> >(grep -v "^WARNING: Location" >&2) || true
+if ! "$VENV/bin/python" -m uv pip install --quiet --python "$VENV/bin/python" -e "$spec"; then
+    echo "aml-debug: uv could not install; trying pip" >&2
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$spec"
+fi
