@@ -75,6 +75,9 @@ def make_cluster(azurite, tmp_path, monkeypatch):
         monkeypatch.setattr(azureml_target, "SdkWorkspace", lambda workspace: cluster)
         return cluster
 
+    # the simulated runs end within seconds, not minutes: look at them every second
+    monkeypatch.setattr(azureml_target, "POLL_SLOW", 1.0)
+
     yield make
     for cluster in made:
         cluster.close()

@@ -58,6 +58,8 @@ RUN_STATUSES = {
 ENDED_RUN = {"Completed", "Finished", "Failed", "Canceled"}
 NEVER_STARTED = {"", "NotStarted", "Queued"}
 PROBE_TIMEOUT = 3.0
+POLL_FAST = 1.0  # seconds between two looks while a debugged step has not said where it is
+POLL_SLOW = 10.0  # seconds between two looks after that (statuses only change slowly then)
 FAILURES_TOLD = 5  # failures in a row before the note says the run is not being followed
 RETRY_LONGEST = 30.0
 
@@ -278,16 +280,16 @@ class AzureMLTarget:
         workspace: SdkWorkspace,
         *,
         experiment: str = "aml-debug",
-        poll_fast: float = 1.0,
-        poll_slow: float = 10.0,
+        poll_fast: float | None = None,
+        poll_slow: float | None = None,
         prober: Callable[[str, int], str] = probe,
         opener: Any = None,
     ) -> None:
         self.request = request
         self.workspace = workspace
         self.experiment = experiment
-        self.poll_fast = poll_fast
-        self.poll_slow = poll_slow
+        self.poll_fast = POLL_FAST if poll_fast is None else poll_fast
+        self.poll_slow = POLL_SLOW if poll_slow is None else poll_slow
         self.prober = prober
         self.opener = opener
         self.run: Any = None
