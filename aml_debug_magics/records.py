@@ -30,6 +30,7 @@ class ExternalInput:
     points_to: str  # the datastore path, dataset name or URL, as the user would recognise it
     mode: str = "mount"  # mount, download or direct, as the step asked
     source: Any = field(default=None, compare=False, hash=False)  # the SDK object, to download
+    downloadable: bool = True  # through an SDK v1 workspace; an SDK v2 input needs --input
 
 
 Argument = str | DataFolder | ExternalInput

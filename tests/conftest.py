@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,24 +24,47 @@ REPO = Path(__file__).resolve().parents[1]
 # every process this test run starts inherits it (debug adapters too, though they daemonize):
 # what the checks below look for is this run's own, whatever else runs on the machine
 TEST_RUN = os.environ.setdefault("AML_DEBUG_TEST_RUN", uuid.uuid4().hex)
+REAPER = b"aml_debug_magics/reaper.py"  # in the kernel's watchdog's command line
 
 
-def live_adapters() -> list[int]:
-    """Pids of debug adapters started by this test run's bootstraps that are still running."""
-    needle, ours = f"{ADAPTER_MARKER}=".encode(), f"AML_DEBUG_TEST_RUN={TEST_RUN}".encode()
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+@dataclass(frozen=True)
+class Process:
+    pid: int
+    parent: int
+    group: int
+
+    def read(self, name: str) -> bytes:
+        """``/proc/PID/NAME`` (cmdline, environ), or nothing once the process is gone."""
         try:
-            with open(f"/proc/{pid}/environ", "rb") as environ:
-                variables = environ.read().split(b"\0")
-            if ours not in variables or not any(v.startswith(needle) for v in variables):
-                continue
-            with open(f"/proc/{pid}/stat") as stat:
-                if stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                    continue
+            with open(f"/proc/{self.pid}/{name}", "rb") as found:
+                return found.read()
+        except OSError:
+            return b""
+
+
+def live_processes() -> list[Process]:
+    """Every process on the machine that is running (zombies left out)."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                state, parent, group = stat.read().rsplit(")", 1)[1].split()[:3]
         except OSError:
             continue
-        found.append(int(pid))
+        if state not in ("Z", "X"):
+            found.append(Process(int(entry), int(parent), int(group)))
+    return found
+
+
+def live_adapters(every_run: bool = False) -> list[int]:
+    """Pids of debug adapters started by this test run's bootstraps that are still running
+    (``every_run``: anybody's)."""
+    needle, ours = f"{ADAPTER_MARKER}=".encode(), f"AML_DEBUG_TEST_RUN={TEST_RUN}".encode()
+    found = []
+    for process in live_processes():
+        variables = process.read("environ").split(b"\0")
+        if any(v.startswith(needle) for v in variables) and (every_run or ours in variables):
+            found.append(process.pid)
     return found
 
 
@@ -120,24 +144,15 @@ def run_bootstrap(*args: str, cwd: Path | None = None, env=None, timeout: float 
 
 def children_of(pid: int | None = None) -> list[int]:
     """Live (not zombie) processes whose parent is ``pid`` (default: this test process),
-    leaving out the Azurite fixture's and the reaper."""
-    parent = str(pid or os.getpid())
-    found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[1] == parent and fields[0] not in ("Z", "X"):
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                command = cmdline.read()
-            # Azurite lives for the whole run; the reaper is the kernel's own watchdog and
-            # ends with it (test_lifecycle.py proves that)
-            if b"azurite" in command or b"aml_debug_magics/reaper.py" in command:
-                continue
-            found.append(int(entry))
-    return found
+    leaving out the Azurite fixture's and the reaper: Azurite lives for the whole run; the
+    reaper is the kernel's own watchdog and ends with it (test_lifecycle.py proves that)."""
+    parent = pid or os.getpid()
+    return [
+        process.pid for process in live_processes()
+        if process.parent == parent and not any(
+            name in process.read("cmdline") for name in (b"azurite", REAPER)
+        )
+    ]
 
 
 @pytest.fixture

@@ -142,11 +142,15 @@ class DapClient:
 def evaluate_at_first_stop(config: dict[str, Any], breakpoints: dict[str, list[int]],
                            expression: str) -> str:
     """Attach with a launch.json ``config``, wait for the first breakpoint, evaluate
-    ``expression`` in that frame, continue and detach; the value as the debugger shows it."""
+    ``expression`` in that frame, continue and detach; the value as the debugger shows it.
+
+    The stop must be in one of the files the breakpoints name, as this machine has them: that
+    proves the config's pathMappings (a wrong mapping still 'verifies' a breakpoint)."""
     client = DapClient.connect(config["connect"]["host"], config["connect"]["port"])
     try:
         client.attach(config, breakpoints)
-        frame = client.wait_stopped()
+        frame = client.wait_stopped(60)
+        assert frame["source"]["path"] in breakpoints, frame["source"]
         value = client.evaluate(frame, expression)
         client.resume()
     finally:

@@ -68,24 +68,30 @@ def attach(row, breakpoints):
     return client
 
 
+def read_in_run(session, script, line: int, *expressions: str) -> list[str]:
+    """As a user does: attach, click Send test request, stop at ``line`` of ``run()``, read
+    ``expressions`` there, continue; the request then answers."""
+    client = attach(session.rows[0], {str(script): [line]})
+    try:
+        sender = session.send_test_request()
+        frame = client.wait_stopped(60)
+        assert frame["line"] == line
+        values = [client.evaluate(frame, expression) for expression in expressions]
+        client.resume()
+        sender.join(60)
+    finally:
+        client.close()
+    return values
+
+
 def test_a_request_stops_in_run_and_gets_its_prediction(ip, app):
     session = deploy(ip)
     row = session.rows[0]
     wait_for(lambda: session.service.health == "healthy", 60, "the server to be healthy")
     wait_for(lambda: row.announcement, 30, "the worker to announce the debugger")
     assert session.service.scoring_url.startswith("http://127.0.0.1:")
-    client = attach(row, {str(app / "app" / "score.py"): [RUN_BREAK]})
-    try:
-        sender = session.send_test_request()
-        frame = client.wait_stopped(60)
-        assert frame["line"] == RUN_BREAK
-        assert client.evaluate(frame, "data") == "[[2, 3]]"
-        assert client.evaluate(frame, "model") == "{'w': [0.5, 2.0]}"
-        assert client.evaluate(frame, "prediction") == "[7.0]"
-        client.resume()
-        sender.join(60)
-    finally:
-        client.close()
+    assert read_in_run(session, app / "app" / "score.py", RUN_BREAK, "data", "model",
+                       "prediction") == ["[[2, 3]]", "{'w': [0.5, 2.0]}", "[7.0]"]
     assert session.service.response == 'HTTP 200: {"prediction": [7.0]}'
     assert row.status == Status.ATTACHED and row.attached  # the row says so, not only Output
     port = int(session.service.scoring_url.split(":")[2].split("/")[0])
@@ -264,15 +270,9 @@ def test_the_guides_own_score_py_with_its_debugpy_lines_is_served_and_debugged(i
     row = session.rows[0]
     wait_for(lambda: session.service.health == "healthy", 60, "the server to be healthy")
     assert any("the script called debugpy.listen()" in line for line in row.last_lines)
-    client = attach(row, {str(app / "app" / "score.py"): [RUN_BREAK + 3]})
-    try:
-        sender = session.send_test_request()
-        frame = client.wait_stopped(60)
-        assert client.evaluate(frame, "prediction") == "[7.0]"
-        client.resume()
-        sender.join(60)
-    finally:
-        client.close()
+    guide_lines = len(GUIDE_LINES.splitlines())
+    assert read_in_run(session, app / "app" / "score.py", RUN_BREAK + guide_lines,
+                       "prediction") == ["[7.0]"]
     assert session.service.response == 'HTTP 200: {"prediction": [7.0]}'
 
 

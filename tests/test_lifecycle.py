@@ -11,7 +11,14 @@ import threading
 import time
 
 import pytest
-from conftest import REPO, children_of, live_adapters, wait_for
+from conftest import (
+    REAPER,
+    REPO,
+    children_of,
+    live_adapters,
+    live_processes,
+    wait_for,
+)
 
 from aml_debug_magics.records import Status
 from aml_debug_magics.session import current_session
@@ -42,19 +49,6 @@ KERNEL = textwrap.dedent(
 SCORE = "def init():\n    pass\n\ndef run(raw):\n    return {'ok': True}\n"
 
 
-def group_members(pgid: int) -> list[int]:
-    found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            found.append(int(entry))
-    return found
-
-
 def test_a_killed_kernel_takes_every_process_it_started_with_it(tmp_path, capsys):
     pytest.importorskip("azureml_inference_server_http", reason="the inference server")
     (tmp_path / "job.py").write_text("print('never reached while waiting')\n")
@@ -71,8 +65,9 @@ def test_a_killed_kernel_takes_every_process_it_started_with_it(tmp_path, capsys
         else:
             raise AssertionError(f"the kernel ended before its sessions were up: {kernel.wait()}")
         groups = children_of(kernel.pid)
-        started = {pid for group in groups for pid in group_members(group)}
-        watchdog = _children_with_reaper(kernel.pid)
+        started = {p.pid for p in live_processes() if p.group in groups}
+        watchdog = [p.pid for p in live_processes()
+                    if p.parent == kernel.pid and REAPER in p.read("cmdline")]
         assert len(watchdog) == 1  # the reaper: it must end too
         started |= set(watchdog)
         started |= set(live_adapters()) - adapters_before
@@ -80,20 +75,13 @@ def test_a_killed_kernel_takes_every_process_it_started_with_it(tmp_path, capsys
         kernel.send_signal(signal.SIGKILL)  # as the OOM killer does
         kernel.wait()
         killed_at = time.monotonic()
-        wait_for(lambda: not [p for p in started if _alive(p)], 30, "every child to end")
+        wait_for(lambda: not started & {p.pid for p in live_processes()}, 30,
+                 "every child to end")
         print(f"{len(started)} processes ended {time.monotonic() - killed_at:.1f} s after the "
               "kernel's SIGKILL")
     finally:
         if kernel.poll() is None:
             kernel.kill()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 def test_ctrl_c_during_a_stop_still_ends_a_script_that_ignores_sigterm(ip, tmp_path):
@@ -111,30 +99,11 @@ def test_ctrl_c_during_a_stop_still_ends_a_script_that_ignores_sigterm(ip, tmp_p
             ip.run_line_magic("aml_debug_run", "--stop")
     finally:
         timer.cancel()
-    wait_for(lambda: children_of() == [], 10, f"the script to be gone: {children_info()}")
+    wait_for(lambda: children_of() == [], 10, "the script to be gone")
     assert current_session("run") is session  # still known: --stop can be run again
     ip.run_line_magic("aml_debug_run", "--stop")
     assert current_session("run") is None
     assert session.rows[0].status == Status.STOPPED
-
-
-def children_info():
-    return [open(f"/proc/{p}/cmdline").read().replace("\0", " ") for p in children_of()]
-
-
-def _children_with_reaper(pid: int) -> list[int]:
-    found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                parent = stat.read().rsplit(")", 1)[1].split()[1]
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                command = cmdline.read()
-        except OSError:
-            continue
-        if parent == str(pid) and b"aml_debug_magics/reaper.py" in command:
-            found.append(int(entry))
-    return found
 
 
 def test_the_leftover_check_sees_only_this_runs_adapters(tmp_path):
@@ -150,19 +119,8 @@ def test_the_leftover_check_sees_only_this_runs_adapters(tmp_path):
     )
     try:
         wait_for(lambda: "AML_DEBUG v1 announce" in foreign.stdout.readline(), 30, "announce")
-        wait_for(lambda: _adapters_of_anyone() - set(live_adapters()), 10, "the foreign adapter")
+        wait_for(lambda: set(live_adapters(every_run=True)) - set(live_adapters()), 10,
+                 "the foreign adapter")
     finally:
         foreign.terminate()
         foreign.wait(10)
-
-
-def _adapters_of_anyone() -> set[int]:
-    found = set()
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as environ:
-                if b"AML_DEBUG_ADAPTER_OF=" in environ.read():
-                    found.add(int(entry))
-        except OSError:
-            continue
-    return found

@@ -13,10 +13,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from conftest import free_port, need_python_script_step, wait_for
-from dap_client import DapClient
+from dap_client import evaluate_at_first_stop
 from netns import namespaces, side_client, skip_without_namespaces
 from simcluster import SimCluster
 
@@ -103,36 +104,37 @@ def drop_all_traffic_to(node) -> None:
     raise AssertionError(f"tc could not drop traffic: {done.stderr.decode()}")
 
 
-def attach_and_read(row, local_root, line: int, expression: str) -> str:
-    config = row.attach_config()
-    config["pathMappings"][0]["localRoot"] = str(local_root)
-    client = DapClient.connect(config["connect"]["host"], config["connect"]["port"])
-    try:
-        client.attach(config, {str(local_root / "train.py"): [line]})
-        frame = client.wait_stopped(60)
-        assert frame["source"]["path"] == str(local_root / "train.py")
-        value = client.evaluate(frame, expression)
-        client.resume()
-    finally:
-        client.close()
-    return value
+def attach_and_read(row, script: Path, line: int, expression: str) -> str:
+    """A debugger on this machine attaches with the row's config, stops at ``line`` of the
+    user's ``script`` and reads ``expression`` there."""
+    return evaluate_at_first_stop(row.attach_config(), {str(script): [line]}, expression)
+
+
+def debug_train(ip, timeout: float = 120):
+    """``%aml_debug_pipeline`` on PIPELINE's train step on the cluster, as a user types it;
+    the session and train's row."""
+    assert ip.run_cell(PIPELINE).success
+    ip.run_line_magic("aml_debug_pipeline",
+                      f"steps --step train --target azureml --workspace ws --timeout {timeout:g}")
+    session = current_session("pipeline")
+    return session, session.row("train")
+
+
+@pytest.fixture
+def cluster(make_cluster):
+    """A one-node cluster for the SDK v1 pipeline (PythonScriptStep)."""
+    need_python_script_step()
+    return make_cluster()
 
 
 def test_a_pipeline_step_on_a_node_is_attached_from_here_and_the_run_completes(
-    ip, project, make_cluster
+    ip, project, cluster
 ):
-    need_python_script_step()
-    cluster = make_cluster()
-    assert ip.run_cell(PIPELINE).success
-    ip.run_line_magic(
-        "aml_debug_pipeline", "steps --step train --target azureml --workspace ws --timeout 120"
-    )
-    session = current_session("pipeline")
-    train = session.row("train")
+    session, train = debug_train(ip)
     wait_for(lambda: train.status == Status.WAITING, 90, "train to announce itself")
     assert train.address.split(":")[0] == cluster.nodes[0].address  # the node's own eth0
     wait_for(lambda: "is reachable from this machine" in train.reachability, 30, "the probe")
-    numbers = attach_and_read(train, project / "train", TRAIN_BREAK, "numbers")
+    numbers = attach_and_read(train, project / "train" / "train.py", TRAIN_BREAK, "numbers")
     assert numbers == "[3, 1, 4, 1, 5]"  # what the first step wrote, on the node
     assert session.wait(60) == "finished"
     assert [r.status for r in session.rows] == [Status.FINISHED, Status.FINISHED]
@@ -157,28 +159,21 @@ def test_a_script_run_config_runs_on_a_node_and_is_attached(ip, project, make_cl
     row = session.rows[0]
     wait_for(lambda: row.status == Status.WAITING, 90, "the run to announce itself")
     assert row.address.split(":")[0] == cluster.nodes[0].address
-    assert attach_and_read(row, project / "train", TRAIN_BREAK, "numbers") == "[2, 7]"
+    assert attach_and_read(row, project / "train" / "train.py", TRAIN_BREAK, "numbers") == "[2, 7]"
     assert session.wait(60) == "finished"
 
 
 def test_an_unreachable_node_says_timed_out_with_the_tunnel_and_a_refused_one_says_refused(
-    ip, project, make_cluster
+    ip, project, cluster
 ):
     """The node's traffic is dropped (on this machine's end of its link): the probe from here times
     out, and the row gives the virtual-network note and the SSH tunnel. A port where nothing
     listens on the node answers with a reset: the refused wording."""
-    need_python_script_step()
-    cluster = make_cluster()
     node = cluster.nodes[0]
     assert "refused the connection" in azureml_target.reachability(
         Announcement((node.address,), free_port()))  # nothing listens there on the node
     drop_all_traffic_to(node)
-    assert ip.run_cell(PIPELINE).success
-    ip.run_line_magic(
-        "aml_debug_pipeline", "steps --step train --target azureml --workspace ws --timeout 60"
-    )
-    session = current_session("pipeline")
-    train = session.row("train")
+    session, train = debug_train(ip, timeout=60)
     wait_for(lambda: train.reachability, 120, "the probe's verdict")
     assert f"{node.address}:" in train.reachability and "timed out from here" in train.reachability
     assert "same virtual network" in train.reachability
@@ -200,17 +195,10 @@ with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10) as s:
 
 
 def test_only_this_machine_may_attach_another_host_on_the_network_is_refused(
-    ip, project, make_cluster
+    ip, project, cluster
 ):
-    need_python_script_step()
-    cluster = make_cluster()
     with side_client(cluster.nodes[0]) as stranger:
-        assert ip.run_cell(PIPELINE).success
-        ip.run_line_magic(
-            "aml_debug_pipeline", "steps --step train --target azureml --workspace ws --timeout 120"
-        )
-        session = current_session("pipeline")
-        train = session.row("train")
+        session, train = debug_train(ip)
         wait_for(lambda: train.status == Status.WAITING, 90, "train to announce itself")
         port = str(train.announcement.port)
         tried = subprocess.run([*stranger.launcher, sys.executable, "-c", STRANGER,
@@ -218,7 +206,7 @@ def test_only_this_machine_may_attach_another_host_on_the_network_is_refused(
         assert tried.stdout.strip() in ("ANSWER b''", "ANSWER ConnectionResetError"), tried
         wait_for(lambda: any("refused 1 connection(s) from addresses not allowed" in line
                              for line in train.last_lines), 30, "the refusal in the node's log")
-        assert attach_and_read(train, project / "train", TRAIN_BREAK, "numbers") == (
+        assert attach_and_read(train, project / "train" / "train.py", TRAIN_BREAK, "numbers") == (
             "[3, 1, 4, 1, 5]")  # this machine may
         assert session.wait(60) == "finished"
 
@@ -230,33 +218,20 @@ def node_processes(node) -> list[str]:
 
 
 def test_stop_from_the_panel_cancels_the_run_and_every_node_process_ends(
-    ip, project, make_cluster
+    ip, project, cluster
 ):
-    need_python_script_step()
-    cluster = make_cluster()
-    assert ip.run_cell(PIPELINE).success
     ip.run_line_magic("config", "AmlDebugMagics.view = 'widgets'")
-    ip.run_line_magic(
-        "aml_debug_pipeline", "steps --step train --target azureml --workspace ws --timeout 120"
-    )
-    session = current_session("pipeline")
-    wait_for(lambda: session.row("train").status == Status.WAITING, 90, "train to wait")
+    session, train = debug_train(ip)
+    wait_for(lambda: train.status == Status.WAITING, 90, "train to wait")
     assert node_processes(cluster.nodes[0])  # the bootstrap, its gate, debugpy's adapter
     session.view.stop_button.click()
     assert cluster.runs[0].status == "Canceled"
-    assert session.row("train").status == Status.STOPPED
+    assert train.status == Status.STOPPED
     wait_for(lambda: not node_processes(cluster.nodes[0]), 15, "every node process to end")
 
 
-def test_a_missed_window_closes_the_nodes_port_and_the_step_completes(ip, project, make_cluster):
-    need_python_script_step()
-    cluster = make_cluster()
-    assert ip.run_cell(PIPELINE).success
-    ip.run_line_magic(
-        "aml_debug_pipeline", "steps --step train --target azureml --workspace ws --timeout 3"
-    )
-    session = current_session("pipeline")
-    train = session.row("train")
+def test_a_missed_window_closes_the_nodes_port_and_the_step_completes(ip, project, cluster):
+    session, train = debug_train(ip, timeout=3)
     wait_for(lambda: train.announcement, 90, "train to announce itself")
     assert session.wait(90) == "finished"
     assert any("Debugger attached = False" in line for line in train.last_lines)
@@ -267,18 +242,12 @@ FAILING_PREP = "import json\n\nsettings = json.load(open('settings.json'))\n"
 
 
 def test_a_step_that_fails_before_announcing_shows_its_exception_and_last_lines(
-    ip, project, make_cluster
+    ip, project, cluster
 ):
-    need_python_script_step()
-    make_cluster()
     (project / "prep" / "prep.py").write_text(FAILING_PREP)
-    assert ip.run_cell(PIPELINE).success
-    ip.run_line_magic(
-        "aml_debug_pipeline", "steps --step train --target azureml --workspace ws --timeout 60"
-    )
-    session = current_session("pipeline")
+    session, train = debug_train(ip, timeout=60)
     assert session.wait(120) == "failed"
-    prep, train = session.row("prep"), session.row("train")
+    prep = session.row("prep")
     assert prep.status == Status.FAILED
     assert prep.detail == ("Failed: FileNotFoundError: [Errno 2] No such file or directory: "
                            "'settings.json' (prep.py, line 3, in <module>)")
@@ -293,19 +262,6 @@ RUN_CONFIG = (
     " compute_target='gpu-cluster')\n"
     "ws = object()"
 )
-
-
-def attach_and_evaluate(row, local_root, line: int, expression: str) -> str:
-    config = row.attach_config()
-    config["pathMappings"][0]["localRoot"] = str(local_root)
-    client = DapClient.connect(config["connect"]["host"], config["connect"]["port"])
-    try:
-        client.attach(config, {str(local_root / "dist.py"): [line]})
-        value = client.evaluate(client.wait_stopped(60), expression)
-        client.resume()
-    finally:
-        client.close()
-    return value
 
 
 @pytest.fixture
@@ -327,7 +283,7 @@ def test_a_distributed_step_by_default_waits_in_rank_0_only(ip, distributed):
              "the other ranks to run on")
     assert first.status == Status.WAITING and [r.rank for r in session.rows] == [0]
     assert first.address == f"{cluster.nodes[0].address}:5678"
-    assert attach_and_evaluate(first, local_root, 3, "rank") == "0"
+    assert attach_and_read(first, local_root / "dist.py", 3, "rank") == "0"
     assert session.wait(60) == "finished"
 
 
@@ -344,7 +300,7 @@ def test_a_distributed_step_with_all_ranks_gives_each_its_own_attachable_row(ip,
     assert {rank: row.address for rank, row in by_rank.items()} == {
         0: f"{first}:5678", 1: f"{first}:5679", 2: f"{second}:5678", 3: f"{second}:5679"}
     for rank, row in sorted(by_rank.items()):
-        assert attach_and_evaluate(row, local_root, 3, "rank") == str(rank)
+        assert attach_and_read(row, local_root / "dist.py", 3, "rank") == str(rank)
     assert session.wait(60) == "finished"
 
 
@@ -390,7 +346,7 @@ def test_an_sdk_v2_pipeline_node_on_a_node_is_attached_from_here(
     train = session.row("train")
     wait_for(lambda: train.status == Status.WAITING, 90, "train to announce itself")
     assert train.address.split(":")[0] == cluster.nodes[0].address
-    assert attach_and_read(train, project / "train", TRAIN_BREAK, "numbers") == (
+    assert attach_and_read(train, project / "train" / "train.py", TRAIN_BREAK, "numbers") == (
         "[3, 1, 4, 1, 5]")
     assert session.wait(60) == "finished"
     command, conda = cluster.seen_nodes[0]["train"]

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from aml_debug_magics.errors import DebugInputError
 from aml_debug_magics.failures import user_error
 from aml_debug_magics.records import Status
+from aml_debug_magics.targets.environment import NODE_FILES
 from aml_debug_magics.targets.local import LocalProcess
 
 if TYPE_CHECKING:
@@ -44,8 +45,11 @@ class Deployment:
     image: str | None = None
 
 
-def server_environment(request: DebugRequest, deployment: Deployment, listen: str) -> dict:
-    """Environment variables for the server and for ``entry.py`` inside its worker."""
+def server_environment(
+    request: DebugRequest, deployment: Deployment, listen: str, *, model_dir: Path | None = None
+) -> dict:
+    """Environment variables for the server and for ``entry.py`` inside its worker;
+    ``AZUREML_MODEL_DIR`` is ``model_dir`` (the model's folder as laid out for the server)."""
     environment = {
         "AML_DEBUG_USER_SCRIPT": str(deployment.entry_script),
         "AML_DEBUG_LISTEN": listen,
@@ -56,8 +60,8 @@ def server_environment(request: DebugRequest, deployment: Deployment, listen: st
         "WORKER_TIMEOUT": str(DEBUGGING_TIMEOUT_S),
         "AML_APP_ROOT": str(deployment.source_dir),
     }
-    if deployment.model_dir is not None:
-        environment["AZUREML_MODEL_DIR"] = str(deployment.model_dir)
+    if model_dir is not None:
+        environment["AZUREML_MODEL_DIR"] = str(model_dir)
     return environment
 
 
@@ -102,15 +106,12 @@ class LocalDeployTarget:
                 f"{root} exists: move it aside to let --model lay out azureml-models/{name}"
             )
         folder = root / name / (version or "1")
-        folder.parent.mkdir(parents=True)
+        folder.mkdir(parents=True)
         model = self.deployment.model_dir
         entries = list(model.iterdir())
-        if len(entries) == 1:  # one registered file or folder: VERSION/ holds it
-            folder.mkdir()
-            (folder / entries[0].name).symlink_to(entries[0])
-        else:  # a registered folder of several files
-            folder.mkdir()
-            (folder / model.name).symlink_to(model)
+        # VERSION/ holds what was registered: the one file or folder, or the folder of several
+        held = entries[0] if len(entries) == 1 else model
+        (folder / held.name).symlink_to(held)
         self._laid_out = root
         return folder
 
@@ -119,7 +120,7 @@ class LocalDeployTarget:
         deployment = self.deployment
         model_folder = self._lay_out_models()
         arguments = [
-            "--entry_script", str(PACKAGE.parent / "node" / "entry.py"),
+            "--entry_script", str(NODE_FILES / "entry.py"),
             "--port", str(deployment.scoring_port),
             "--worker_count", "1",
         ]
@@ -132,10 +133,10 @@ class LocalDeployTarget:
             arguments,
             cwd=deployment.source_dir,
             debug=False,
-            env={
-                **server_environment(self.request, deployment, f"127.0.0.1:{self.request.port}"),
-                **({"AZUREML_MODEL_DIR": str(model_folder)} if model_folder else {}),
-            },
+            env=server_environment(
+                self.request, deployment, f"127.0.0.1:{self.request.port}",
+                model_dir=model_folder or deployment.model_dir,
+            ),
             on_line=lambda line: events.step_output(self.name, line),
             on_news=lambda news: events.step_news(self.name, news),
         ).start()

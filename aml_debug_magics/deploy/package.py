@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from aml_debug_magics.deploy.docker import DockerDeployTarget
 from aml_debug_magics.deploy.local import Deployment
+from aml_debug_magics.failures import first_line
 from aml_debug_magics.node.bootstrap import ENTRY_SHIPPED_NAMES
 from aml_debug_magics.records import Status
-from aml_debug_magics.redaction import redact
 from aml_debug_magics.targets.environment import DEBUGPY_REQUIREMENT, shipped_bootstrap
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ class PackageDeployTarget:
             events.step_status(self.name, Status.STARTING, f"pulling {package.location}")
             package.pull()
         except Exception as error:
-            message = redact(str(error).splitlines()[0] if str(error) else type(error).__name__)
+            message = first_line(error)
             events.step_status(self.name, Status.FAILED, f"packaging failed: {message}")
             events.target_done(failed=True)
             return

@@ -217,6 +217,30 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_limits(
+    timeout: float, ranks: str, allow: str = "any",
+    reattach_window: float = gate.DEFAULT_REATTACH_WINDOW,
+) -> None:
+    """The values the node accepts; the notebook checks a request with this too, so a bad one
+    is refused before a submit rather than on the node after provisioning."""
+    if not 0 < timeout <= MAX_TIMEOUT:  # also refuses inf and nan
+        raise UsageError(
+            f"--timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds (got {timeout:g})"
+        )
+    parse_ranks(ranks)
+    try:
+        gate.parse_allow(allow)
+    except ValueError:
+        raise UsageError(
+            f"--allow takes any, or addresses and networks like 10.0.0.4,10.1.0.0/16 "
+            f"(got {allow!r})"
+        ) from None
+    if not 0 <= reattach_window <= MAX_TIMEOUT:
+        raise UsageError(
+            f"--reattach-window must be 0 to {MAX_TIMEOUT:g} seconds (got {reattach_window:g})"
+        )
+
+
 def parse_options(argv: list[str]) -> Options:
     args = _build_parser().parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -225,22 +249,7 @@ def parse_options(argv: list[str]) -> Options:
     script, script_args = command[0], command[1:]
     if not os.path.isfile(script):
         raise UsageError(f"script not found: {script} (working directory {os.getcwd()})")
-    if not 0 < args.timeout <= MAX_TIMEOUT:
-        raise UsageError(
-            f"--timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds "
-            f"(got {args.timeout:g})"
-        )
-    try:
-        gate.parse_allow(args.allow)
-    except ValueError:
-        raise UsageError(
-            f"--allow takes any, or addresses and networks like 10.0.0.4,10.1.0.0/16 "
-            f"(got {args.allow!r})"
-        ) from None
-    if not 0 <= args.reattach_window <= MAX_TIMEOUT:
-        raise UsageError(
-            f"--reattach-window must be 0 to {MAX_TIMEOUT:g} seconds (got {args.reattach_window:g})"
-        )
+    check_limits(args.timeout, args.ranks, args.allow, args.reattach_window)
     if args.connect:
         mode, address = "connect", parse_address(args.connect, "--connect")
         if address.port == 0:
@@ -476,6 +485,8 @@ class Debugger:
             # describe the environment to no log at all: 0.2 s with azureml installed
             debugpy.server.api.ensure_logging.ensured = True
         self.debugpy = debugpy
+        # debugpy's own wait, kept: absorb_script_calls replaces the module's for the script
+        self._wait_for_client = debugpy.wait_for_client
         self._cancelled = False
 
     def listen_on_loopback(self) -> tuple[int, str]:
@@ -523,19 +534,24 @@ class Debugger:
                 return
             self._cancelled = True
             try:
-                self.debugpy.wait_for_client.cancel()
+                self._wait_for_client.cancel()
             except RuntimeError:  # the wait has not begun yet
                 self._schedule(0.05, on_deadline)
 
         self._schedule(max(0.0, deadline - time.time()), on_deadline)
-        self.debugpy.wait_for_client()
+        self._wait_for_client()
         return not self._cancelled
+
+    def wait_forever(self) -> bool:
+        """Wait for a debugger without a deadline; True if one is connected at the end."""
+        self._wait_for_client()
+        return self.debugpy.is_client_connected()
 
     def cancel_wait(self) -> None:
         """End a wait for a debugger now, as if its deadline had passed."""
         self._cancelled = True
-        with contextlib.suppress(RuntimeError, AttributeError):  # no wait has begun
-            self.debugpy.wait_for_client.cancel()
+        with contextlib.suppress(RuntimeError):  # no wait has begun
+            self._wait_for_client.cancel()
 
     def absorb_script_calls(self, public: tuple[str, int]) -> None:
         """Make the script's own debugpy calls (the guide's boilerplate) harmless.
@@ -771,22 +787,16 @@ def debug_in_this_process(
         timeout or 0,
     )
 
-    real_wait = debugger.debugpy.wait_for_client
     debugger.absorb_script_calls((address.host, gate_handle.port))  # the guide's score.py
 
     def tell_when_attached() -> None:  # a debugger may attach at any time while serving
-        real_wait()
-        if debugger.debugpy.is_client_connected():
+        if debugger.wait_forever():
             emit(announce.format_outcome(announce.AttachOutcome(True, os.getpid(), 0)))
 
     def wait() -> bool:
         attached = False
         if deadline:
-            debugger.debugpy.wait_for_client = real_wait  # wait_until waits for real
-            try:
-                attached = debugger.wait_until(deadline)
-            finally:
-                debugger.absorb_script_calls((address.host, gate_handle.port))
+            attached = debugger.wait_until(deadline)
             emit(announce.guide_line_after_wait(attached))
             emit(announce.format_outcome(announce.AttachOutcome(attached, os.getpid(), 0)))
         if not attached:

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from aml_debug_magics.errors import DebugInputError
+from aml_debug_magics.failures import first_line
 from aml_debug_magics.records import ExternalInput, StepSpec
 
 PROGRESS_EVERY = 1.0  # seconds between two progress lines of a download
-DOWNLOADABLE = {"DataReference", "FileDataset", "TabularDataset", "DataPath parameter", "DataPath"}
 
 
 def cache_root() -> Path:
@@ -60,7 +60,7 @@ def local_paths(
     was named or a ``config.json`` is where ``Workspace.from_config()`` looks."""
     stand_ins = parse_stand_ins(input_options, base)
     missing = any(
-        d.name not in stand_ins and d.kind in DOWNLOADABLE for s in specs for d in s.external
+        d.name not in stand_ins and d.downloadable for s in specs for d in s.external
     )
     found = None
     if missing and (workspace_named or _config_json_near(base)):
@@ -101,7 +101,7 @@ def resolve(
     for name, (step, data) in readers.items():
         if name in stand_ins:
             paths[name] = _as_mode(data, stand_ins[name])
-        elif data.kind not in DOWNLOADABLE:  # an SDK v2 input: its copy is the user's to give
+        elif not data.downloadable:  # an SDK v2 input: its copy is the user's to give
             raise DebugInputError(
                 f"step {step!r} reads the {data.kind} {name!r} ({data.points_to}), which is not "
                 f"on this machine: add --input {name}=PATH with a local copy"
@@ -164,10 +164,9 @@ def fetch(
         seen = workspace.download(data, folder)
     except Exception as error:
         shutil.rmtree(folder, ignore_errors=True)
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DebugInputError(
-            f"cannot download {data.name!r} ({data.points_to}): {first}; or give a local copy "
-            f"with --input {data.name}=PATH"
+            f"cannot download {data.name!r} ({data.points_to}): {first_line(error)}; or give a "
+            f"local copy with --input {data.name}=PATH"
         ) from None
     finally:
         done.set()

@@ -156,11 +156,6 @@ def read_steps(
     return dependency_order(specs, after)
 
 
-def external_inputs(specs: Sequence[StepSpec]) -> dict[str, ExternalInput]:
-    """Every external input the steps read, by the name ``--input NAME=PATH`` uses."""
-    return {data.name: data for spec in specs for data in spec.external}
-
-
 def _submitted_spec(sdk_object: Any, debug: bool, base_directory: Path) -> StepSpec:
     script = getattr(sdk_object, "_script_name", None) or getattr(sdk_object, "script", None)
     folder = getattr(sdk_object, "_source_directory", None) or getattr(

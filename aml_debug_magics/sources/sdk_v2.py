@@ -193,7 +193,7 @@ def _input_value(
         return ExternalInput(
             name=port, kind=f"{getattr(value, 'type', 'uri')} input",
             points_to=path or "no path", mode=str(getattr(value, "mode", None) or "mount"),
-            source=value,
+            source=value, downloadable=False,
         )
     if value is None:
         raise DebugInputError(f"node {name!r}: input {port!r} has no value")

@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aml_debug_magics.errors import DebugInputError
-from aml_debug_magics.failures import user_error
+from aml_debug_magics.failures import first_line, user_error
 from aml_debug_magics.logs import RunLogs
 from aml_debug_magics.node.announce import Announcement, AttachOutcome
 from aml_debug_magics.records import Status
-from aml_debug_magics.redaction import redact
 from aml_debug_magics.targets.environment import (
     BOOTSTRAP,
     DEBUGPY_REQUIREMENT,
@@ -220,7 +219,7 @@ def find_workspace(user_ns: dict[str, Any], variable: str | None) -> SdkWorkspac
     except Exception as error:
         raise DebugInputError(
             "no Azure ML workspace: pass --workspace VARIABLE or put a config.json next to the "
-            f"notebook ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+            f"notebook ({first_line(error)})"
         ) from None
 
 
@@ -328,7 +327,7 @@ class AzureMLTarget:
                     what = [s.sdk_object for s in specs] if is_pipeline else specs[0].sdk_object
                     self.run = self.workspace.submit(self.experiment, what)
         except Exception as error:  # the submit failed: say why, in one line, without secrets
-            message = redact(str(error).splitlines()[0] if str(error) else type(error).__name__)
+            message = first_line(error)
             for spec in specs:
                 events.step_status(spec.name, Status.FAILED, f"submit failed: {message}")
             events.target_done(failed=True)
@@ -357,8 +356,9 @@ class AzureMLTarget:
                     return
             except Exception as error:
                 failures += 1
-                first = redact(str(error).splitlines()[0] if str(error) else "")
-                problem = f"{type(error).__name__}: {first}" if first else type(error).__name__
+                problem = first_line(error)
+                if problem != type(error).__name__:
+                    problem = f"{type(error).__name__}: {problem}"
                 if failures >= FAILURES_TOLD:
                     events.target_note(
                         f"{note}; not following the run: {failures} failures in a row, the last "

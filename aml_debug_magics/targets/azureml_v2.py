@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from aml_debug_magics.errors import DebugInputError
+from aml_debug_magics.failures import first_line
 from aml_debug_magics.targets.environment import (
     BOOTSTRAP,
     DEBUGPY_REQUIREMENT,
@@ -152,8 +153,7 @@ def find_ml_client(user_ns: dict[str, Any], variable: str | None) -> V2Workspace
 
         return V2Workspace(MLClient.from_config(DefaultAzureCredential()))
     except Exception as error:
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DebugInputError(
             "no Azure ML workspace: pass --workspace VARIABLE (an MLClient) or put a "
-            f"config.json next to the notebook ({first})"
+            f"config.json next to the notebook ({first_line(error)})"
         ) from None

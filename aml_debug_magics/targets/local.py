@@ -45,7 +45,6 @@ class LocalProcess:
         *,
         cwd: str | os.PathLike[str] | None = None,
         timeout: float = 300.0,
-        port: int = 0,
         on_timeout: str = "continue",
         just_my_code: bool = True,
         connect: str | None = None,
@@ -55,13 +54,13 @@ class LocalProcess:
         python: str = sys.executable,
         node_files: Path | None = None,
         launcher: Sequence[str] = (),
-        listen: str | None = None,
+        listen: str = "127.0.0.1:0",
         allow: str = "any",
         reattach_window: float | None = None,
         on_line: Callable[[str], None] | None = None,
         on_news: Callable[[Announcement | AttachOutcome], None] | None = None,
     ) -> None:
-        where = ["--connect", connect] if connect else ["--listen", listen or f"127.0.0.1:{port}"]
+        where = ["--connect", connect] if connect else ["--listen", listen]
         # node_files: a folder holding only the shipped files, run as a node without this
         # package runs them (PYTHONPATH left alone)
         entry = [str(node_files / "aml_debug_bootstrap.py")] if node_files else [
@@ -253,7 +252,7 @@ class LocalPipelineTarget:
             arguments,
             cwd=step.source_directory,
             timeout=self.request.timeout,
-            port=self.request.port,
+            listen=f"127.0.0.1:{self.request.port}",
             connect=self.request.connect,
             ranks=self.request.ranks,
             just_my_code=self.request.just_my_code,
