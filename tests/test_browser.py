@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, need_python_script_step, port_refuses, wait_for
 from dap_client import DapClient
-from servers import listening_line
+from servers import listening_line, tail
 
 CHROMIUM = "/usr/bin/chromium"
 TUTORIAL = "1_debug_a_pipeline_step_locally.ipynb"
@@ -58,10 +58,11 @@ def lab(tmp_path_factory):
         cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )
-    found = listening_line(server, r"http://127\.0\.0\.1:(\d+)/", "JupyterLab")
+    log = root / "server.log"
+    found = listening_line(server, r"http://127\.0\.0\.1:(\d+)/", "JupyterLab", keep=log)
     port = int(found.group(1))
     try:
-        yield {"port": port, "token": token, "root": root}
+        yield {"port": port, "token": token, "root": root, "log": log}
     finally:
         os.killpg(server.pid, 15)
         server.wait(30)
@@ -80,20 +81,72 @@ def browser(lab):
         launched.close()
 
 
-KERNEL_IDLE = """() => {
-    const widget = window.jupyterapp.shell.currentWidget;
-    const kernel = widget && widget.sessionContext && widget.sessionContext.session
-        && widget.sessionContext.session.kernel;
-    return kernel && kernel.status === 'idle';
+NOTEBOOK_OPEN = """() => {
+    const widget = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+    return Boolean(widget && widget.sessionContext);
+}"""
+
+# The kernel answers on the shell channel and its status arrives on iopub. Now and then the
+# page's connection gets the reply but no status message (the kernel idle, the page "unknown",
+# as JupyterLab shows it): a user then chooses Kernel > Reconnect, and so does the test.
+KERNEL_LIVE = """async ({total, quiet}) => {
+    const sleep = ms => new Promise(resolve => setTimeout(resolve, ms));
+    const context = window.jupyterapp.shell.currentWidget.sessionContext;
+    const deadline = Date.now() + total;
+    const answered = (async () => {
+        await context.ready;
+        await context.session.kernel.info;
+        return true;
+    })();
+    let reconnects = 0;
+    let silentSince = Date.now();
+    while (Date.now() < deadline) {
+        const kernel = context.session && context.session.kernel;
+        const state = {status: kernel ? kernel.status : null,
+                       connection: kernel ? kernel.connectionStatus : null, reconnects};
+        if (kernel && state.connection === 'connected' && state.status === 'idle'
+                && await Promise.race([answered, sleep(0).then(() => false)])) {
+            return {...state, live: true};
+        }
+        if (!(kernel && state.connection === 'connected' && state.status === 'unknown')) {
+            silentSince = Date.now();
+        } else if (Date.now() - silentSince > quiet) {
+            reconnects += 1;
+            silentSince = Date.now();
+            await kernel.reconnect();
+        }
+        await sleep(250);
+    }
+    const kernel = context.session && context.session.kernel;
+    return {status: kernel ? kernel.status : null,
+            connection: kernel ? kernel.connectionStatus : null, reconnects, live: false};
+}"""
+
+# Run All has begun: a code cell has its execution count or waits for one ("[*]").
+RUNNING = """() => {
+    const notebook = window.jupyterapp.shell.currentWidget.content;
+    return notebook.widgets.some(cell => cell.model.type === 'code'
+        && (cell.model.executionCount !== null || cell.model.executionState === 'running'
+            || cell.promptNode && cell.promptNode.textContent.includes('*')));
 }"""
 
 
-def run_all(page, url: str) -> None:
+def run_all(page, lab, url: str) -> None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     page.goto(url, timeout=FIRST_START)
-    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell",
-                           timeout=FIRST_START)
-    page.wait_for_function(KERNEL_IDLE, timeout=FIRST_START)
-    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    page.wait_for_function(NOTEBOOK_OPEN, timeout=FIRST_START)
+    kernel = page.evaluate(KERNEL_LIVE, {"total": FIRST_START, "quiet": 20_000})
+    assert kernel["live"], f"the notebook's kernel never became idle: {kernel}\n{tail(lab['log'])}"
+    page.evaluate("""() => {
+        const shell = window.jupyterapp.shell;
+        shell.activateById(shell.currentWidget.id);  // as a click into the notebook does
+        window.jupyterapp.commands.execute('notebook:run-all-cells');
+    }""")
+    try:
+        page.wait_for_function(RUNNING, timeout=60_000)
+    except PlaywrightTimeout:
+        pytest.fail(f"Run All did not start the notebook's cells\n{tail(lab['log'])}")
 
 
 def train_row(page):
@@ -165,7 +218,7 @@ def notebook(browser, lab, host: str, path: str):
                                   viewport={"width": 1400, "height": 1000})
     try:
         page = context.new_page()
-        run_all(page, f"http://{host}:{lab['port']}/{path}?token={lab['token']}")
+        run_all(page, lab, f"http://{host}:{lab['port']}/{path}?token={lab['token']}")
         yield page
     finally:
         context.close()
