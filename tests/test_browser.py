@@ -81,72 +81,19 @@ def browser(lab):
         launched.close()
 
 
-NOTEBOOK_OPEN = """() => {
+KERNEL_STATE = """() => {
     const widget = window.jupyterapp && window.jupyterapp.shell.currentWidget;
-    return Boolean(widget && widget.sessionContext);
-}"""
-
-# The kernel answers on the shell channel and its status arrives on iopub. Now and then the
-# page's connection gets the reply but no status message (the kernel idle, the page "unknown",
-# as JupyterLab shows it): a user then chooses Kernel > Reconnect, and so does the test.
-KERNEL_LIVE = """async ({total, quiet}) => {
-    const sleep = ms => new Promise(resolve => setTimeout(resolve, ms));
-    const context = window.jupyterapp.shell.currentWidget.sessionContext;
-    const deadline = Date.now() + total;
-    const answered = (async () => {
-        await context.ready;
-        await context.session.kernel.info;
-        return true;
-    })();
-    let reconnects = 0;
-    let silentSince = Date.now();
-    while (Date.now() < deadline) {
-        const kernel = context.session && context.session.kernel;
-        const state = {status: kernel ? kernel.status : null,
-                       connection: kernel ? kernel.connectionStatus : null, reconnects};
-        if (kernel && state.connection === 'connected' && state.status === 'idle'
-                && await Promise.race([answered, sleep(0).then(() => false)])) {
-            return {...state, live: true};
-        }
-        if (!(kernel && state.connection === 'connected' && state.status === 'unknown')) {
-            silentSince = Date.now();
-        } else if (Date.now() - silentSince > quiet) {
-            reconnects += 1;
-            silentSince = Date.now();
-            await kernel.reconnect();
-        }
-        await sleep(250);
-    }
-    const kernel = context.session && context.session.kernel;
+    const kernel = widget && widget.sessionContext && widget.sessionContext.session
+        && widget.sessionContext.session.kernel;
     return {status: kernel ? kernel.status : null,
-            connection: kernel ? kernel.connectionStatus : null, reconnects, live: false};
-}"""
-
-# Run All has begun: a code cell has its execution count or waits for one ("[*]").
-RUNNING = """() => {
-    const notebook = window.jupyterapp.shell.currentWidget.content;
-    return notebook.widgets.some(cell => cell.model.type === 'code'
-        && (cell.model.executionCount !== null || cell.model.executionState === 'running'
-            || cell.promptNode && cell.promptNode.textContent.includes('*')));
+            connection: kernel ? kernel.connectionStatus : null};
 }"""
 
 
-def run_all(page, lab, url: str) -> None:
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
+def run_all(page, url: str) -> None:
     page.goto(url, timeout=FIRST_START)
-    page.wait_for_function(NOTEBOOK_OPEN, timeout=FIRST_START)
-    kernel = page.evaluate(KERNEL_LIVE, {"total": FIRST_START, "quiet": 20_000})
-    assert kernel["live"], f"the notebook's kernel never became idle: {kernel}\n{tail(lab['log'])}"
-    page.evaluate("""() => {
-        const shell = window.jupyterapp.shell;
-        shell.activateById(shell.currentWidget.id);  // as a click into the notebook does
-        window.jupyterapp.commands.execute('notebook:run-all-cells');
-    }""")
-    try:
-        page.wait_for_function(RUNNING, timeout=60_000)
-    except PlaywrightTimeout:
-        pytest.fail(f"Run All did not start the notebook's cells\n{tail(lab['log'])}")
+    page.wait_for_function(f"() => ({KERNEL_STATE})().status === 'idle'", timeout=FIRST_START)
+    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
 
 
 def train_row(page):
@@ -213,13 +160,23 @@ def stop(page, row) -> None:
 
 @contextmanager
 def notebook(browser, lab, host: str, path: str):
-    """A fresh browser context on the notebook at ``path``, with all its cells run."""
+    """A fresh browser context on the notebook at ``path``, with all its cells run. A wait that
+    runs out says where the kernel was and ends with the JupyterLab server's last lines."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     context = browser.new_context(permissions=["clipboard-read", "clipboard-write"],
                                   viewport={"width": 1400, "height": 1000})
     try:
         page = context.new_page()
-        run_all(page, lab, f"http://{host}:{lab['port']}/{path}?token={lab['token']}")
+        run_all(page, f"http://{host}:{lab['port']}/{path}?token={lab['token']}")
         yield page
+    except PlaywrightTimeout as error:
+        try:
+            kernel = page.evaluate(KERNEL_STATE)
+        except Exception as unreadable:  # a page that no longer answers
+            kernel = f"unreadable: {unreadable}"
+        raise AssertionError(f"{str(error).splitlines()[0]}\nkernel: {kernel}\n"
+                             f"JupyterLab's last lines:\n{tail(lab['log'])}") from error
     finally:
         context.close()
 
