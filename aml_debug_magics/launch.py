@@ -11,13 +11,15 @@ import codecs
 import contextlib
 import fcntl
 import json
+import ntpath
 import os
+import posixpath
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from aml_debug_magics.node.announce import Announcement
@@ -33,15 +35,19 @@ def attach_config(
     announcement: Announcement,
     local_root: str | os.PathLike[str],
     *,
+    script_in_root: str | None = None,
     name: str | None = None,
     host: str | None = None,
     just_my_code: bool | None = None,
 ) -> dict[str, Any]:
     """The launch.json configuration that attaches VS Code to the announced process.
 
-    >>> a = Announcement(addresses=("10.0.0.4",), port=5678, script="/mnt/code/train.py")
-    >>> attach_config(a, "/home/me/src")["connect"]
+    >>> a = Announcement(addresses=("10.0.0.4",), port=5678, script="/mnt/code/steps/train.py")
+    >>> attach_config(a, "/home/me/src", script_in_root="steps/train.py")["connect"]
     {'host': '10.0.0.4', 'port': 5678}
+
+    ``local_root`` is the user's source folder and ``script_in_root`` the script's path in it
+    (see :func:`path_mapping`).
 
     ``host`` overrides the address (an SSH tunnel's ``localhost``, a container's published port).
     A listen-mode announcement gives ``connect``; a connect-mode one gives ``listen``, since there
@@ -61,11 +67,40 @@ def attach_config(
         endpoint: {"host": target_host, "port": announcement.port},
         "justMyCode": announcement.just_my_code if just_my_code is None else just_my_code,
     }
-    if announcement.remote_root:
-        config["pathMappings"] = [
-            {"localRoot": str(Path(local_root).resolve()), "remoteRoot": announcement.remote_root}
-        ]
+    mapping = path_mapping(announcement, Path(local_root).resolve(), script_in_root)
+    if mapping is not None:
+        config["pathMappings"] = [{"localRoot": str(mapping[0]), "remoteRoot": mapping[1]}]
     return config
+
+
+def path_mapping(
+    announcement: Announcement, local_root: Path, script_in_root: str | None = None
+) -> tuple[Path, str] | None:
+    """The local folder and the node's folder that hold the same files, so a breakpoint set in
+    ``local_root/steps/train.py`` reaches ``<snapshot>/steps/train.py`` whatever the depth.
+
+    In order: the source root the node was told (a command that changes folder first); the
+    announced script with ``script_in_root`` taken off its end (the snapshot's root: what Azure
+    ML runs a step from); else the two scripts' own folders.
+
+    >>> a = Announcement(("10.0.0.4",), 5678, script="/mnt/snap/steps/train.py")
+    >>> path_mapping(a, Path("/home/me/src"), "steps/train.py")
+    (PosixPath('/home/me/src'), '/mnt/snap')
+    """
+    script = announcement.script
+    if not script:
+        return None if announcement.cwd is None else (local_root, announcement.cwd)
+    paths = ntpath if "\\" in script else posixpath
+    script = paths.normpath(script)
+    if announcement.source_root:
+        root = paths.normpath(announcement.source_root)
+        if script.startswith(root.rstrip(paths.sep) + paths.sep):
+            return local_root, root
+    inside = PurePosixPath(script_in_root or PurePosixPath(script.replace("\\", "/")).name).parts
+    remote_parts = script.split(paths.sep)
+    if tuple(remote_parts[-len(inside):]) == inside and len(remote_parts) > len(inside):
+        return local_root, paths.sep.join(remote_parts[:-len(inside)]) or paths.sep
+    return local_root.joinpath(*inside[:-1]), paths.dirname(script)
 
 
 def default_name(announcement: Announcement) -> str:

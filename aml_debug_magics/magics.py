@@ -251,7 +251,8 @@ class AmlDebugMagics(Magics):
             models=args.model, base=Path.cwd(),
         )
         script = deployment.entry_script
-        spec = StepSpec(script.stem, deployment.source_dir, script.name)
+        spec = StepSpec(script.stem, deployment.source_dir,
+                        script.relative_to(deployment.source_dir).as_posix())
         args.connect, args.ranks, args.write_launch_json, args.experiment = None, "0", False, None
         args.target = target
         self._open("deploy", f"%aml_debug_deploy {script.name}", [spec], args,

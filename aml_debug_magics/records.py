@@ -36,6 +36,35 @@ class ExternalInput:
 Argument = str | DataFolder | ExternalInput
 
 
+@dataclass(frozen=True)
+class ShellCommand:
+    """An SDK v2 node's ``command`` as Azure ML runs it: through a shell, in the code folder.
+
+    ``text`` is the command as written (``cd src && python train.py --out ${{outputs.model}}``).
+    ``interpreter`` is the span in ``text`` of the interpreter word (``python``, ``python3``) of
+    the one Python invocation that runs under the debugger, or None when nothing in the line is
+    debugged (the line then runs as written). A target wraps that invocation only, by putting the
+    bootstrap and its options right after the interpreter word; the rest of the line is left as
+    it is. ``placeholders`` maps each ``${{...}}`` as written in ``text`` to what it stands for,
+    for a target that runs the line itself (the local target quotes each value for the shell).
+    """
+
+    text: str
+    interpreter: tuple[int, int] | None = None
+    placeholders: dict[str, Argument] = field(default_factory=dict, compare=False, hash=False)
+
+    def wrapped(self, insertion: str) -> str:
+        """``text`` with ``insertion`` (already shell-quoted) after the debugged interpreter word.
+
+        >>> ShellCommand("cd src && python train.py", (10, 16)).wrapped("boot.py --")
+        'cd src && python boot.py -- train.py'
+        """
+        if self.interpreter is None:
+            return self.text
+        end = self.interpreter[1]
+        return f"{self.text[:end]} {insertion}{self.text[end:]}"
+
+
 @dataclass
 class StepSpec:
     """One script to run: where, with which arguments and environment, and whether to debug it."""
@@ -50,6 +79,7 @@ class StepSpec:
     external: list[ExternalInput] = field(default_factory=list)
     debug: bool = True
     sdk_object: Any = None  # the user's step or ScriptRunConfig, for targets that submit it
+    command: ShellCommand | None = None  # SDK v2: the line the node runs, through a shell
 
     @property
     def script(self) -> Path:

@@ -35,8 +35,9 @@ class StepRow:
 
     step: str
     debugged: bool
-    local_root: Path
+    local_root: Path  # the step's source folder (SDK v2: its code folder)
     rank: int = 0
+    script_in_root: str = ""  # the script's path in local_root, like steps/train.py
     status: Status = Status.QUEUED
     announcement: Announcement | None = None
     attached: bool = False
@@ -79,7 +80,9 @@ class StepRow:
             return None
         from aml_debug_magics.launch import attach_config
 
-        return attach_config(self.announcement, self.local_root)
+        return attach_config(
+            self.announcement, self.local_root, script_in_root=self.script_in_root or None
+        )
 
 
 class Target(Protocol):
@@ -113,7 +116,8 @@ class DebugSession:
         self.title = request.title
         self.clock = clock
         self.rows: list[StepRow] = [
-            StepRow(step=s.name, debugged=s.debug, local_root=s.source_directory)
+            StepRow(step=s.name, debugged=s.debug, local_root=s.source_directory,
+                    script_in_root=s.script_name)
             for s in request.steps
         ]
         self.state = "starting"
@@ -182,7 +186,8 @@ class DebugSession:
                 if row.step == step and row.rank == rank:
                     return row
             first = next(r for r in self.rows if r.step == step)
-            row = StepRow(step, first.debugged, first.local_root, rank=rank)
+            row = StepRow(step, first.debugged, first.local_root, rank=rank,
+                          script_in_root=first.script_in_root)
             self.rows.insert(self.rows.index(first) + rank, row)
             return row
 

@@ -15,7 +15,7 @@ from aml_debug_magics.node.announce import (
 
 NODE = Announcement(addresses=("10.0.0.4", "10.0.1.4"), port=5679, attach_deadline=1800000000.5,
                     pid=42, rank=1, local_rank=1, script="/mnt/wd/train.py", cwd="/mnt/wd",
-                    hostname="node-1", just_my_code=False)
+                    hostname="node-1", just_my_code=False, source_root="/mnt/wd")
 
 
 def test_our_lines_round_trip():
@@ -29,13 +29,6 @@ def test_other_lines_and_other_versions_are_ignored():
     assert parse_line(format_announcement(NODE).replace(" v1 ", " v2 ")) is None
     assert parse_line('AML_DEBUG v1 announce {"port": 1}') is None  # no addresses
     assert parse_line("AML_DEBUG v1 announce {not json}") is None
-
-
-def test_remote_root_is_the_scripts_folder():
-    assert NODE.remote_root == "/mnt/wd"
-    windows = Announcement(("10.0.0.4",), 5678, script="C:\\work\\train.py")
-    assert windows.remote_root == "C:\\work"
-    assert Announcement(("h",), 1, cwd="/only/cwd").remote_root == "/only/cwd"
 
 
 def test_the_guides_lines_make_an_announcement_with_a_deadline():

@@ -50,6 +50,7 @@ def docker_commands(
     environment = {
         "AZUREML_ENTRY_SCRIPT": f"{TOOLS}/aml_debug_entry.py",
         "AML_DEBUG_USER_SCRIPT": f"{APP_ROOT}/{script}",
+        "AML_DEBUG_SOURCE_ROOT": APP_ROOT,
         "AML_DEBUG_LISTEN": f"0.0.0.0:{DEBUG_PORT_IN_IMAGE}",
         "AML_DEBUG_TIMEOUT": f"{request.timeout:g}",
         "AML_DEBUG_WAIT_IN_INIT": "1" if deployment.wait_in_init else "0",

@@ -59,6 +59,7 @@ def server_environment(
         "SCORING_TIMEOUT_MS": str(DEBUGGING_TIMEOUT_S * 1000),
         "WORKER_TIMEOUT": str(DEBUGGING_TIMEOUT_S),
         "AML_APP_ROOT": str(deployment.source_dir),
+        "AML_DEBUG_SOURCE_ROOT": str(deployment.source_dir),
     }
     if model_dir is not None:
         environment["AZUREML_MODEL_DIR"] = str(model_dir)

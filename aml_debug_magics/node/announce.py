@@ -22,8 +22,6 @@ Two dialects are understood:
 from __future__ import annotations
 
 import json
-import ntpath
-import posixpath
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -58,15 +56,9 @@ class Announcement:
     cwd: str | None = None
     hostname: str | None = None
     just_my_code: bool = True
+    # the folder the job's code was placed in (snapshot, code folder), when the node was told
+    source_root: str | None = None
     source: str = "aml_debug"  # or "guide": read from the guide's human lines
-
-    @property
-    def remote_root(self) -> str | None:
-        """The folder on the node that holds the script: the attach config's ``remoteRoot``."""
-        if not self.script:
-            return self.cwd
-        paths = ntpath if "\\" in self.script else posixpath
-        return paths.dirname(self.script) or self.cwd
 
     def seconds_left(self, now: float) -> float | None:
         if self.attach_deadline is None:
@@ -169,6 +161,7 @@ def parse_line(line: str) -> Announcement | AttachOutcome | PortClosed | None:
             cwd=body.get("cwd"),
             hostname=body.get("hostname"),
             just_my_code=bool(body.get("just_my_code", True)),
+            source_root=body.get("source_root"),
         )
     except (KeyError, TypeError, ValueError):
         return None

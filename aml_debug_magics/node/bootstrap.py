@@ -2,7 +2,8 @@
 
     python -m aml_debug_magics.node.bootstrap [--listen HOST:PORT | --connect HOST:PORT]
         [--timeout SECONDS] [--on-timeout continue|exit] [--ranks 0|all|0,2]
-        [--just-my-code | --no-just-my-code] -- SCRIPT [ARGS...]
+        [--just-my-code | --no-just-my-code] [--source-root DIR] -- SCRIPT [ARGS...]
+                                                                   (or -- -m MODULE [ARGS...])
 
 This file runs ON THE NODE: on Azure ML it travels in the run's snapshot as
 ``aml_debug_bootstrap.py`` beside ``aml_debug_announce.py`` and ``aml_debug_gate.py``, where this
@@ -27,6 +28,7 @@ import importlib.machinery
 import io
 import ipaddress
 import os
+import runpy
 import signal
 import socket
 import struct
@@ -52,6 +54,7 @@ SHIPPED_NAMES = {  # file in aml_debug_magics/node/ -> its name in a run's snaps
 }
 ENTRY_SHIPPED_NAMES = {"entry.py": "aml_debug_entry.py"}  # a scoring image's entry script too
 DEFAULT_PORT = 5678
+SOURCE_ROOT_VARIABLE = "AML_DEBUG_SOURCE_ROOT"  # set by a command that changes folder first
 DEFAULT_TIMEOUT = 300.0
 MAX_TIMEOUT = 24 * 3600.0
 EXIT_USAGE = 2
@@ -108,10 +111,12 @@ class Options:
     on_timeout: str
     ranks: RankChoice
     just_my_code: bool
-    script: str
+    script: str  # a file, or with ``module`` a module name (``-m pkg.train``)
     script_args: list[str]
     allow: str = "any"  # who may attach: any, or addresses and networks (checked by the gate)
     reattach_window: float = gate.DEFAULT_REATTACH_WINDOW
+    source_root: str = ""  # the folder the job's code was placed in (absolute)
+    module: bool = False
 
 
 def parse_address(text: str, flag: str) -> Address:
@@ -213,7 +218,16 @@ def _build_parser() -> argparse.ArgumentParser:
         help="after the debugger leaves, how long the port takes a new one before it closes "
         f"for good (default {gate.DEFAULT_REATTACH_WINDOW:g}; 0: at once)",
     )
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- SCRIPT [ARGS...]")
+    parser.add_argument(
+        "--source-root",
+        default=os.environ.get(SOURCE_ROOT_VARIABLE) or None,
+        metavar="DIR",
+        help="the folder the job's code was placed in, for the attach config's path mapping, "
+        f"when the command changed folder before starting python (default ${SOURCE_ROOT_VARIABLE})",
+    )
+    parser.add_argument(
+        "command", nargs=argparse.REMAINDER, help="-- SCRIPT [ARGS...] or -- -m MODULE [ARGS...]"
+    )
     return parser
 
 
@@ -246,8 +260,15 @@ def parse_options(argv: list[str]) -> Options:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise UsageError("no script given: put it after --, like -- train.py --epochs 3")
+    module = command[0] == "-m"
+    if module:
+        command = command[1:]
+        if not command:
+            raise UsageError("-m needs a module name, like -- -m pkg.train --epochs 3")
+        if module_file(command[0]) is None:
+            raise UsageError(f"module not found: {command[0]} (working directory {os.getcwd()})")
     script, script_args = command[0], command[1:]
-    if not os.path.isfile(script):
+    if not module and not os.path.isfile(script):
         raise UsageError(f"script not found: {script} (working directory {os.getcwd()})")
     check_limits(args.timeout, args.ranks, args.allow, args.reattach_window)
     if args.connect:
@@ -268,7 +289,21 @@ def parse_options(argv: list[str]) -> Options:
         script_args=script_args,
         allow=args.allow,
         reattach_window=args.reattach_window,
+        source_root=os.path.abspath(args.source_root) if args.source_root else "",
+        module=module,
     )
+
+
+def module_file(name: str) -> str | None:
+    """The file ``python -m name`` would run, found without importing anything of the user's
+    (a package's ``__init__`` must not run before the debugger waits); None if there is none."""
+    parts = name.split(".")
+    for folder in [os.getcwd(), *sys.path[1:]]:
+        base = os.path.join(folder or os.getcwd(), *parts)
+        for candidate in (base + ".py", os.path.join(base, "__main__.py")):
+            if os.path.isfile(candidate):
+                return candidate
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -612,17 +647,29 @@ def _execute_as_main(path: str) -> None:
     exec(code, main.__dict__)
 
 
-def run_script(script: str, args: list[str], debugger: Debugger | None = None) -> int:
+def _script_path(options: Options) -> str:
+    if options.module:
+        return os.path.abspath(module_file(options.script) or options.script)
+    return os.path.abspath(options.script)
+
+
+def run_script(
+    script: str, args: list[str], debugger: Debugger | None = None, *, module: bool = False
+) -> int:
     """Run ``script`` as ``__main__`` with ``sys.argv = [script, *args]``; return its exit status.
+    With ``module``, run the module named ``script`` as ``python -m script args`` would.
 
     ``SystemExit`` passes through untouched. An uncaught exception goes to ``sys.excepthook``
     with a traceback that starts in the user's script, as under plain python, and gives 1.
     """
-    path = os.path.abspath(script)
+    path = os.path.abspath(module_file(script) or script) if module else os.path.abspath(script)
     sys.argv = [script, *args]
-    sys.path[0] = os.path.dirname(path)
+    sys.path[0] = os.getcwd() if module else os.path.dirname(path)
     try:
-        _execute_as_main(path)
+        if module:  # what python -m runs: __main__ stays, sys.argv[0] becomes the file
+            runpy._run_module_as_main(script, alter_argv=True)  # type: ignore[attr-defined]
+        else:
+            _execute_as_main(path)
     except SystemExit:
         raise
     except BaseException as error:
@@ -725,10 +772,11 @@ def debug_and_run(options: Options, rank: Rank) -> int:
                 pid=os.getpid(),
                 rank=rank.rank or 0,
                 local_rank=rank.local_rank,
-                script=os.path.abspath(options.script),
+                script=_script_path(options),
                 cwd=os.getcwd(),
                 hostname=socket.gethostname(),
                 just_my_code=options.just_my_code,
+                source_root=options.source_root or None,
             ),
             options.timeout,
         )
@@ -746,7 +794,7 @@ def debug_and_run(options: Options, rank: Rank) -> int:
             if options.on_timeout == "exit":
                 return EXIT_NOT_ATTACHED
         debugger.absorb_script_calls((addresses[0], port))
-        return run_script(options.script, options.script_args, debugger)
+        return run_script(options.script, options.script_args, debugger, module=options.module)
     finally:
         if gate_handle is not None:
             gate_handle.release()
@@ -756,7 +804,8 @@ _GATES_OF_THIS_PROCESS: list[GateHandle] = []
 
 
 def debug_in_this_process(
-    listen: str, script: str, timeout: float | None, *, just_my_code: bool = True
+    listen: str, script: str, timeout: float | None, *, just_my_code: bool = True,
+    source_root: str | None = None,
 ) -> Callable[[], bool]:
     """Start debugpy in this process behind the gate and announce it, for code the bootstrap
     does not run itself (a scoring script inside the inference server's worker).
@@ -783,6 +832,7 @@ def debug_in_this_process(
             cwd=os.getcwd(),
             hostname=socket.gethostname(),
             just_my_code=just_my_code,
+            source_root=os.path.abspath(source_root) if source_root else None,
         ),
         timeout or 0,
     )
@@ -817,7 +867,7 @@ def main(argv: list[str] | None = None) -> int:
         rank = detect_rank(dict(os.environ))
         if not options.ranks.includes(rank.rank):
             say(f"rank {rank.rank} runs without the debugger (--ranks {options.ranks})")
-            return run_script(options.script, options.script_args)
+            return run_script(options.script, options.script_args, module=options.module)
         return debug_and_run(options, rank)
     except UsageError as error:
         print(f"aml-debug: error: {error}", file=sys.stderr, flush=True)

@@ -28,6 +28,9 @@ if _listen:
         _script,
         float(os.environ.get("AML_DEBUG_TIMEOUT", "300")) if _wait_in_init else None,
         just_my_code=os.environ.get("AML_DEBUG_JUST_MY_CODE", "1") == "1",
+        # the folder the scoring code sits in, for the path mapping: the app root in an image
+        source_root=os.environ.get(bootstrap.SOURCE_ROOT_VARIABLE)
+        or os.environ.get("AML_APP_ROOT") or _here,
     )
 sys.path.insert(0, os.path.dirname(_script))
 _spec = importlib.util.spec_from_file_location("score", _script)
