@@ -161,19 +161,28 @@ class AmlDebugMagics(Magics):
 
     @magic_arguments()
     @argument("job", nargs="?", help="a variable holding an SDK v2 command(...) job, or a "
-              "PipelineJob from a @dsl.pipeline function")
+              "PipelineJob (from a @dsl.pipeline function or load_job of a pipeline YAML)")
     @argument("--node", action="append", metavar="NAME", help="a pipeline node to debug, by "
-              "its variable's name in the pipeline function (repeat for more; default: every "
-              "command node); the others run without a debugger")
+              "its name in the pipeline (its variable's in a pipeline function, its key under "
+              "jobs: in YAML; OUTER.INNER inside a nested pipeline); repeat for more; default: "
+              "every command node that starts Python; the others run as written")
+    @argument("--call", action="append", default=[], metavar="NODE=N", help="which Python "
+              "command of a node's command line waits for the debugger, counted from 1 (default "
+              "1: the first, e.g. in `python prep.py && python train.py`); the rest of the line "
+              "runs as written")
     @session_options
     @line_magic
     @one_line_errors
     def aml_debug_job(self, line: str) -> None:
         """Run an Azure ML SDK v2 job's command nodes with a debugger waiting in the chosen ones.
 
-        On the local target each node runs here in its code folder, its command's
-        ${{inputs.X}} and ${{outputs.Y}} resolved (outputs become local folders handed to the
-        nodes that read them), in dependency order.
+        On the local target each node's command runs here as Azure ML runs it: through bash, in
+        its code folder (read from the folder of the YAML that declares it), its ${{inputs.X}}
+        and ${{outputs.Y}} replaced (outputs become local folders handed to the nodes that read
+        them), python meaning this kernel's interpreter, in dependency order. In a debugged node
+        only one Python command is wrapped by the debugger (--call NODE=N picks which); a node
+        that starts no Python runs as written. --input NODE.NAME=PATH gives one node's input
+        its own local copy where several nodes read inputs of the same name.
 
         Example: %aml_debug_job pipeline_job --node train --timeout 300
         """
@@ -185,10 +194,12 @@ class AmlDebugMagics(Magics):
         if not args.job:
             raise DebugInputError("give the job: %aml_debug_job VARIABLE [--node NAME]")
         job = self._variable(args.job)
-        nodes = sdk_v2.nodes_of(job, args.job)
-        debugged = sdk_v2.pick_nodes(nodes, args.node)
         target = self._target(args)
-        specs = sdk_v2.read_job(job, args.job, debugged, base_directory=Path.cwd(), target=target)
+        notes: list[str] = []
+        specs = sdk_v2.read_job(job, args.job, args.node, base_directory=Path.cwd(),
+                                target=target, calls=args.call, notes=notes)
+        for note in notes:
+            print(note)
         submit: dict[str, Any] = {}
         if target == "azureml":  # through an MLClient, the job as a whole
             from aml_debug_magics.targets.azureml_v2 import check_environments, find_ml_client

@@ -41,12 +41,13 @@ class ShellCommand:
     """An SDK v2 node's ``command`` as Azure ML runs it: through a shell, in the code folder.
 
     ``text`` is the command as written (``cd src && python train.py --out ${{outputs.model}}``).
-    ``interpreter`` is the span in ``text`` of the interpreter word (``python``, ``python3``) of
-    the one Python invocation that runs under the debugger, or None when nothing in the line is
-    debugged (the line then runs as written). A target wraps that invocation only, by putting the
-    bootstrap and its options right after the interpreter word; the rest of the line is left as
-    it is. ``placeholders`` maps each ``${{...}}`` as written in ``text`` to what it stands for,
-    for a target that runs the line itself (the local target quotes each value for the shell).
+    ``interpreter`` is the span in ``text`` of the interpreter word (``python``, ``python3``) and
+    its own options (``-u``, ``-X dev``) of the one Python invocation that runs under the
+    debugger, or None when nothing in the line is debugged (the line then runs as written). A
+    target wraps that invocation only, by putting the bootstrap and its options right after that
+    span, before the script or ``-m``; the rest of the line is left as it is. ``placeholders``
+    maps each ``${{...}}`` as written in ``text`` to what it stands for, for a target that runs
+    the line itself (the local target quotes each value for the shell).
     """
 
     text: str

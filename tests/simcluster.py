@@ -17,6 +17,14 @@ methods (``get_status``, ``get_details`` with ``logFiles``, ``get_tags``, ``get_
   ``AZ_BATCH_IS_CURRENT_NODE_MASTER``).
 - **Order and data.** Steps run in dependency order (a step after the producers of the
   ``PipelineData`` it reads); a ``PipelineData`` is a folder both steps see.
+- **SDK v2 jobs.** Told apart by the SDK's classes: a ``PipelineJob`` runs its command nodes
+  as child runs, a command job is a run of its own. A node runs as Azure ML runs it: its
+  ``command`` under ``bash -c``, in the snapshot of its code folder, ``python`` being the
+  node's Python, each ``${{inputs.X}}`` / ``${{outputs.Y}}`` replaced by a path or a literal's
+  text (read from ``node.inputs[X]._data``: a ``NodeOutput`` is its producer's folder, a
+  ``PipelineInput`` the pipeline's value, an unbound input the component's default). As
+  ``create_or_update`` does, the job object it was given is rewritten after: code and
+  environments become ARM ids.
 - **Statuses.** NotStarted, Queued, Preparing, Running, then Completed, Failed or Canceled.
 - **Logs.** Each process's output goes, in chunks and late, to an append blob in the test's
   Azurite at Azure ML's layout (``user_logs/std_log.txt``, ``std_log_process_N.txt`` per process,
@@ -40,6 +48,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -49,6 +58,8 @@ from node_pythons import NODE_VERSIONS, find_python, node_python
 
 FLUSH_EVERY = 0.3  # seconds between two appends of a process's output to its log blob
 STAGE_PAUSE = 0.2  # seconds a run spends in each status before Running
+WORKSPACE_ID = ("azureml:/subscriptions/0/resourceGroups/rg/providers/"
+                "Microsoft.MachineLearningServices/workspaces/ws")
 
 _ids = itertools.count(1)
 
@@ -117,12 +128,14 @@ class SimCluster:
         job (what ``MLClient.jobs.create_or_update`` takes)."""
         self.submitted.append(what)
         if type(what).__module__.startswith("azure.ai.ml"):  # SDK v2
-            nodes = dict(what.jobs) if hasattr(what, "jobs") else {"job": what}
-            self.seen_nodes.append({  # as they were at the submit (the user's are restored)
+            from azure.ai.ml.entities import PipelineJob
+
+            is_pipeline = isinstance(what, PipelineJob)
+            nodes = dict(what.jobs) if is_pipeline else {what.name or "job": what}
+            self.seen_nodes.append({  # as they were at the submit
                 name: (node.command, copy.deepcopy(getattr(node.environment, "conda_file", None)))
                 for name, node in nodes.items()})
-            jobs = self._v2_jobs(what)
-            is_pipeline = hasattr(what, "jobs")
+            jobs = self._v2_jobs(what, nodes)
         else:
             steps = what if isinstance(what, list) else [what]
             jobs = [self._snapshot(step) for step in _in_dependency_order(steps)]
@@ -147,42 +160,54 @@ class SimCluster:
         snapshot = self.root / "snapshots" / f"{next(_ids)}_{folder.name or 'root'}"
         shutil.copytree(folder.resolve(), snapshot)
         arguments = getattr(step, "_arguments" if is_step else "arguments", None) or []
+        script = step._script_name if is_step else step.script
         return {
             "name": getattr(step, "name", None) or Path(step.script).stem,
             "snapshot": snapshot,
-            "script": step._script_name if is_step else step.script,
-            "arguments": [self._argument(a) for a in arguments],
+            "argv": [self.python, "-u", script, *(self._argument(a) for a in arguments)],
             "environment": _environment_of(step),
         }
 
-    def _v2_jobs(self, job: Any) -> list[dict[str, Any]]:
-        """Each command node with its ${{...}} resolved as Azure ML's runtime does: outputs
-        and node-to-node bindings as shared folders, local inputs as their (uploaded) path."""
-        nodes = dict(job.jobs) if hasattr(job, "jobs") else {job.name or "job": job}
-        given = {k: getattr(v, "_data", v) for k, v in (getattr(job, "inputs", None) or {}).items()
-                 } if hasattr(job, "jobs") else {}
+    def _v2_jobs(self, job: Any, nodes: dict[str, Any]) -> list[dict[str, Any]]:
+        """Each command node as Azure ML's runtime runs it: its code folder uploaded (the
+        snapshot), its ``command`` under ``bash -c`` in that folder, with ``${{inputs.X}}`` and
+        ``${{outputs.Y}}`` replaced, word for word, by the data's paths and the literals'
+        text; outputs, and node-to-node bindings, are folders the nodes share. Then, as
+        ``create_or_update`` does, the job given is rewritten: code and environments become
+        the ARM ids of what was uploaded and registered."""
+        from azure.ai.ml import Input
+        from azure.ai.ml.entities import Command, PipelineJob
+        from azure.ai.ml.entities._job.pipeline._io import NodeOutput, PipelineInput
 
-        def value_of(name: str, data: Any) -> str:
-            kind = type(data).__name__
-            if kind == "NodeOutput":
+        given = ({name: value._data for name, value in job.inputs.items()}
+                 if isinstance(job, PipelineJob) else {})
+        bound = re.compile(r"\$\{\{\s*parent\.(?:jobs\.(\w+)\.outputs|inputs)\.(\w+)\s*\}\}")
+
+        def value_of(data: Any, base: Path) -> str:
+            if isinstance(data, NodeOutput):
                 return self._folder(f"{data._owner.name}.{data._port_name}")
-            if kind == "PipelineInput":
-                return value_of(name, given[data._port_name])
-            if kind == "Input":
-                return str(Path(data.path).resolve())
+            if isinstance(data, PipelineInput):
+                return value_of(given[data._port_name], Path(job._base_path))
+            if isinstance(data, Input):
+                return str((base / data.path).resolve())
+            if isinstance(data, str) and bound.fullmatch(data):  # a YAML pipeline's binding
+                producer, port = bound.fullmatch(data).groups()
+                return (self._folder(f"{producer}.{port}") if producer
+                        else value_of(given[port], Path(job._base_path)))
             return str(data)
 
-        def resolved(name: str, node: Any, word: str) -> str:
-            def one(found: re.Match[str]) -> str:
-                if found[1] == "outputs":
-                    return self._folder(f"{name}.{found[2]}")
-                return value_of(name, node.inputs[found[2]]._data)
-            return re.sub(r"\$\{\{\s*(inputs|outputs)\.(\w+)\s*\}\}", one, word)
+        def placeholders(name: str, node: Any, base: Path) -> dict[str, str]:
+            found = {f"outputs.{port}": self._folder(f"{name}.{port}") for port in node.outputs}
+            for port, value in node.inputs.items():
+                data = value._data
+                if data is None:  # not bound: the component's default
+                    data = node.component.inputs[port].default
+                found[f"inputs.{port}"] = value_of(data, base)
+            return found
 
         def after(name: str) -> set[str]:
-            return {data._owner.name for data in
-                    (getattr(v, "_data", None) for v in nodes[name].inputs.values())
-                    if type(data).__name__ == "NodeOutput"}
+            return {value._data._owner.name for value in nodes[name].inputs.values()
+                    if isinstance(value._data, NodeOutput)}
 
         ordered: list[str] = []
         while len(ordered) < len(nodes):
@@ -190,13 +215,30 @@ class SimCluster:
         jobs = []
         for name in ordered:
             node = nodes[name]
+            assert isinstance(node, Command), f"the simulated cluster runs command nodes: {name}"
+            base = Path(node.component.base_path or job._base_path)
             snapshot = self.root / "snapshots" / f"{next(_ids)}_{name}"
-            shutil.copytree(Path(node.code).resolve(), snapshot)
-            words = [resolved(name, node, word) for word in shlex.split(node.command)]
-            jobs.append({"name": name, "snapshot": snapshot, "script": words[1],
-                         "arguments": words[2:],
-                         "environment": dict(node.environment_variables or {})})
+            shutil.copytree((base / node.code).resolve(), snapshot)
+            line = _replaced(node.command, placeholders(name, node, base))
+            jobs.append({"name": name, "snapshot": snapshot, "argv": ["bash", "-c", line],
+                         "environment": {"PATH": f"{self._interpreters()}:{os.environ['PATH']}",
+                                         **dict(node.environment_variables or {})}})
+        for node in nodes.values():  # what create_or_update leaves in the object it was given
+            node.code = f"{WORKSPACE_ID}/codes/{uuid.uuid4()}/versions/1"
+            if node.environment is not None and not isinstance(node.environment, str):
+                node.environment = (f"{WORKSPACE_ID}/environments/CliV2AnonymousEnvironment/"
+                                    f"versions/{uuid.uuid4().hex}")
         return jobs
+
+    def _interpreters(self) -> Path:
+        """A folder whose ``python`` and ``python3`` are the node's Python, first on PATH as an
+        environment's are."""
+        folder = self.root / "bin"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("python", "python3"):  # a script: a symlink would lose the venv
+            (folder / name).write_text(f'#!/bin/sh\nexec {shlex.quote(str(self.python))} "$@"\n')
+            (folder / name).chmod(0o755)
+        return folder
 
     def _folder(self, name: str) -> str:
         folder = self.root / "data" / name
@@ -249,7 +291,7 @@ class SimCluster:
                         AZ_BATCH_IS_CURRENT_NODE_MASTER="true" if node_rank == 0 else "false",
                     )
                 process = subprocess.Popen(
-                    [*node.launcher, self.python, "-u", job["script"], *job["arguments"]],
+                    [*node.launcher, *job["argv"]],
                     cwd=job["snapshot"], env=environment, stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                 )
@@ -315,6 +357,13 @@ class SimCluster:
                 child.cancelled.set()
         self.kill_all()
         self._stack.close()
+
+
+def _replaced(line: str, values: dict[str, str]) -> str:
+    """``line`` with each ``${{inputs.X}}`` / ``${{outputs.Y}}`` replaced by its value, as
+    written: Azure ML puts the text in, unquoted, before the shell reads the line."""
+    return re.sub(r"\$\{\{\s*((?:inputs|outputs)\.\w+)\s*\}\}", lambda found: values[found[1]],
+                  line)
 
 
 def _in_dependency_order(steps: list[Any]) -> list[Any]:

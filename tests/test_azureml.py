@@ -383,3 +383,45 @@ def test_a_control_plane_that_keeps_failing_is_said_and_stays_stoppable(project)
     session.stop()
     assert workspace.run.cancelled and not target._follower.is_alive()
     assert not any("SeCrEt" in line for line in printed)
+
+
+def sdk_v1_statuses() -> set[str]:
+    """Every run status azureml-core names, and those a PipelineRun's steps report."""
+    from azureml._restclient.constants import RunStatus
+
+    return {*RunStatus.list(), "Finished", "PartiallyExecuted", "Bypassed", "Unknown"}
+
+
+def test_the_sdk_v1_lists_are_the_ones_the_rows_are_tested_against():
+    """``Run.wait_for_completion`` waits through the running and post-processing lists
+    (NotResponding and Paused among them: a run may come back from both);
+    ``PipelineRun.wait_for_completion`` through its own (Unknown among them)."""
+    from aml_debug_magics.targets.azureml import going_on_statuses
+
+    ended = sdk_v1_statuses() - going_on_statuses("v1")
+    assert ended == {"Completed", "Failed", "Canceled", "Finished", "PartiallyExecuted",
+                     "Bypassed"}
+
+
+@pytest.mark.parametrize("status", sorted(sdk_v1_statuses()))
+def test_every_run_status_is_said_in_words_and_every_terminal_one_ends_the_session(
+    project, azurite, status
+):
+    from aml_debug_magics.targets.azureml import going_on_statuses, in_words
+
+    workspace = StandInWorkspace([])
+    session, target, printed = start(project, workspace)
+    train, log = add_child(workspace, azurite, "train")
+    train.status = workspace.run.status = status
+    row = session.row("train")
+    words = in_words(status)
+    wait_for(lambda: words in row.detail or words == str(row.status), 10,
+             f"{status} in words on the row")
+    if any(c.isupper() for c in status[1:]):
+        assert status not in row.detail
+    if status in going_on_statuses("v1"):
+        assert session.wait(0.5) == "running"
+        session.stop()
+    else:
+        assert session.wait(10) == ("finished" if status in ("Completed", "Finished")
+                                    else "failed")

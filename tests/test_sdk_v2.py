@@ -128,10 +128,16 @@ def test_an_input_from_the_cloud_takes_a_local_stand_in(ip, project):
         ("", "nothing_here", "no variable named 'nothing_here'"),
         ("x = 3", "x", "'x' is a int: give a command(...) job or a PipelineJob"),
         ("shell_job = command(code='./src', command='bash run.sh', environment='azureml:e@1')",
-         "shell_job", "runs `bash run.sh`: only a `python SCRIPT ARGS` command can run"),
-        ("glued = command(code='./src', command='python prep.py --out=${{outputs.clean}}', "
-         "outputs={'clean': Output(type='uri_folder')}, environment='azureml:e@1')",
-         "glued", "write ${{outputs.clean}} as a word of its own"),
+         "shell_job", "starts Python (python SCRIPT or python -m MODULE) to debug: "),
+        ("shell_job = command(code='./src', command='bash  run.sh', environment='azureml:e@1')",
+         "shell_job", "runs `bash run.sh`"),
+        ("", "pipeline_job --call train=2", "--call train=2: node 'train' starts Python 1 "
+         "time(s): 1 `python train.py"),
+        ("", "pipeline_job --call train", "--call takes NODE=N, like train=2"),
+        ("", "pipeline_job --node prep --call train=1", "--call train=...: node 'train' is not "
+         "debugged (add --node train)"),
+        ("far = command(code='./elsewhere', command='python x.py', environment='azureml:e@1')",
+         "far", "its code folder"),
         ("", "pipeline_job --node train --target azureml --workspace ml_client",
          "node 'train' uses the registered environment 'azureml:AzureML-sklearn-1.5@latest', "
          "which cannot be extended here: add debugpy>=1.8.1,<1.9 to it"),

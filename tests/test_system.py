@@ -350,7 +350,9 @@ def test_an_sdk_v2_pipeline_node_on_a_node_is_attached_from_here(
         "[3, 1, 4, 1, 5]")
     assert session.wait(60) == "finished"
     command, conda = cluster.seen_nodes[0]["train"]
-    assert command.startswith("python aml_debug_bootstrap.py --listen 0.0.0.0:5678 ")
+    assert command.startswith(
+        'export AML_DEBUG_SOURCE_ROOT="$PWD" && python '
+        '"$AML_DEBUG_SOURCE_ROOT/aml_debug_bootstrap.py" --listen 0.0.0.0:5678 ')
     assert command.endswith(" -- train.py --data ${{inputs.data}}")
     assert conda["dependencies"][2] == {"pip": ["numpy", "debugpy>=1.8.1,<1.9"]}
     assert cluster.seen_nodes[0]["prep"][0] == "python prep.py --out ${{outputs.prepared}}"
@@ -358,3 +360,174 @@ def test_an_sdk_v2_pipeline_node_on_a_node_is_attached_from_here(
     assert job.jobs["train"].command == "python train.py --data ${{inputs.data}}"
     assert job.jobs["train"].environment.conda_file["dependencies"][2] == {"pip": ["numpy"]}
     assert sorted(p.name for p in (project / "train").iterdir()) == ["train.py"]
+
+
+# -- SDK v2 jobs in the shapes of Azure's azureml-examples ----------------------------------------
+
+
+@pytest.fixture
+def v2_cluster(ip, make_cluster, monkeypatch):
+    """A one-node cluster standing in for ``MLClient`` (the seam ``%aml_debug_job`` submits
+    through)."""
+    pytest.importorskip("azure.ai.ml", reason="azure-ai-ml is the v2 extra")
+    from aml_debug_magics.targets import azureml_v2
+
+    cluster = make_cluster()
+    monkeypatch.setattr(azureml_v2, "V2Workspace", lambda ml_client: cluster)
+    return cluster
+
+
+def debug_job(ip, arguments: str):
+    ip.run_line_magic("aml_debug_job", f"{arguments} --target azureml --workspace ml_client "
+                      "--timeout 120")
+    return current_session("job")
+
+
+ENVIRONMENT = """
+from azure.ai.ml import Input, Output, command, dsl
+from azure.ai.ml.entities import Environment
+
+environment = Environment(
+    name="training", image="mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04",
+    conda_file={"name": "training", "dependencies": ["python=3.10", "pip"]},
+)
+ml_client = object()  # what --workspace names; the cluster stands in for the control plane
+"""
+# cli/jobs/basics: a command job whose code folder holds the script and a data input
+COMMAND_JOB = ENVIRONMENT + """
+train_job = command(code="./train", command="python train.py --data ${{inputs.data}}",
+                    inputs={"data": Input(type="uri_folder", path="./numbers")},
+                    environment=environment, compute="cpu-cluster")
+"""
+
+
+def test_an_sdk_v2_command_job_is_followed_attached_and_ends(ip, project, v2_cluster):
+    """A command job (no pipeline: no child runs) is followed as its own run."""
+    (project / "numbers").mkdir()
+    (project / "numbers" / "numbers.txt").write_text("2 7 1")
+    assert ip.run_cell(COMMAND_JOB).success
+    session = debug_job(ip, "train_job")
+    row = session.row("train_job")
+    wait_for(lambda: row.status == Status.WAITING, 90, "the job to announce itself")
+    assert row.address.split(":")[0] == v2_cluster.nodes[0].address
+    assert attach_and_read(row, project / "train" / "train.py", TRAIN_BREAK, "numbers") == (
+        "[2, 7, 1]")
+    assert session.wait(60) == "finished"
+    assert row.status == Status.FINISHED
+    assert any("trained on [2, 7, 1] total 10" in line for line in row.last_lines)
+
+
+SPLIT = textwrap.dedent(
+    """\
+    import argparse, pathlib
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows")
+    parser.add_argument("--part")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    rows = pathlib.Path(args.rows, "rows.txt").read_text().split()
+    chosen = rows[::2] if args.part == "train" else rows[1::2]
+    pathlib.Path(args.out, "numbers.txt").write_text(" ".join(chosen))
+    print("split", args.part, chosen, flush=True)
+    """
+)
+SPLIT_BREAK = 9  # pathlib.Path(args.out, ...).write_text(...)
+# sdk/python/jobs/pipelines: one component, two nodes made from it, and a node reading both
+SHARED_COMPONENT = ENVIRONMENT + """
+split = command(code="./split", command="python split.py --rows ${{inputs.rows}} "
+                "--part ${{inputs.part}} --out ${{outputs.part_data}}",
+                inputs={"rows": Input(type="uri_folder"), "part": "train"},
+                outputs={"part_data": Output(type="uri_folder")}, environment=environment)
+train_step = command(code="./train", command="python train.py --data ${{inputs.data}}",
+                     inputs={"data": Input(type="uri_folder")}, environment=environment)
+
+@dsl.pipeline(compute="cpu-cluster")
+def splits(rows: Input):
+    train_split = split(rows=rows, part="train")
+    test_split = split(rows=rows, part="test")
+    train = train_step(data=train_split.outputs.part_data)
+
+pipeline_job = splits(rows=Input(type="uri_folder", path="./rows"))
+"""
+
+
+@pytest.fixture
+def shared_component(ip, project):
+    (project / "split").mkdir()
+    (project / "split" / "split.py").write_text(SPLIT)
+    (project / "rows").mkdir()
+    (project / "rows" / "rows.txt").write_text("5 6 7 8 9")
+    assert ip.run_cell(SHARED_COMPONENT).success
+    return project
+
+
+def outputs_of(cluster, node: str) -> str:
+    return (cluster.root / "data" / f"{node}.part_data" / "numbers.txt").read_text()
+
+
+def test_debugging_one_node_of_a_shared_component_leaves_the_other_to_run_as_written(
+    ip, shared_component, v2_cluster
+):
+    session = debug_job(ip, "pipeline_job --node test_split")
+    row = session.row("test_split")
+    wait_for(lambda: row.status == Status.WAITING, 90, "test_split to announce itself")
+    chosen = attach_and_read(row, shared_component / "split" / "split.py", SPLIT_BREAK, "chosen")
+    assert chosen == "['6', '8']"
+    assert session.wait(90) == "finished"
+    assert [r.status for r in session.rows] == [Status.FINISHED] * 3
+    assert outputs_of(v2_cluster, "train_split") == "5 7 9"  # its own arguments, no debugger
+    assert outputs_of(v2_cluster, "test_split") == "6 8"
+    assert any("trained on [5, 7, 9] total 21" in line for line in session.row("train").last_lines)
+    assert v2_cluster.seen_nodes[0]["train_split"][0] == (
+        "python split.py --rows ${{inputs.rows}} --part ${{inputs.part}} "
+        "--out ${{outputs.part_data}}")
+
+
+def test_the_same_job_object_runs_twice_and_stays_as_the_user_built_it(
+    ip, shared_component, v2_cluster
+):
+    """Azure ML's ``create_or_update`` rewrites what it is given (code and environments become
+    ARM ids): the user's object never reaches it, so running the cell again works."""
+    job = ip.user_ns["pipeline_job"]
+    before = job._to_dict()
+    for attempt in (1, 2):
+        session = debug_job(ip, "pipeline_job --node train")
+        row = session.row("train")
+        wait_for(lambda: row.status == Status.WAITING, 90, f"train to announce itself ({attempt})")  # noqa: B023
+        numbers = attach_and_read(row, shared_component / "train" / "train.py", TRAIN_BREAK,
+                                  "numbers")
+        assert numbers == "[5, 7, 9]"
+        assert session.wait(90) == "finished", [(r.step, r.status, r.detail) for r in session.rows]
+        assert outputs_of(v2_cluster, "test_split") == "6 8"
+        assert job._to_dict() == before
+    assert isinstance(v2_cluster.submitted[0].jobs["train"].code, str)
+    assert v2_cluster.submitted[0].jobs["train"].code.startswith("azureml:/subscriptions/")
+
+
+# cli/jobs/basics: the code folder's root is not the script's folder; the command changes to it
+CD_COMMAND_JOB = ENVIRONMENT + """
+train_job = command(
+    code=".", command='cd src && python train.py --data ${{inputs.data}} && ls "$TAG"',
+    inputs={"data": Input(type="uri_folder", path="./numbers")},
+    environment=environment, environment_variables={"TAG": "nightly"}, compute="cpu-cluster")
+"""
+
+
+def test_a_command_that_changes_folder_keeps_its_shell_meaning_and_is_attached(
+    ip, tmp_path, v2_cluster
+):
+    """``cd src && python train.py ... && ...``: bash runs it in the code folder, the
+    variable is expanded, and the breakpoint is set by the script's local path."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "train.py").write_text(TRAIN)
+    (tmp_path / "src" / "nightly").mkdir()
+    (tmp_path / "numbers").mkdir()
+    (tmp_path / "numbers" / "numbers.txt").write_text("4 4")
+    assert ip.run_cell(CD_COMMAND_JOB).success
+    session = debug_job(ip, "train_job")
+    row = session.row("train_job")
+    wait_for(lambda: row.status == Status.WAITING, 90, "the job to announce itself")
+    assert attach_and_read(row, tmp_path / "src" / "train.py", TRAIN_BREAK, "numbers") == (
+        "[4, 4]")
+    assert session.wait(60) == "finished", row.detail
+    assert any("trained on [4, 4] total 8" in line for line in row.last_lines)

@@ -1,8 +1,9 @@
 """External data on the local target: the user's stand-ins, else one download into a cache.
 
 In: the ``ExternalInput`` records the steps read (DataReferences, File and Tabular datasets,
-PipelineParameters holding a DataPath), the user's ``--input NAME=PATH``, and, when one is
-configured, a workspace to download through. Out: one local path per input name,
+PipelineParameters holding a DataPath, SDK v2 inputs), the user's ``--input NAME=PATH`` (or
+``--input STEP.NAME=PATH`` for one step's input of a name several steps read), and, when one is
+configured, a workspace to download through. Out: one local path per step and input name,
 which the local target hands to the step where Azure ML would hand the mounted or downloaded
 data. A download goes to ``~/.cache/aml_debug_magics/`` (``AML_DEBUG_CACHE``), keyed by the
 dataset's id and version or the datastore path, and is reused by the next run.
@@ -31,7 +32,8 @@ def cache_root() -> Path:
 
 
 def parse_stand_ins(values: Sequence[str], base: Path) -> dict[str, Path]:
-    """``--input NAME=PATH`` values as ``{NAME: absolute PATH}``; one line per mistake."""
+    """``--input NAME=PATH`` (or ``STEP.NAME=PATH``) values as ``{NAME: absolute PATH}``; one
+    line per mistake."""
     found: dict[str, Path] = {}
     for value in values:
         name, sep, path = value.partition("=")
@@ -56,11 +58,13 @@ def local_paths(
     progress: Callable[[str], None] = print,
 ) -> dict[str, Path]:
     """What a magic's ``--input`` options and the steps' external data come to on the local
-    target: ``workspace()`` is asked for only when something must be downloaded and a workspace
-    was named or a ``config.json`` is where ``Workspace.from_config()`` looks."""
+    target, keyed ``STEP.NAME``: ``workspace()`` is asked for only when something must be
+    downloaded and a workspace was named or a ``config.json`` is where
+    ``Workspace.from_config()`` looks."""
     stand_ins = parse_stand_ins(input_options, base)
     missing = any(
-        d.name not in stand_ins and d.downloadable for s in specs for d in s.external
+        d.name not in stand_ins and f"{s.name}.{d.name}" not in stand_ins and d.downloadable
+        for s in specs for d in s.external
     )
     found = None
     if missing and (workspace_named or _config_json_near(base)):
@@ -84,37 +88,70 @@ def resolve(
     workspace: Any = None,
     progress: Callable[[str], None] = print,
 ) -> dict[str, Path]:
-    """A local path for every external input of ``specs``.
+    """A local path for every external input of ``specs``, keyed ``STEP.NAME``.
 
-    ``workspace`` (an ``SdkWorkspace``) downloads what has no stand-in; without one, the refusal
-    names the step, the input, what it points to and the ``--input`` to add. A File dataset read
-    as a mount or download gets a folder, as on Azure ML, also when its stand-in is one file.
+    A stand-in named ``STEP.NAME`` serves that step's input only; one named ``NAME`` serves
+    every step that reads an input of that name, unless they read different data (then each
+    step needs its own, and the refusal names them). ``workspace`` (an ``SdkWorkspace``)
+    downloads what has no stand-in; without one, the refusal names the step, the input, what it
+    points to and the ``--input`` to add. A File dataset read as a mount or download gets a
+    folder, as on Azure ML, also when its stand-in is one file.
     """
-    readers = {d.name: (s.name, d) for s in specs for d in s.external}
-    unknown = sorted(set(stand_ins) - set(readers))
+    readers = [(s.name, d) for s in specs for d in s.external]
+    names = {d.name for _, d in readers}
+    unknown = sorted(k for k in stand_ins if k not in names
+                     and k not in {f"{step}.{d.name}" for step, d in readers})
     if unknown:
-        known = ", ".join(sorted(readers)) or "none"
+        known = ", ".join(sorted(names)) or "none"
         raise DebugInputError(
             f"--input {unknown[0]}: no step reads an input of that name; the inputs are: {known}"
         )
     paths: dict[str, Path] = {}
-    for name, (step, data) in readers.items():
-        if name in stand_ins:
-            paths[name] = _as_mode(data, stand_ins[name])
-        elif not data.downloadable:  # an SDK v2 input: its copy is the user's to give
+    fetched: dict[tuple[str, str], Path] = {}
+    for step, data in readers:
+        rivals = _rivals(readers, data.name, stand_ins)
+        if f"{step}.{data.name}" in stand_ins:
+            paths[f"{step}.{data.name}"] = _as_mode(data, stand_ins[f"{step}.{data.name}"])
+        elif data.name in stand_ins and len(rivals) > 1:
             raise DebugInputError(
-                f"step {step!r} reads the {data.kind} {name!r} ({data.points_to}), which is not "
-                f"on this machine: add --input {name}=PATH with a local copy"
+                f"--input {data.name}: steps {_and(rivals)} read different inputs named "
+                f"{data.name!r} ({_and([d.points_to for d in rivals.values()])}): give each its "
+                f"own, {' '.join(f'--input {s}.{data.name}=PATH' for s in rivals)}"
+            )
+        elif data.name in stand_ins:
+            paths[f"{step}.{data.name}"] = _as_mode(data, stand_ins[data.name])
+        elif not data.downloadable:  # an SDK v2 input: its copy is the user's to give
+            option = data.name if len(rivals) < 2 else f"{step}.{data.name}"
+            raise DebugInputError(
+                f"step {step!r} reads the {data.kind} {data.name!r} ({data.points_to}), which "
+                f"is not on this machine: add --input {option}=PATH with a local copy"
             )
         elif workspace is None:
             raise DebugInputError(
-                f"step {step!r} reads the {data.kind} {name!r} ({data.points_to}), which needs "
-                f"an Azure ML workspace to download: add --input {name}=PATH with a local copy, "
-                "or --workspace VARIABLE (or a config.json) to download it once"
+                f"step {step!r} reads the {data.kind} {data.name!r} ({data.points_to}), which "
+                f"needs an Azure ML workspace to download: add --input {data.name}=PATH with a "
+                "local copy, or --workspace VARIABLE (or a config.json) to download it once"
             )
         else:
-            paths[name] = fetch(data, workspace, progress=progress)
+            key = (data.kind, cache_key(data))
+            if key not in fetched:
+                fetched[key] = fetch(data, workspace, progress=progress)
+            paths[f"{step}.{data.name}"] = fetched[key]
     return paths
+
+
+def _rivals(
+    readers: Sequence[tuple[str, ExternalInput]], name: str, stand_ins: Mapping[str, Path]
+) -> dict[str, ExternalInput]:
+    """The steps reading an input called ``name`` without a stand-in of their own, by step,
+    when they read different data (else none)."""
+    left = {step: d for step, d in readers if d.name == name and f"{step}.{name}" not in stand_ins}
+    return left if len({(d.kind, d.points_to) for d in left.values()}) > 1 else {}
+
+
+def _and(items: Sequence[str] | Mapping[str, Any]) -> str:
+    words = [repr(i) if isinstance(items, Mapping) else str(i) for i in items]
+    return ", ".join(words[:-1]) + f" and {words[-1]}" if len(words) > 1 else "".join(words)
 
 
 def _as_mode(data: ExternalInput, path: Path) -> Path:

@@ -4,12 +4,15 @@ Nothing in the user's scripts or folders changes. For the submit, each debugged 
 bootstrap (its three files are placed in the step's source folder for the snapshot and removed
 right after, whatever happens), with a copy of its RunConfiguration that adds debugpy and Docker.
 The user's step objects are edited only for the duration of the submit and restored after.
+Out, to the session: each run's status in words, and the end of the session once the run
+reaches a status its SDK's own waiting loop stops at (read from the installed SDK's lists).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import re
 import socket
 import threading
 import time
@@ -40,21 +43,31 @@ GUIDE_FLAGS = {  # the guide's flags and how many values each takes
     "--remote_debug_client_ip": 1,
     "--remote_debug_port": 1,
 }
-RUN_STATUSES = {
-    "NotStarted": Status.QUEUED,
-    "Queued": Status.QUEUED,
-    "Preparing": Status.STARTING,
-    "Provisioning": Status.STARTING,
-    "Starting": Status.STARTING,
-    "Running": Status.RUNNING,
-    "Finalizing": Status.RUNNING,
-    "Completed": Status.FINISHED,
-    "Finished": Status.FINISHED,
-    "Failed": Status.FAILED,
-    "Canceled": Status.STOPPED,
-    "CancelRequested": Status.STOPPED,
+SUCCEEDED = {"Completed", "Finished"}  # a run's and an SDK v1 PipelineRun's "it worked"
+STATUS_WORDS = {  # Azure ML's run statuses (SDK v1 RunStatus, SDK v2 JobStatus), as rows say them
+    "NotStarted": "not started",
+    "Queued": "queued: waiting for the compute's nodes",
+    "Preparing": "preparing: building the image and the environment",
+    "Provisioning": "provisioning: the compute is being created",
+    "Starting": "starting",
+    "Running": "running",
+    "Finalizing": "finalizing: collecting outputs",
+    "CancelRequested": "cancel requested",
+    "Completed": "completed",
+    "Finished": "finished",
+    "Failed": "failed",
+    "Canceled": "canceled",
+    "NotResponding": "not responding: no heartbeat from the run lately",
+    "Unapproved": "waiting for approval",
+    "Pausing": "pausing",
+    "Paused": "paused",
+    "Unknown": "in a state Azure ML calls unknown",
+    "PartiallyExecuted": "partly run",
+    "Bypassed": "bypassed",
 }
-ENDED_RUN = {"Completed", "Finished", "Failed", "Canceled"}
+BEFORE_START = {"NotStarted": Status.QUEUED, "Queued": Status.QUEUED,
+                "Unapproved": Status.QUEUED, "Preparing": Status.STARTING,
+                "Provisioning": Status.STARTING, "Starting": Status.STARTING}
 NEVER_STARTED = {"", "NotStarted", "Queued"}
 PROBE_TIMEOUT = 3.0
 POLL_FAST = 1.0  # seconds between two looks while a debugged step has not said where it is
@@ -109,6 +122,43 @@ def strip_guide_flags(arguments: list[Any]) -> tuple[list[Any], bool]:
             continue
         kept.append(value)
     return kept, stripped
+
+
+def in_words(status: str) -> str:
+    """An Azure ML status as the row says it: ``NotResponding`` -> ``not responding: ...``;
+    a status this table does not know yet is split into its words."""
+    return STATUS_WORDS.get(status) or re.sub(r"(?<=[a-z])(?=[A-Z])", " ", status).lower()
+
+
+def going_on_statuses(sdk: str) -> frozenset[str]:
+    """The statuses the SDK's own waiting loops wait through; every other status ends a run.
+
+    SDK v1: ``Run.wait_for_completion`` waits through ``RunStatus``'s running and
+    post-processing lists, ``PipelineRun.wait_for_completion`` through its ``RUNNING_STATES``.
+    SDK v2: see ``azureml_v2.going_on_statuses``.
+    """
+    if sdk == "v2":
+        from aml_debug_magics.targets.azureml_v2 import going_on_statuses as v2_going_on
+
+        return v2_going_on()
+    from azureml._restclient.constants import RunStatus
+
+    going = {*RunStatus.get_running_statuses(), *RunStatus.get_post_processing_statuses()}
+    with contextlib.suppress(ImportError):  # azureml-pipeline-core: PipelineRun's own loop
+        from azureml.pipeline.core.run import RUNNING_STATES
+
+        going.update(RUNNING_STATES)
+    return frozenset(going)
+
+
+def row_status(status: str, ended: bool) -> Status:
+    """Where an Azure ML status puts a row: an ended run finished (it succeeded), stopped
+    (canceled or paused) or failed (anything else that ends it)."""
+    if ended:
+        if status in SUCCEEDED:
+            return Status.FINISHED
+        return Status.STOPPED if status in ("Canceled", "Paused") else Status.FAILED
+    return BEFORE_START.get(status, Status.RUNNING)
 
 
 ANYONE_MAY_ATTACH = (
@@ -293,6 +343,7 @@ class AzureMLTarget:
         self.opener = opener
         self.run: Any = None
         self.notes: list[str] = []
+        self.going_on: frozenset[str] = frozenset()
         self._stopping = threading.Event()
         self._follower: threading.Thread | None = None
 
@@ -310,15 +361,21 @@ class AzureMLTarget:
         if self._follower is not None and self._follower is not threading.current_thread():
             self._follower.join(timeout=15)
 
+    def ended(self, status: str | None) -> bool:
+        """Whether a run in ``status`` has ended, by its SDK's own lists."""
+        return bool(status) and status not in self.going_on
+
     def _submit_and_follow(self, events: DebugSession) -> None:
         specs = self.request.steps
         for spec in specs:
             events.step_status(spec.name, Status.QUEUED, "submitting to Azure ML")
         try:
+            self.going_on = going_on_statuses(self.request.sdk)
             if self.request.sdk == "v2":
                 from aml_debug_magics.targets.azureml_v2 import debug_ready_v2
+                from aml_debug_magics.targets.azureml_v2 import is_pipeline as is_pipeline_job
 
-                is_pipeline = hasattr(self.request.submitted, "jobs")
+                is_pipeline = is_pipeline_job(self.request.submitted)
                 with debug_ready_v2(specs, self.request, self.notes) as what:
                     self.run = self.workspace.submit(self.experiment, what)
             else:
@@ -387,18 +444,20 @@ class AzureMLTarget:
         for follower in followers.values():
             follower.poll()
         status = self.run.get_status()
-        if status in ENDED_RUN:  # a step after a failed one stays NotStarted for good
-            for follower in followers.values():
-                if not follower.ended and follower.status in NEVER_STARTED:
-                    follower.never_ran = True
-                    events.step_status(follower.name, Status.NOT_RUN, f"the run ended {status}")
-        if status in ENDED_RUN and all(f.ended for f in followers.values()):
-            for spec in self.request.steps:
-                if spec.name not in followers:
-                    events.step_status(spec.name, Status.NOT_RUN, f"the run ended {status}")
-            events.target_done(failed=status != "Completed" and status != "Finished")
-            return True
-        return False
+        if not self.ended(status):
+            return False
+        ended = f"the run ended {in_words(status)}"
+        for follower in followers.values():  # a step after a failed one stays NotStarted
+            if not follower.ended and follower.status in NEVER_STARTED:
+                follower.never_ran = True
+                events.step_status(follower.name, Status.NOT_RUN, ended)
+        if not all(f.ended for f in followers.values()):
+            return False
+        for spec in self.request.steps:
+            if spec.name not in followers:
+                events.step_status(spec.name, Status.NOT_RUN, ended)
+        events.target_done(failed=status not in SUCCEEDED)
+        return True
 
 
 class _StepFollower:
@@ -421,7 +480,7 @@ class _StepFollower:
 
     @property
     def ended(self) -> bool:
-        return self.status in ENDED_RUN or self.never_ran
+        return self.target.ended(self.status) or self.never_ran
 
     @property
     def waiting(self) -> bool:
@@ -432,12 +491,13 @@ class _StepFollower:
         if self.ended:
             return
         self.logs.poll()
-        ours = RUN_STATUSES.get(status, Status.RUNNING)
+        ours = row_status(status, self.target.ended(status))
         if status != self.status:
             self.status = status
             if ours != Status.RUNNING or not self.announced:
-                detail = "" if ours in (Status.FINISHED, Status.QUEUED) else status
-                if ours == Status.FAILED:  # the script's own exception, from its log
+                words = in_words(status)
+                detail = "" if words == str(ours) else words
+                if status == "Failed":  # the script's own exception, from its log
                     lines = list(self.events.row(self.name).last_lines)
                     cause = user_error(lines, self.spec.script_name)
                     detail = f"Failed: {cause}" if cause else "Failed: see its last lines"
@@ -448,8 +508,8 @@ class _StepFollower:
             problem = f"; {self.logs.problem}" if self.logs.problem else ""
             self.events.step_status(
                 self.name, Status.RUNNING,
-                f"running {seconds // 60}:{seconds % 60:02d}; waiting for its log to say where "
-                f"to attach, reading {self.logs.describe()}{problem}",
+                f"{in_words(status)} ({seconds // 60}:{seconds % 60:02d}); waiting for its log "
+                f"to say where to attach, reading {self.logs.describe()}{problem}",
             )
 
     def _news(self, news: Announcement | AttachOutcome) -> None:

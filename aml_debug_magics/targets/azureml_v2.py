@@ -2,24 +2,31 @@
 in and out of Azure ML.
 
 In: the StepSpecs of ``sources/sdk_v2.py`` and the user's job (a PipelineJob or a command job),
-and an ``MLClient``. For the submit only, each debugged node's command runs the bootstrap
-(``python aml_debug_bootstrap.py [options] -- train.py ...``, the shipped files in its code
-folder while the job is uploaded) and its environment is a derived one with debugpy added; all
-is restored after, whatever happens. Out: a run with the SDK v1 run's methods
-(:class:`V2Run`: status, ``logFiles`` from run history, tags, children, cancel), so the
-follower, the log tailing and the probe are the ones SDK v1 uses.
+and an ``MLClient``. What is submitted is a detached deep copy of that job (Azure ML's
+``create_or_update`` rewrites what it is given: code and environments become ARM ids), so the
+user's object is never touched and the same cell runs again. In the copy, each debugged node
+gets its own copy of its component (a component is shared by every node made from it) and runs
+``export AML_DEBUG_SOURCE_ROOT="$PWD" && <its command, the debugged Python invocation wrapped
+by the bootstrap>`` (the rest of the shell line is kept, ``${{...}}`` left for Azure ML), with
+an environment derived to hold debugpy; the bootstrap's files sit in the node's code folder
+while the job is uploaded. Out: a run with the SDK v1 run's methods (:class:`V2Run`: status,
+``logFiles`` from run history, tags, children, cancel), so the follower, the log tailing and
+the probe are the ones SDK v1 uses; and the statuses azure-ai-ml waits through.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import re
 import shlex
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aml_debug_magics.errors import DebugInputError
 from aml_debug_magics.failures import first_line
+from aml_debug_magics.records import ShellCommand
 from aml_debug_magics.targets.environment import (
     BOOTSTRAP,
     DEBUGPY_REQUIREMENT,
@@ -30,29 +37,125 @@ from aml_debug_magics.targets.environment import (
 if TYPE_CHECKING:
     from aml_debug_magics.records import DebugRequest, StepSpec
 
+SOURCE_ROOT = "AML_DEBUG_SOURCE_ROOT"  # where the bootstrap learns the code folder, after a cd
+_FIRST_WORD = re.compile(r"\s*(\S+)")
+
+
+def is_pipeline(job: Any) -> bool:
+    """Whether ``job`` is a PipelineJob (a command job has a ``jobs`` attribute too: every
+    azure-ai-ml node answers any attribute name)."""
+    from azure.ai.ml.entities import PipelineJob
+
+    return isinstance(job, PipelineJob)
+
+
+def going_on_statuses() -> frozenset[str]:
+    """The job statuses azure-ai-ml waits through: in progress or post-processing, and not in
+    its terminal list; every other status (its terminal ones, ``Unknown``, any new one) ends a
+    job, as ``jobs.stream`` stops on it."""
+    from azure.ai.ml.operations._run_history_constants import RunHistoryConstants as listed
+
+    going = {*listed.IN_PROGRESS_STATUSES, *listed.POST_PROCESSING_STATUSES}
+    return frozenset(going - set(listed.TERMINAL_STATUSES))
+
+
+def detached_copy(job: Any) -> tuple[Any, dict[int, Any]]:
+    """A deep copy of an azure-ai-ml job that shares nothing with ``job``, and the copy of each
+    object in it (by the original's ``id``), to find a node's copy at any depth.
+
+    ``copy.deepcopy`` alone fails on it: the SDK's input and output dicts, and its nodes, answer
+    any attribute name (``__deepcopy__`` included) and refuse unknown keys, so the standard
+    rebuild breaks. Those are made as empty shells first and filled after, through ``dict``
+    itself; everything else is copied the standard way, in the same memo, so the copy's nodes
+    point at each other as the original's do.
+    """
+    memo: dict[int, Any] = {}
+    shells = []
+    for value in _answering_any_attribute(job):
+        shell = type(value).__new__(type(value))
+        memo[id(value)] = shell
+        shells.append((value, shell))
+    memo.setdefault(id(memo), []).extend(value for value, _ in shells)  # kept alive meanwhile
+    copied = copy.deepcopy(job, memo)
+    for value, shell in shells:
+        if isinstance(value, dict):
+            items = {copy.deepcopy(k, memo): copy.deepcopy(v, memo) for k, v in value.items()}
+            dict.update(shell, items)
+        if hasattr(value, "__dict__"):
+            vars(shell).update(copy.deepcopy(vars(value), memo))
+    return copied, memo
+
+
+def _answering_any_attribute(root: Any) -> list[Any]:
+    """Every object reachable from ``root`` that the standard deep copy cannot rebuild: dicts
+    with a ``__getattr__`` of their own, and objects whose attribute lookup raises."""
+    seen: set[int] = set()
+    found: list[Any] = []
+    pending = [root]
+    while pending:
+        value = pending.pop()
+        if id(value) in seen or isinstance(value, str | bytes | int | float | type | Path):
+            continue
+        seen.add(id(value))
+        try:
+            getattr(value, "__deepcopy__", None)
+            rebuilt = not (isinstance(value, dict) and hasattr(type(value), "__getattr__"))
+        except Exception:
+            rebuilt = False
+        if not rebuilt:
+            found.append(value)
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list | tuple | set | frozenset):
+            pending.extend(value)
+        with contextlib.suppress(TypeError):
+            pending.extend(vars(value).values())
+    return found
+
+
+def node_command(spec: StepSpec) -> ShellCommand:
+    """The node's line as Azure ML runs it; where the reader left none, the line as written,
+    its first word the interpreter (the reader takes such nodes only as ``python SCRIPT``)."""
+    if spec.command is not None:
+        return spec.command
+    text = spec.sdk_object.command or ""
+    first = _FIRST_WORD.match(text)
+    return ShellCommand(text, first.span(1) if first else None)
+
+
+def debug_command(name: str, command: ShellCommand, request: DebugRequest) -> str:
+    """The node's line with its debugged Python invocation run by the bootstrap, shipped in the
+    code folder: the variable keeps that folder known after a ``cd``. For
+    ``cd src && python t.py`` the line becomes ``export AML_DEBUG_SOURCE_ROOT="$PWD" && cd src
+    && python "$AML_DEBUG_SOURCE_ROOT/aml_debug_bootstrap.py" --listen 0.0.0.0:5678 ... -- t.py``.
+    """
+    if command.interpreter is None:
+        raise DebugInputError(
+            f"node {name!r} runs `{command.text}`: nothing in it runs Python to debug"
+        )
+    options = " ".join(shlex.quote(option) for option in bootstrap_options(request))
+    insertion = f'"${SOURCE_ROOT}/{BOOTSTRAP}" {options} --'
+    return f'export {SOURCE_ROOT}="$PWD" && {command.wrapped(insertion)}'
+
 
 @contextlib.contextmanager
 def debug_ready_v2(
     specs: list[StepSpec], request: DebugRequest, notes: list[str]
 ) -> Iterator[Any]:
-    """The job to submit (``request.submitted``), its debugged nodes made to run the bootstrap
-    for the submit only; yields it."""
-    saved: list[tuple[Any, str, Any]] = []
-    try:
-        for spec in specs:
-            if not spec.debug:
-                continue
-            node = spec.sdk_object
-            saved.append((node, node.command, node.environment))
-            words = shlex.split(node.command)
-            wrapped = [words[0], BOOTSTRAP, *bootstrap_options(request), "--", *words[1:]]
-            node.command = " ".join(w if "${{" in w else shlex.quote(w) for w in wrapped)
-            node.environment = debug_environment(spec.name, node.environment, notes)
-        with shipped_bootstrap([s.source_directory for s in specs if s.debug]):
-            yield request.submitted
-    finally:
-        for node, command, environment in saved:
-            node.command, node.environment = command, environment
+    """A detached copy of the job to submit (``request.submitted``), its debugged nodes made to
+    run the bootstrap; yields it while the bootstrap's files are in their code folders."""
+    submitted, copies = detached_copy(request.submitted)
+    for spec in specs:
+        if not spec.debug:
+            continue
+        node = copies[id(spec.sdk_object)]
+        if node is not submitted:  # a pipeline's: the nodes made from its component keep theirs
+            node._component = detached_copy(node.component)[0]
+        node.command = debug_command(spec.name, node_command(spec), request)
+        node.environment = debug_environment(spec.name, node.environment, notes)
+    with shipped_bootstrap([spec.source_directory for spec in specs if spec.debug]):
+        yield submitted
 
 
 def check_environments(specs: list[StepSpec]) -> None:

@@ -1,8 +1,12 @@
 """The local target: the user's script runs as a real subprocess under the bootstrap.
 
-Never inside the kernel: ipykernel's own debugger owns debugpy there, and ``debugpy.listen``
-works once per process. The bootstrap always binds 127.0.0.1 here, so nothing on a laptop or a
-compute instance is exposed to its network.
+In: a request's StepSpecs (a script and its arguments, or for SDK v2 a node's whole command
+line) and the local paths of their data. Out: status, output lines and announcements, reported
+to the session as each step runs. Never inside the kernel: ipykernel's own debugger owns debugpy
+there, and ``debugpy.listen`` works once per process. The bootstrap always binds 127.0.0.1 here,
+so nothing on a laptop or a compute instance is exposed to its network. An SDK v2 command line
+runs as Azure ML runs it, through bash in the code folder, with only its debugged Python
+invocation wrapped by the bootstrap and ``python``/``python3`` meaning the kernel's interpreter.
 """
 
 from __future__ import annotations
@@ -10,18 +14,28 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aml_debug_magics import reaper
 from aml_debug_magics.node.announce import Announcement, AttachOutcome, LogReader
-from aml_debug_magics.records import Argument, DataFolder, ExternalInput, Status, StepSpec
+from aml_debug_magics.records import (
+    Argument,
+    DataFolder,
+    ExternalInput,
+    ShellCommand,
+    Status,
+    StepSpec,
+)
+from aml_debug_magics.sources.shell_line import substitute
 
 if TYPE_CHECKING:
     from aml_debug_magics.records import DebugRequest
@@ -33,6 +47,12 @@ LOG_LINES_KEPT = 200
 class LocalProcess:
     """One script under the bootstrap on this machine (``debug=False``: plain python), its
     output read line by line.
+
+    With ``shell_line`` (an SDK v2 node's command), ``script`` and ``args`` are not used: the
+    line runs under ``bash -c`` in ``cwd``, its debugged Python invocation wrapped by the
+    bootstrap, its placeholders replaced by ``values`` (each quoted for the shell), and
+    ``python``, ``python3`` and ``python3.X`` in it starting ``python`` (from a private folder
+    put first on PATH, removed when the process ends).
 
     ``on_line`` receives every output line; ``on_news`` every announcement or attach outcome the
     lines carry. Both are called from the reader thread.
@@ -59,6 +79,8 @@ class LocalProcess:
         reattach_window: float | None = None,
         on_line: Callable[[str], None] | None = None,
         on_news: Callable[[Announcement | AttachOutcome], None] | None = None,
+        shell_line: ShellCommand | None = None,
+        values: Mapping[str, str] | None = None,
     ) -> None:
         where = ["--connect", connect] if connect else ["--listen", listen]
         # node_files: a folder holding only the shipped files, run as a node without this
@@ -81,12 +103,24 @@ class LocalProcess:
             *(["--reattach-window", f"{reattach_window:g}"] if reattach_window is not None else []),
             "--",
         ]
-        # launcher: what starts python elsewhere (the tests' ip netns exec NODE)
-        self.command = [
-            *launcher, python, "-u", *(bootstrap if debug else []), str(script), *args
-        ]
         self.cwd = Path(cwd) if cwd else Path.cwd()
         self.env = {**os.environ, **(env or {})}
+        self._interpreters: Path | None = None
+        # launcher: what starts python elsewhere (the tests' ip netns exec NODE)
+        if shell_line is None:
+            self.command = [
+                *launcher, python, "-u", *(bootstrap if debug else []), str(script), *args
+            ]
+        else:
+            insertion = ["-u", *bootstrap[:-1], "--source-root", str(self.cwd.resolve()), "--"]
+            line = shell_line.wrapped(shlex.join(insertion)) if debug else shell_line.text
+            known = values or {}
+            self.command = [*launcher, "bash", "-c", substitute(line, lambda p: known[p])]
+            self._interpreters = _interpreter_folder(python)
+            self.env["PATH"] = os.pathsep.join(
+                filter(None, [str(self._interpreters), self.env.get("PATH")])
+            )
+            self.env["PYTHONUNBUFFERED"] = "1"  # lines as they come, as -u gives a script
         if node_files is None:
             self.env["PYTHONPATH"] = os.pathsep.join(
                 filter(None, [str(Path(__file__).resolve().parents[2]), self.env.get("PYTHONPATH")])
@@ -102,6 +136,14 @@ class LocalProcess:
         self._pump: threading.Thread | None = None
 
     def start(self) -> LocalProcess:
+        try:
+            self._start()
+        except OSError:
+            self._remove_interpreters()
+            raise
+        return self
+
+    def _start(self) -> None:
         self._process = subprocess.Popen(
             self.command,
             cwd=self.cwd,
@@ -116,7 +158,6 @@ class LocalProcess:
         reaper.watch(self._process.pid)  # and so does the kernel's death
         self._pump = threading.Thread(target=self._read, name="aml-debug-local-log", daemon=True)
         self._pump.start()
-        return self
 
     @property
     def pid(self) -> int | None:
@@ -150,15 +191,23 @@ class LocalProcess:
         reaper.forget(self._process.pid)
         if self._pump:
             self._pump.join(timeout=5)
+        self._remove_interpreters()
         return code
+
+    def _remove_interpreters(self) -> None:
+        if self._interpreters is not None:
+            shutil.rmtree(self._interpreters, ignore_errors=True)
+            self._interpreters = None
 
     def stop(self, grace: float = 5.0) -> None:
         """End the script, its children and its debug adapter; safe to call more than once."""
         if self._process is None or self._process.poll() is not None:
+            self._remove_interpreters()
             return
         try:
             os.killpg(self._process.pid, signal.SIGTERM)
         except ProcessLookupError:
+            self._remove_interpreters()
             return
         try:
             self._process.wait(grace)
@@ -171,6 +220,7 @@ class LocalProcess:
         finally:
             if self._process.poll() is not None:
                 reaper.forget(self._process.pid)
+                self._remove_interpreters()
 
 
 class LocalPipelineTarget:
@@ -213,12 +263,12 @@ class LocalPipelineTarget:
         assert self.data_root is not None  # a step that reads data follows one that writes it
         return self.data_root / data.name
 
-    def _local_value(self, argument: Argument) -> str:
+    def _local_value(self, step: StepSpec, argument: Argument) -> str:
         """What the step is given here for an argument: data becomes its local path."""
         if isinstance(argument, DataFolder):
             return str(self.folder_of(argument))
         if isinstance(argument, ExternalInput):
-            return str(self.request.input_paths[argument.name])
+            return str(self.request.input_paths[f"{step.name}.{argument.name}"])
         return argument
 
     def _run_all(self, events: DebugSession) -> None:
@@ -242,10 +292,14 @@ class LocalPipelineTarget:
     def _run_one(self, step: StepSpec, events: DebugSession) -> int:
         for data in step.writes:
             self.folder_of(data).mkdir(parents=True, exist_ok=True)
-        arguments = [self._local_value(a) for a in step.arguments]
+        arguments = [self._local_value(step, a) for a in step.arguments]
         environment = dict(step.environment)
         for data in [*step.reads, *step.writes, *step.external]:
-            environment[f"AZUREML_DATAREFERENCE_{data.name}"] = self._local_value(data)
+            environment[f"AZUREML_DATAREFERENCE_{data.name}"] = self._local_value(step, data)
+        values = None if step.command is None else {
+            written: self._local_value(step, value)
+            for written, value in step.command.placeholders.items()
+        }
         events.step_status(step.name, Status.STARTING if step.debug else Status.RUNNING)
         process = LocalProcess(
             step.script,
@@ -260,6 +314,8 @@ class LocalPipelineTarget:
             env=environment,
             on_line=lambda line: events.step_output(step.name, line),
             on_news=lambda news: events.step_news(step.name, news),
+            shell_line=step.command,
+            values=values,
         )
         self._current = process
         try:
@@ -270,6 +326,21 @@ class LocalPipelineTarget:
         if self._stopping.is_set():  # stop() came between the check and the start
             process.stop()
         return process.wait()
+
+
+def _interpreter_folder(python: str) -> Path:
+    """A private folder of ``python``, ``python3`` and ``python3.X`` that start ``python``.
+
+    Small scripts, not links: a link to a virtual environment's python, called by another
+    name in another folder, would not find the environment's ``pyvenv.cfg``.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="aml_debug_python_"))
+    own = [f"python3.{sys.version_info.minor}"] if python == sys.executable else []
+    for name in ("python", "python3", *own):
+        launcher = folder / name
+        launcher.write_text(f'#!/bin/sh\nexec {shlex.quote(python)} "$@"\n')
+        launcher.chmod(0o700)
+    return folder
 
 
 def _exit_detail(code: int) -> str:
