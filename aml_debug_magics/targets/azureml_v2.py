@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import re
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from aml_debug_magics.errors import DebugInputError
 from aml_debug_magics.failures import first_line
+from aml_debug_magics.node.bootstrap import SOURCE_ROOT_VARIABLE
 from aml_debug_magics.records import ShellCommand
 from aml_debug_magics.targets.environment import (
     BOOTSTRAP,
@@ -37,8 +37,7 @@ from aml_debug_magics.targets.environment import (
 if TYPE_CHECKING:
     from aml_debug_magics.records import DebugRequest, StepSpec
 
-SOURCE_ROOT = "AML_DEBUG_SOURCE_ROOT"  # where the bootstrap learns the code folder, after a cd
-_FIRST_WORD = re.compile(r"\s*(\S+)")
+SOURCE_ROOT = SOURCE_ROOT_VARIABLE  # where the bootstrap learns the code folder, after a cd
 
 
 def is_pipeline(job: Any) -> bool:
@@ -114,26 +113,15 @@ def _answering_any_attribute(root: Any) -> list[Any]:
     return found
 
 
-def node_command(spec: StepSpec) -> ShellCommand:
-    """The node's line as Azure ML runs it; where the reader left none, the line as written,
-    its first word the interpreter (the reader takes such nodes only as ``python SCRIPT``)."""
-    if spec.command is not None:
-        return spec.command
-    text = spec.sdk_object.command or ""
-    first = _FIRST_WORD.match(text)
-    return ShellCommand(text, first.span(1) if first else None)
-
-
-def debug_command(name: str, command: ShellCommand, request: DebugRequest) -> str:
+def debug_command(name: str, command: ShellCommand | None, request: DebugRequest) -> str:
     """The node's line with its debugged Python invocation run by the bootstrap, shipped in the
     code folder: the variable keeps that folder known after a ``cd``. For
     ``cd src && python t.py`` the line becomes ``export AML_DEBUG_SOURCE_ROOT="$PWD" && cd src
     && python "$AML_DEBUG_SOURCE_ROOT/aml_debug_bootstrap.py" --listen 0.0.0.0:5678 ... -- t.py``.
     """
-    if command.interpreter is None:
-        raise DebugInputError(
-            f"node {name!r} runs `{command.text}`: nothing in it runs Python to debug"
-        )
+    if command is None or command.interpreter is None:
+        written = command.text if command else ""
+        raise DebugInputError(f"node {name!r} runs `{written}`: nothing in it runs Python to debug")
     options = " ".join(shlex.quote(option) for option in bootstrap_options(request))
     insertion = f'"${SOURCE_ROOT}/{BOOTSTRAP}" {options} --'
     return f'export {SOURCE_ROOT}="$PWD" && {command.wrapped(insertion)}'
@@ -152,7 +140,7 @@ def debug_ready_v2(
         node = copies[id(spec.sdk_object)]
         if node is not submitted:  # a pipeline's: the nodes made from its component keep theirs
             node._component = detached_copy(node.component)[0]
-        node.command = debug_command(spec.name, node_command(spec), request)
+        node.command = debug_command(spec.name, spec.command, request)
         node.environment = debug_environment(spec.name, node.environment, notes)
     with shipped_bootstrap([spec.source_directory for spec in specs if spec.debug]):
         yield submitted
