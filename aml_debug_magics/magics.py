@@ -299,7 +299,8 @@ class AmlDebugMagics(Magics):
         from aml_debug_magics.records import DebugRequest
         from aml_debug_magics.session import open_session
         from aml_debug_magics.sources.inputs import local_paths
-        from aml_debug_magics.targets.azureml import find_workspace
+        from aml_debug_magics.targets import make_target
+        from aml_debug_magics.targets.workspace import find_workspace
         from aml_debug_magics.ui import make_view
 
         workspace, input_paths = extra.pop("workspace", None), {}
@@ -331,4 +332,4 @@ class AmlDebugMagics(Magics):
             allow=getattr(args, "allow", "auto"),
             **extra,
         )
-        open_session(kind, request, make_view(self.view))
+        open_session(kind, request, make_view(self.view), make_target)

@@ -349,18 +349,16 @@ def open_session(
     kind: str,
     request: DebugRequest,
     view: View,
+    make_target: Callable[[DebugRequest], Target],
     *,
-    target: Target | None = None,
     clock: Callable[[], float] = time.time,
 ) -> DebugSession:
-    """Check ``request``, stop the previous session of this ``kind``, start a new one."""
-    from aml_debug_magics.targets import make_target
-
+    """Check ``request``, stop the previous session of this ``kind``, start a new one on the
+    target ``make_target`` makes (once the checks passed and the ports are free)."""
     check_request(request)
     stop_session(kind)  # first: a re-run with the same --port finds it free
     check_ports(request)
-    chosen = target or make_target(request)
-    session = DebugSession(request, chosen, view, clock=clock)
+    session = DebugSession(request, make_target(request), view, clock=clock)
     with _live_lock:
         _live[kind] = session
     try:

@@ -39,7 +39,7 @@ from netns import skip_without_namespaces  # noqa: E402
 from simcluster import SimCluster  # noqa: E402
 
 from aml_debug_magics.session import current_session  # noqa: E402
-from aml_debug_magics.targets import azureml as azureml_target  # noqa: E402
+from aml_debug_magics.targets import workspace  # noqa: E402
 
 SCRIPT = "print('hello from the node', flush=True)\n"
 
@@ -66,7 +66,7 @@ def until(condition, timeout: float = 120.0) -> None:
 
 def magic_round(shell, azurite, root: Path) -> tuple[float, float]:
     cluster = SimCluster(azurite, root)
-    azureml_target.SdkWorkspace = lambda workspace: cluster
+    workspace.SdkWorkspace = lambda user_workspace: cluster
     try:
         started = time.monotonic()
         shell.run_line_magic("aml_debug_run", "--target azureml --workspace ws --timeout 60 config")

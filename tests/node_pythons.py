@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from aml_debug_magics.targets.azureml import DEBUGPY_REQUIREMENT
+from aml_debug_magics.targets.environment import DEBUGPY_REQUIREMENT
 
 NODE_VERSIONS = ("3.8", "3.9", "3.10", "3.11", "3.12", "3.13")
 VENVS = Path(__file__).resolve().parents[1] / ".node-pythons"

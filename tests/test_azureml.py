@@ -23,12 +23,9 @@ from aml_debug_magics.node.bootstrap import node_addresses
 from aml_debug_magics.records import DebugRequest, Status
 from aml_debug_magics.session import DebugSession, current_session
 from aml_debug_magics.sources.sdk_v1 import pick_steps, read_steps, steps_of
-from aml_debug_magics.targets.azureml import (
-    AzureMLTarget,
-    debug_runconfig,
-    reachability,
-    strip_guide_flags,
-)
+from aml_debug_magics.targets.azureml import AzureMLTarget
+from aml_debug_magics.targets.reachability import reachability
+from aml_debug_magics.targets.runconfig import debug_runconfig, strip_guide_flags
 from aml_debug_magics.ui.text import TextView
 
 
@@ -396,7 +393,7 @@ def test_the_sdk_v1_lists_are_the_ones_the_rows_are_tested_against():
     """``Run.wait_for_completion`` waits through the running and post-processing lists
     (NotResponding and Paused among them: a run may come back from both);
     ``PipelineRun.wait_for_completion`` through its own (Unknown among them)."""
-    from aml_debug_magics.targets.azureml import going_on_statuses
+    from aml_debug_magics.targets.statuses import going_on_statuses
 
     ended = sdk_v1_statuses() - going_on_statuses("v1")
     assert ended == {"Completed", "Failed", "Canceled", "Finished", "PartiallyExecuted",
@@ -407,7 +404,7 @@ def test_the_sdk_v1_lists_are_the_ones_the_rows_are_tested_against():
 def test_every_run_status_is_said_in_words_and_every_terminal_one_ends_the_session(
     project, azurite, status
 ):
-    from aml_debug_magics.targets.azureml import going_on_statuses, in_words
+    from aml_debug_magics.targets.statuses import going_on_statuses, in_words
 
     workspace = StandInWorkspace([])
     session, target, printed = start(project, workspace)

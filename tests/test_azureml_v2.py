@@ -26,7 +26,7 @@ from conftest import wait_for
 from aml_debug_magics.node.announce import Announcement, format_announcement
 from aml_debug_magics.records import DebugRequest, ShellCommand, Status, StepSpec
 from aml_debug_magics.session import DebugSession, current_session
-from aml_debug_magics.targets import azureml as azureml_target
+from aml_debug_magics.targets import follow, statuses
 from aml_debug_magics.targets.azureml import AzureMLTarget
 from aml_debug_magics.ui.text import TextView
 
@@ -155,8 +155,8 @@ ml_client = StandInMLClient()
 
 @pytest.fixture
 def fast_following(monkeypatch):
-    monkeypatch.setattr(azureml_target, "POLL_FAST", 0.05)
-    monkeypatch.setattr(azureml_target, "POLL_SLOW", 0.05)
+    monkeypatch.setattr(follow, "POLL_FAST", 0.05)
+    monkeypatch.setattr(follow, "POLL_SLOW", 0.05)
 
 
 @pytest.fixture
@@ -351,7 +351,7 @@ def test_every_job_status_is_said_in_words_and_every_terminal_one_ends_the_sessi
     state = jobs.submitted[0].state
     state.status = status
     row = session.row("train_job")
-    words = azureml_target.in_words(status)
+    words = statuses.in_words(status)
     wait_for(lambda: words in row.detail or words == str(row.status), 30,
              f"{status} in words on the row")
     if re.search("[a-z][A-Z]", status):

@@ -24,7 +24,7 @@ from simcluster import SimCluster
 from aml_debug_magics.node.announce import Announcement
 from aml_debug_magics.records import Status
 from aml_debug_magics.session import current_session
-from aml_debug_magics.targets import azureml as azureml_target
+from aml_debug_magics.targets import follow, reachability, workspace
 
 PREP = textwrap.dedent(
     """\
@@ -73,11 +73,11 @@ def make_cluster(azurite, tmp_path, monkeypatch):
     def make(**options) -> SimCluster:
         cluster = SimCluster(azurite, tmp_path / f"cluster{len(made)}", **options)
         made.append(cluster)
-        monkeypatch.setattr(azureml_target, "SdkWorkspace", lambda workspace: cluster)
+        monkeypatch.setattr(workspace, "SdkWorkspace", lambda user_workspace: cluster)
         return cluster
 
     # the simulated runs end within seconds, not minutes: look at them every second
-    monkeypatch.setattr(azureml_target, "POLL_SLOW", 1.0)
+    monkeypatch.setattr(follow, "POLL_SLOW", 1.0)
 
     yield make
     for cluster in made:
@@ -170,7 +170,7 @@ def test_an_unreachable_node_says_timed_out_with_the_tunnel_and_a_refused_one_sa
     out, and the row gives the virtual-network note and the SSH tunnel. A port where nothing
     listens on the node answers with a reset: the refused wording."""
     node = cluster.nodes[0]
-    assert "refused the connection" in azureml_target.reachability(
+    assert "refused the connection" in reachability.reachability(
         Announcement((node.address,), free_port()))  # nothing listens there on the node
     drop_all_traffic_to(node)
     session, train = debug_train(ip, timeout=60)
@@ -235,7 +235,7 @@ def test_a_missed_window_closes_the_nodes_port_and_the_step_completes(ip, projec
     wait_for(lambda: train.announcement, 90, "train to announce itself")
     assert session.wait(90) == "finished"
     assert any("Debugger attached = False" in line for line in train.last_lines)
-    assert azureml_target.probe(cluster.nodes[0].address, train.announcement.port) == "refused"
+    assert reachability.probe(cluster.nodes[0].address, train.announcement.port) == "refused"
 
 
 FAILING_PREP = "import json\n\nsettings = json.load(open('settings.json'))\n"

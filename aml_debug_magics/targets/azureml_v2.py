@@ -11,7 +11,7 @@ by the bootstrap>`` (the rest of the shell line is kept, ``${{...}}`` left for A
 an environment derived to hold debugpy; the bootstrap's files sit in the node's code folder
 while the job is uploaded. Out: a run with the SDK v1 run's methods (:class:`V2Run`: status,
 ``logFiles`` from run history, tags, children, cancel), so the follower, the log tailing and
-the probe are the ones SDK v1 uses; and the statuses azure-ai-ml waits through.
+the probe are the ones SDK v1 uses.
 """
 
 from __future__ import annotations
@@ -46,16 +46,6 @@ def is_pipeline(job: Any) -> bool:
     from azure.ai.ml.entities import PipelineJob
 
     return isinstance(job, PipelineJob)
-
-
-def going_on_statuses() -> frozenset[str]:
-    """The job statuses azure-ai-ml waits through: in progress or post-processing, and not in
-    its terminal list; every other status (its terminal ones, ``Unknown``, any new one) ends a
-    job, as ``jobs.stream`` stops on it."""
-    from azure.ai.ml.operations._run_history_constants import RunHistoryConstants as listed
-
-    going = {*listed.IN_PROGRESS_STATUSES, *listed.POST_PROCESSING_STATUSES}
-    return frozenset(going - set(listed.TERMINAL_STATUSES))
 
 
 def detached_copy(job: Any) -> tuple[Any, dict[int, Any]]:
