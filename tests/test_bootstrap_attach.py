@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from conftest import children_of, port_refuses, ship_node_files, wait_for
+from conftest import REPO, children_of, port_refuses, ship_node_files, wait_for
 from dap_client import DapClient
 from netns import namespaces, node_network, skip_without_namespaces
 from node_pythons import NODE_VERSIONS, find_python, installed, node_python
@@ -400,18 +400,48 @@ def test_when_the_gate_dies_the_row_says_the_port_is_gone_and_the_script_runs_on
     remote_and_local, start_local
 ):
     remote_script, _ = remote_and_local
-    process = start_local(remote_script, "0.5", timeout=120)
-    assert process.announced.wait(30), list(process.last_lines)
+    process = start_local(remote_script, "0.5", timeout=600)
+    assert process.announced.wait(60), list(process.last_lines)
     gate = wait_for(lambda: next((pid for pid in children_of(process.pid)
                                   if b"gate.py" in open(f"/proc/{pid}/cmdline", "rb").read()),
-                                 None), 10, "the gate process")
+                                 None), 30, "the gate process")
     os.kill(gate, signal.SIGKILL)
     try:
         closed = wait_for(lambda: next(
             (n for n in map(parse_line, process.last_lines) if isinstance(n, PortClosed)), None
-        ), 15, "the port-gone line")
+        ), 60, "the port-gone line")
     except AssertionError:
         raise AssertionError(f"no port-gone line in {list(process.last_lines)}") from None
     assert "the debug port is gone: its gate process ended" in closed.reason
-    assert process.wait(30) == 7  # it did not wait out its 120 s
+    try:
+        exit_code = process.wait(120)  # far less than its 600 s to attach
+    except subprocess.TimeoutExpired:
+        raise AssertionError(
+            f"the script still waits for a debugger after its gate died: {list(process.last_lines)}"
+        ) from None
+    assert exit_code == 7
     assert "final loss 1.6666666666666667" in process.last_lines
+
+
+def test_a_wait_cancelled_before_it_begins_still_ends():
+    """The gate can die, and cancel the wait, before debugpy's wait has begun (a busy machine
+    between the announcement and the wait); debugpy drops such a cancel, the bootstrap must not."""
+    cancel_first = textwrap.dedent(
+        """\
+        import time
+        from aml_debug_magics.node.bootstrap import Debugger
+
+        debugger = Debugger()
+        debugger.listen_on_loopback()
+        debugger.cancel_wait()  # what the gate's end does
+        print("attached:", debugger.wait_until(time.time() + 600), flush=True)
+        """
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", cancel_first], env={**os.environ, "PYTHONPATH": str(REPO)},
+            capture_output=True, text=True, timeout=120,
+        )
+    except subprocess.TimeoutExpired as error:
+        raise AssertionError(f"the wait ignored its cancel: {error.stdout!r}") from None
+    assert done.stdout == "attached: False\n", done.stderr

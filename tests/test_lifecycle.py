@@ -86,20 +86,46 @@ def test_a_killed_kernel_takes_every_process_it_started_with_it(tmp_path, capsys
 
 def test_ctrl_c_during_a_stop_still_ends_a_script_that_ignores_sigterm(ip, tmp_path):
     (tmp_path / "stubborn.py").write_text(
-        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "import signal, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: print('SIGTERM ignored', flush=True))\n"
         "print('ignoring SIGTERM', flush=True)\nwhile True:\n    time.sleep(0.1)\n"
     )
     ip.run_line_magic("aml_debug_run", "--timeout 1 stubborn.py")
     session = current_session("run")
-    wait_for(lambda: "ignoring SIGTERM" in session.rows[0].last_lines, 30, "the script to run")
-    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))  # the user's Ctrl-C
-    timer.start()
+    lines = session.rows[0].last_lines
+    wait_for(lambda: "ignoring SIGTERM" in lines, 60, "the script to run")
+    # the user's Ctrl-C, pressed once the stop's SIGTERM has reached the script and the stop
+    # waits for a script that will not end; never after the stop is over
+    stop_over = threading.Event()
+    pressing = threading.Lock()
+
+    def press_ctrl_c() -> None:
+        deadline = time.monotonic() + 60
+        while "SIGTERM ignored" not in lines and time.monotonic() < deadline:
+            if stop_over.wait(0.01):
+                return
+        with pressing:
+            if "SIGTERM ignored" in lines and not stop_over.is_set():
+                os.kill(os.getpid(), signal.SIGINT)
+
+    # a kernel turns SIGINT into KeyboardInterrupt even when this run was started with it
+    # ignored (a background job of a non-interactive shell inherits SIG_IGN)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    user = threading.Thread(target=press_ctrl_c, daemon=True)
+    user.start()
     try:
-        with pytest.raises(KeyboardInterrupt):
-            ip.run_line_magic("aml_debug_run", "--stop")
+        with pytest.raises(KeyboardInterrupt) as interrupted:
+            try:
+                ip.run_line_magic("aml_debug_run", "--stop")
+            finally:
+                with pressing:
+                    stop_over.set()
     finally:
-        timer.cancel()
-    wait_for(lambda: children_of() == [], 10, "the script to be gone")
+        user.join(10)
+        signal.signal(signal.SIGINT, previous)
+    assert "SIGTERM ignored" in lines, f"the stop sent no SIGTERM: {list(lines)}"
+    assert any(entry.name == "stop" for entry in interrupted.traceback)  # inside the stop
+    wait_for(lambda: children_of() == [], 30, "the script to be gone")
     assert current_session("run") is session  # still known: --stop can be run again
     ip.run_line_magic("aml_debug_run", "--stop")
     assert current_session("run") is None

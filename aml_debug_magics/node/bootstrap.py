@@ -583,10 +583,13 @@ class Debugger:
         return self.debugpy.is_client_connected()
 
     def cancel_wait(self) -> None:
-        """End a wait for a debugger now, as if its deadline had passed."""
+        """End a wait for a debugger now, as if its deadline had passed; a wait that has not
+        begun yet ends as soon as it begins."""
         self._cancelled = True
-        with contextlib.suppress(RuntimeError):  # no wait has begun
+        try:
             self._wait_for_client.cancel()
+        except RuntimeError:  # debugpy drops a cancel that comes before its wait: cancel it again
+            self._schedule(0.05, self.cancel_wait)
 
     def absorb_script_calls(self, public: tuple[str, int]) -> None:
         """Make the script's own debugpy calls (the guide's boilerplate) harmless.
