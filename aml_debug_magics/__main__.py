@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (120)")
     parser.add_argument("--port", type=int, default=0, help="debug port (0: any free port)")
     options = parser.parse_args(argv)
+    if options.script == str(DEMO):
+        usage = parser.format_usage().rstrip()
+        print(f"{usage}\n(no script given: running the bundled demo)", flush=True)
     script = Path(options.script).resolve()
     if not script.is_file():
         print(f"aml-debug: error: script not found: {options.script}", file=sys.stderr)
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(config, indent=4) + "\n", flush=True)
 
     process = LocalProcess(
-        script, timeout=options.timeout, port=options.port, cwd=script.parent,
+        script, timeout=options.timeout, listen=f"127.0.0.1:{options.port}", cwd=script.parent,
         on_line=lambda line: print(line, flush=True), on_news=show,
     ).start()
     try:

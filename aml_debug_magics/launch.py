@@ -37,6 +37,7 @@ def attach_config(
     *,
     script_in_root: str | None = None,
     name: str | None = None,
+    step: str | None = None,
     host: str | None = None,
     just_my_code: bool | None = None,
 ) -> dict[str, Any]:
@@ -49,6 +50,7 @@ def attach_config(
     ``local_root`` is the user's source folder and ``script_in_root`` the script's path in it
     (see :func:`path_mapping`).
 
+    ``step`` is the row's step: its name is then :func:`default_name`'s, one per row.
     ``host`` overrides the address (an SSH tunnel's ``localhost``, a container's published port).
     A listen-mode announcement gives ``connect``; a connect-mode one gives ``listen``, since there
     VS Code is the side that waits.
@@ -58,7 +60,7 @@ def attach_config(
     )
     if target_host in UNROUTABLE_HOSTS:
         raise ValueError(f"{target_host!r} is not an address a debugger can connect to")
-    label = name or default_name(announcement)
+    label = name or default_name(announcement, step)
     endpoint = "connect" if announcement.mode == "listen" else "listen"
     config: dict[str, Any] = {
         "name": label,
@@ -103,8 +105,18 @@ def path_mapping(
     return local_root.joinpath(*inside[:-1]), paths.dirname(script)
 
 
-def default_name(announcement: Announcement) -> str:
+def default_name(announcement: Announcement, step: str | None = None) -> str:
+    """The configuration's name in launch.json. With the row's ``step``, one per step and rank,
+    and the same each time it runs (so a re-run replaces its entry): two steps running the same
+    ``train.py`` get two entries. Without, the script and where it runs.
+
+    >>> a = Announcement(("10.0.0.4",), 5678, script="/mnt/snap/train.py", rank=1)
+    >>> default_name(a, "second")
+    'Attach: train.py (second) rank 1'
+    """
     script = (announcement.script or "script").replace("\\", "/").rsplit("/", 1)[-1]
+    if step is not None:
+        return f"Attach: {script} ({step}) rank {announcement.rank}"
     where = announcement.hostname or announcement.addresses[0]
     return f"Attach: {script} on {where} rank {announcement.rank}"
 

@@ -24,26 +24,35 @@ from aml_debug_magics.node.announce import (
 )
 from aml_debug_magics.redaction import redact
 
-# current runtime: user_logs/std_log.txt, std_log_process_N.txt (one per process);
+# current runtime: user_logs/std_log.txt, std_log_process_M.txt (one per process, M its rank),
+# std_log_node_N_process_M.txt (multi-node: process M of node N), indexes sometimes zero-padded;
 # older runtime: azureml-logs/70_driver_log.txt, 70_driver_log_N.txt (one per node)
-_CURRENT = re.compile(r"^user_logs/std_log(?:_process)?(?:_(\d+))?\.txt$")
-_OLDER = re.compile(r"^azureml-logs/70_driver_log(?:_(\d+))?\.txt$")
+_CURRENT = re.compile(
+    r"^user_logs/std_log(?:_node_(?P<node>\d+))?(?:_process_(?P<process>\d+))?\.txt$")
+_OLDER = re.compile(r"^azureml-logs/70_driver_log(?:_(?P<process>\d+))?\.txt$")
 
 
-def driver_logs(log_files: dict[str, str]) -> dict[str, int]:
-    """The stdout logs among a run's ``logFiles``, each with its node or process index.
+def stdout_logs(log_files: dict[str, str] | list[str]) -> dict[str, int]:
+    """The stdout logs among a run's ``logFiles``, each with the rank of the process it holds.
 
-    The current layout wins where both are present (the older one then repeats it).
+    The current layout wins where both are present (the older one then repeats it). On a
+    multi-node job, process M of node N is rank N x P + M, P being the processes per node (one
+    more than the highest process index listed).
     """
     for pattern in (_CURRENT, _OLDER):
-        found = {
-            name: int(match.group(1) or 0)
-            for name in log_files
-            if (match := pattern.match(name))
-        }
+        found = {name: match for name in log_files if (match := pattern.match(name))}
         if found:
-            return found
-    return {}
+            break
+    else:
+        return {}
+    on_nodes = [int(m["process"] or 0) for m in found.values() if m.groupdict().get("node")]
+    per_node = max(on_nodes, default=0) + 1
+    ranks = {}
+    for name, match in found.items():
+        process = int(match["process"] or 0)
+        node = match.groupdict().get("node")
+        ranks[name] = int(node) * per_node + process if node is not None else process
+    return ranks
 
 
 class SasExpired(Exception):
@@ -118,11 +127,14 @@ class BlobTail:
 
 
 class RunLogs:
-    """Follows one Azure ML run: the stdout log of every node (or process), and its tags.
+    """Follows one Azure ML run: the stdout log of every process (each tied to its rank), and
+    its tags.
 
-    ``run`` needs the SDK's ``get_details()`` (with ``logFiles``: name -> SAS URL) and
-    ``get_tags()``. Each :meth:`poll` reads only what is new; URLs are refreshed from the details
-    each time, and once more within a poll when a blob says its SAS expired.
+    Two costs, kept apart: the run's details (``logFiles``: name -> SAS URL) and tags come from
+    Azure ML's control plane, which :meth:`take_details` and :meth:`take_tags` only receive;
+    :meth:`read` reads only what is new in the listed blobs, from storage. :meth:`poll` does all
+    three with ``run.get_details()`` and ``run.get_tags()``. A blob whose SAS expired is named in
+    ``expired`` until fresh details arrive.
     """
 
     def __init__(
@@ -135,6 +147,8 @@ class RunLogs:
     ) -> None:
         self.run = run
         self.tails: dict[str, BlobTail] = {}
+        self.ranks: dict[str, int] = {}
+        self.expired: set[str] = set()
         self.problem = ""  # the last failure to read, redacted, for the panel
         self._on_line = on_line
         self._on_news = on_news
@@ -146,6 +160,11 @@ class RunLogs:
     def bytes_read(self) -> int:
         return sum(t.bytes_read for t in self.tails.values())
 
+    @property
+    def listed(self) -> bool:
+        """Whether the details listed a log to read yet."""
+        return bool(self.tails)
+
     def describe(self) -> str:
         """Which logs are being read and how far, e.g. ``user_logs/std_log.txt (12 kB)``."""
         if not self.tails:
@@ -156,32 +175,59 @@ class RunLogs:
         )
 
     def poll(self) -> None:
-        files = self._log_files()
-        for name, node in driver_logs(files).items():
+        """Details, new bytes and tags, in one go; a blob whose SAS expired is read again with
+        the URLs of fresh details."""
+        self.take_details(self.run.get_details())
+        self.read()
+        if self.expired:
+            self.take_details(self.run.get_details())
+            self.read()
+        self.take_tags(self.run.get_tags())
+
+    def take_details(self, details: dict | None) -> bool:
+        """The logs a run's details list (new ones start at their first byte); True when a log
+        was listed for the first time."""
+        files = dict((details or {}).get("logFiles") or {})
+        ranks = stdout_logs(files)
+        new = bool(set(ranks) - set(self.tails))
+        for name, rank in ranks.items():
             tail = self.tails.setdefault(name, BlobTail(files[name], opener=self._opener))
             tail.url = files[name]
+            self.ranks[name] = rank
             self._readers.setdefault(name, LogReader())
+            self.expired.discard(name)
+        return new
+
+    def read(self) -> bool:
+        """Read what is new in every listed log (storage only); True when a line came."""
+        came = False
+        for name, tail in list(self.tails.items()):
+            if name in self.expired:
+                continue
             try:
-                try:
-                    lines = tail.read_new()
-                except SasExpired:
-                    tail.url = self._log_files().get(name, tail.url)
-                    lines = tail.read_new()
-            except (SasExpired, LogUnavailable) as error:
+                lines = tail.read_new()
+            except SasExpired as error:
+                self.expired.add(name)
+                self.problem = str(error)
+                continue
+            except LogUnavailable as error:
                 self.problem = str(error)
                 continue
             self.problem = ""
+            rank = self.ranks[name]
             for line in lines:
-                self._on_line(line, node)
+                came = True
+                self._on_line(line, rank)
                 for news in self._readers[name].feed(line):
                     if news.source == "guide":
-                        news = dataclasses.replace(news, rank=node)
+                        news = dataclasses.replace(news, rank=rank)
                     self._tell(news)
-        for news in announcements_in_tags(self.run.get_tags() or {}):
-            self._tell(news)
+        return came
 
-    def _log_files(self) -> dict[str, str]:
-        return dict((self.run.get_details() or {}).get("logFiles") or {})
+    def take_tags(self, tags: dict | None) -> None:
+        """What the node wrote into the run's tags (they can arrive before a late log)."""
+        for news in announcements_in_tags(tags or {}):
+            self._tell(news)
 
     def _tell(self, news: Announcement | AttachOutcome | PortClosed) -> None:
         if isinstance(news, Announcement):

@@ -19,19 +19,21 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Enum, Float, Int, Unicode
 
 from aml_debug_magics.errors import DebugInputError
+from aml_debug_magics.redaction import redact
 
 TARGETS = ("local", "azureml")
 
 
 def one_line_errors(magic: Callable[..., Any]) -> Callable[..., Any]:
-    """Expected errors become IPython's one-line UsageError, never a traceback."""
+    """Expected errors become IPython's one-line UsageError, never a traceback, and never with
+    a SAS signature (a dataset's URL, an ``--input`` the user pasted)."""
 
     @functools.wraps(magic)
     def wrapper(self: AmlDebugMagics, line: str) -> Any:
         try:
             return magic(self, line)
         except DebugInputError as error:
-            raise UsageError(str(error)) from None
+            raise UsageError(redact(str(error))) from None
 
     return wrapper
 
@@ -56,8 +58,8 @@ def session_options(magic: Callable[..., Any]) -> Callable[..., Any]:
                  "once through the workspace"),
         argument("--allow", default="auto", metavar="ADDR|CIDR[,...]|any", help="azureml "
                  "target: who may attach to the node's debug port (default: this machine's "
-                 "addresses and loopback, where an SSH tunnel arrives; any: everyone who "
-                 "reaches it)"),
+                 "addresses and the node itself, where an SSH tunnel arrives; node: the node "
+                 "itself; any: everyone who reaches it)"),
         argument("--ranks", default="0", help="which ranks of a distributed step wait for a "
                  "debugger: 0 (default), all, or 0,2"),
         argument("--write-launch-json", action="store_true", help="write each attach config "
@@ -121,14 +123,21 @@ class AmlDebugMagics(Magics):
         specs = steps.read_steps(
             found, debugged, base_directory=Path.cwd(), target=self._target(args)
         )
-        self._open("pipeline", f"%aml_debug_pipeline {args.pipeline}", specs, args)
+        submit: dict[str, Any] = {}
+        if self._target(args) == "azureml" and steps.is_pipeline(pipeline):
+            from aml_debug_magics.targets.workspace import pipeline_workspace
+
+            submit = {"submitted": pipeline}  # its settings and workspace go with the submit
+            if not args.workspace:
+                submit["workspace"] = pipeline_workspace(pipeline)
+        self._open("pipeline", f"%aml_debug_pipeline {args.pipeline}", specs, args, **submit)
 
     # -- %aml_debug_run -------------------------------------------------------------------
 
     @magic_arguments()
     @argument("command", nargs=argparse.REMAINDER, metavar="SCRIPT [ARGS...] | CONFIG",
               help="a script and its arguments, or a variable holding a ScriptRunConfig "
-              "(options go before it)")
+              "(options go before a script; before or after a ScriptRunConfig)")
     @session_options
     @line_magic
     @one_line_errors
@@ -145,9 +154,13 @@ class AmlDebugMagics(Magics):
         if not args.command:
             raise DebugInputError("give a script (and its arguments) or a ScriptRunConfig variable")
         first, rest = args.command[0], args.command[1:]
-        if first.isidentifier() and first in self.shell.user_ns and not rest:
+        if first.isidentifier() and first in self.shell.user_ns and rest:
+            args = self._options_after_variable(line, first, rest)
+            rest = []
+        if first.isidentifier() and first in self.shell.user_ns:
             spec = steps.read_script_run(
-                self._variable(first), first, base_directory=Path.cwd(), target=self._target(args)
+                self._variable(first), first, base_directory=Path.cwd(), target=self._target(args),
+                namespace=self.shell.user_ns,
             )
         elif self._target(args) != "local":
             raise DebugInputError(
@@ -199,13 +212,12 @@ class AmlDebugMagics(Magics):
         specs = sdk_v2.read_job(job, args.job, args.node, base_directory=Path.cwd(),
                                 target=target, calls=args.call, notes=notes)
         for note in notes:
-            print(note)
+            print(redact(note))
         submit: dict[str, Any] = {}
         if target == "azureml":  # through an MLClient, the job as a whole
-            from aml_debug_magics.targets.azureml_v2 import check_environments, find_ml_client
+            from aml_debug_magics.targets.azureml_v2 import find_ml_client
 
             workspace = find_ml_client(self.shell.user_ns, args.workspace)
-            check_environments(specs)
             submit = {"sdk": "v2", "submitted": job, "workspace": workspace}
         self._open("job", f"%aml_debug_job {args.job}", specs, args, **submit)
 
@@ -279,6 +291,22 @@ class AmlDebugMagics(Magics):
             raise DebugInputError(f"cannot split the line: {error} (check the quotes)") from None
         return magic.parser.parse_args(words)
 
+    def _options_after_variable(
+        self, line: str, variable: str, rest: list[str]
+    ) -> argparse.Namespace:
+        """``%aml_debug_run config --timeout 5``: what follows a ScriptRunConfig's name are
+        options, as if typed before it."""
+        words = shlex.split(line)
+        where = len(words) - 1 - len(rest)
+        args = self.aml_debug_run.parser.parse_args([*words[:where], *rest, variable])
+        if args.command != [variable]:
+            kind = type(self.shell.user_ns[variable]).__name__
+            raise DebugInputError(
+                f"{variable!r} is a {kind}: only options may follow its name (got "
+                f"{args.command[0]!r})"
+            )
+        return args
+
     def _variable(self, name: str) -> Any:
         if name not in self.shell.user_ns:
             raise DebugInputError(f"no variable named {name!r} in this notebook: define it first")
@@ -309,6 +337,10 @@ class AmlDebugMagics(Magics):
                 raise DebugInputError("--input is for the local target: on Azure ML the steps "
                                       "read their own data")
             workspace = workspace or find_workspace(self.shell.user_ns, args.workspace)
+            if kind != "deploy":  # the nodes' copy of debugpy, fetched once, before any submit
+                from aml_debug_magics.targets.environment import shipped_debugpy
+
+                shipped_debugpy()
         else:
             input_paths = local_paths(
                 specs, getattr(args, "input", []), base=Path.cwd(),

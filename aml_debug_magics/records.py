@@ -81,6 +81,8 @@ class StepSpec:
     debug: bool = True
     sdk_object: Any = None  # the user's step or ScriptRunConfig, for targets that submit it
     command: ShellCommand | None = None  # SDK v2: the line the node runs, through a shell
+    # SDK v1: what Run.get_context().input_datasets answers in the step, by input name
+    named_inputs: dict[str, DataFolder | ExternalInput] = field(default_factory=dict)
 
     @property
     def script(self) -> Path:

@@ -81,7 +81,8 @@ class StepRow:
         from aml_debug_magics.launch import attach_config
 
         return attach_config(
-            self.announcement, self.local_root, script_in_root=self.script_in_root or None
+            self.announcement, self.local_root, script_in_root=self.script_in_root or None,
+            step=self.step,
         )
 
 

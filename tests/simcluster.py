@@ -12,7 +12,8 @@ methods (``get_status``, ``get_details`` with ``logFiles``, ``get_tags``, ``get_
   link-local address (``tests/netns.py``), made when the cluster is made, so this machine has
   its address on their network before a magic computes who may attach. A step's processes run
   there with ``ip netns exec``, in the oldest Python the machine has holding only debugpy
-  (``tests/node_pythons.py``), with the variables Azure ML sets (``AZUREML_RUN_ID``; for a
+  (``tests/node_pythons.py``; or the ``python`` given, e.g. an environment without debugpy),
+  with the variables Azure ML sets (``AZUREML_RUN_ID``; for a
   distributed step ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``NODE_RANK``, ``MASTER_ADDR``,
   ``AZ_BATCH_IS_CURRENT_NODE_MASTER``).
 - **Order and data.** Steps run in dependency order (a step after the producers of the
@@ -28,8 +29,9 @@ methods (``get_status``, ``get_details`` with ``logFiles``, ``get_tags``, ``get_
 - **Statuses.** NotStarted, Queued, Preparing, Running, then Completed, Failed or Canceled.
 - **Logs.** Each process's output goes, in chunks and late, to an append blob in the test's
   Azurite at Azure ML's layout (``user_logs/std_log.txt``, ``std_log_process_N.txt`` per process,
-  or ``azureml-logs/70_driver_log.txt``); a log is listed in ``logFiles``, with a real SAS URL,
-  only once something was written to it.
+  with ``layout="nodes"`` ``std_log_node_N_process_M.txt`` (process M of node N) as the current
+  runtime writes on several nodes, or ``azureml-logs/70_driver_log.txt``); a log is listed in
+  ``logFiles``, with a real SAS URL, only once something was written to it.
 
 Needs root and ``ip``; without them the cluster skips the test with the reason. Every
 namespace and process it made is gone when :meth:`SimCluster.close` returns (the fixture calls
@@ -106,19 +108,23 @@ class SimCluster:
     """The simulated compute: ``nodes`` network namespaces; ``submit`` runs what it is given."""
 
     def __init__(self, azurite: Any, root: Path, *, nodes: int = 1,
-                 processes_per_node: int = 1, layout: str = "current") -> None:
+                 processes_per_node: int = 1, layout: str = "current",
+                 python: str | None = None) -> None:
         self.azurite = azurite
         self.root = root
         self.processes_per_node = processes_per_node
         self.layout = layout
         version = next((v for v in NODE_VERSIONS if find_python(v)), None)
-        self.python = node_python(version or "3.8")  # skips when there is none
+        self.python = python or node_python(version or "3.8")  # skips when there is none
         self._stack = ExitStack()
         self.nodes: list[Node] = [self._stack.enter_context(node_network()) for _ in range(nodes)]
         self._processes: list[subprocess.Popen[bytes]] = []
         self._lock = threading.Lock()
         self.submitted: list[Any] = []
         self.seen_nodes: list[dict[str, tuple[str, Any]]] = []
+        # each submit's environments, by step or node name, as they arrived (v1: the
+        # RunConfiguration's Environment object; v2: node.environment, a name or an Environment)
+        self.seen_environments: list[dict[str, Any]] = []
         self.runs: list[SimRun] = []
 
     # -- the seam: what SdkWorkspace offers ---------------------------------------------------
@@ -135,9 +141,16 @@ class SimCluster:
             self.seen_nodes.append({  # as they were at the submit
                 name: (node.command, copy.deepcopy(getattr(node.environment, "conda_file", None)))
                 for name, node in nodes.items()})
+            self.seen_environments.append(
+                {name: copy.deepcopy(node.environment) for name, node in nodes.items()})
             jobs = self._v2_jobs(what, nodes)
         else:
             steps = what if isinstance(what, list) else [what]
+            self.seen_environments.append({
+                getattr(step, "name", None) or Path(step.script).stem: getattr(
+                    getattr(step, "_runconfig", None) or getattr(step, "run_config", None),
+                    "environment", None)
+                for step in steps})
             jobs = [self._snapshot(step) for step in _in_dependency_order(steps)]
             is_pipeline = isinstance(what, list)
         parent = SimRun("pipeline" if is_pipeline else "run", self)
@@ -297,7 +310,7 @@ class SimCluster:
                 )
                 with self._lock:
                     self._processes.append(process)
-                log = self._log_name(rank if distributed else None)
+                log = self._log_name(rank if distributed else None, node_rank, local_rank)
                 pump = threading.Thread(target=self._pump, args=(process, run, log), daemon=True)
                 pump.start()
                 pumps.append((process, pump))
@@ -307,7 +320,9 @@ class SimCluster:
             pump.join(10)
         return codes
 
-    def _log_name(self, rank: int | None) -> str:
+    def _log_name(self, rank: int | None, node_rank: int = 0, local_rank: int = 0) -> str:
+        if self.layout == "nodes" and rank is not None:  # the current runtime, multi-node
+            return f"user_logs/std_log_node_{node_rank}_process_{local_rank}.txt"
         if self.layout == "older":
             return "azureml-logs/70_driver_log.txt" if rank is None else (
                 f"azureml-logs/70_driver_log_{rank}.txt")

@@ -142,21 +142,22 @@ def test_submits_debug_ready_steps_and_leaves_everything_as_it_was(project):
     options = arguments[: arguments.index("--")]
     assert options[:-2] == [
         "--listen", "0.0.0.0:5678", "--timeout", "300", "--ranks", "0", "--just-my-code"]
-    assert options[-2] == "--allow"  # this machine only: its own addresses and loopback
-    assert options[-1].split(",") == [*node_addresses("0.0.0.0"), "127.0.0.1"]
+    assert options[-2] == "--allow"  # this machine's own addresses, and the node itself
+    assert options[-1].split(",") == [*node_addresses("0.0.0.0"), "127.0.0.1", "node"]
     after_dashes = arguments[arguments.index("--") + 1 :]
     assert after_dashes[:3] == ["train.py", "--data", prepared]
     assert after_dashes[2] is prepared  # the input object itself, for the SDK to bind
     assert after_dashes[3:] == ["--epochs", 3]  # the guide's flags left out
     runconfig = sent_train["_runconfig"]
+    assert runconfig.environment is settings.environment  # submitted as it is: no rebuild
     pip = list(runconfig.environment.python.conda_dependencies.pip_packages)
-    assert "debugpy>=1.8.1,<1.9" in pip and "scikit-learn" in pip
+    assert "debugpy>=1.8.1,<1.9" not in pip and "scikit-learn" in pip
     assert runconfig.docker.use_docker is True
-    assert runconfig.environment.docker.base_image.startswith("mcr.microsoft.com/azureml/")
     assert sent_train["_allow_reuse"] is False
     assert sent_prep["_script_name"] == "prep.py" and sent_prep["_allow_reuse"] is True
     snapshot = submitted["folders"][tmp_path / "train"]
-    assert {"aml_debug_bootstrap.py", "aml_debug_announce.py", "aml_debug_gate.py"} <= set(snapshot)
+    assert {"aml_debug_bootstrap.py", "aml_debug_announce.py", "aml_debug_gate.py",
+            "aml_debug_debugpy"} <= set(snapshot)
     assert submitted["folders"][tmp_path / "prep"] == before[tmp_path / "prep"]
 
     wait_for(lambda: session.note, 30, "the run link")
@@ -293,8 +294,8 @@ def test_building_the_runconfig_warns_of_nothing_deprecated(project):
     settings = project[4]
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
-        built, notes = debug_runconfig(settings)
-    assert built.docker.use_docker and notes == []
+        built = debug_runconfig(settings)
+    assert built.docker.use_docker
     assert strip_guide_flags(["--remote_debug_port=5678", "--x", 1]) == (["--x", 1], True)
 
 

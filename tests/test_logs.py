@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from aml_debug_magics.logs import BlobTail, LogUnavailable, RunLogs, SasExpired, driver_logs
+from aml_debug_magics.logs import BlobTail, LogUnavailable, RunLogs, SasExpired, stdout_logs
 from aml_debug_magics.node.announce import (
     Announcement,
     PortClosed,
@@ -67,7 +67,7 @@ def test_transient_failures_are_retried_a_bounded_number_of_times(azurite):
 
 
 def test_log_layouts_and_node_indexes():
-    assert driver_logs({"azureml-logs/70_driver_log.txt": "u", "logs/x.txt": "v"}) == {
+    assert stdout_logs({"azureml-logs/70_driver_log.txt": "u", "logs/x.txt": "v"}) == {
         "azureml-logs/70_driver_log.txt": 0
     }
     both = {
@@ -75,12 +75,40 @@ def test_log_layouts_and_node_indexes():
         "user_logs/std_log_process_0.txt": "b",
         "user_logs/std_log_process_1.txt": "c",
     }
-    assert driver_logs(both) == {
+    assert stdout_logs(both) == {
         "user_logs/std_log_process_0.txt": 0, "user_logs/std_log_process_1.txt": 1
     }
     assert redact("see https://x/y?sv=1&SIG=abc%2F&se=2 now") == (
         "see https://x/y?sv=1&SIG=REDACTED&se=2 now"
     )
+
+
+def test_every_rank_of_a_multi_node_job_is_found_and_tied_to_its_rank():
+    """The current runtime on several nodes writes ``std_log_node_N_process_M.txt`` (process M
+    of node N); indexes may be zero-padded (``std_log_process_00.txt``, as azure-ai-ml's own
+    log-streaming tests list them)."""
+    on_nodes = {f"user_logs/std_log_node_{n}_process_{p}.txt": "u" for n in (0, 1) for p in (0, 1)}
+    assert stdout_logs({**on_nodes, "user_logs/std_log.txt": "u", "system_logs/x.txt": "v"}) == {
+        "user_logs/std_log.txt": 0,
+        "user_logs/std_log_node_0_process_0.txt": 0, "user_logs/std_log_node_0_process_1.txt": 1,
+        "user_logs/std_log_node_1_process_0.txt": 2, "user_logs/std_log_node_1_process_1.txt": 3,
+    }
+    padded = {f"user_logs/std_log_process_0{p}.txt": "u" for p in range(3)}
+    assert sorted(stdout_logs(padded).values()) == [0, 1, 2]
+
+
+def test_a_guide_line_on_the_second_node_is_told_with_that_nodes_rank(azurite):
+    """A script that prints the guide's ``ip_address:`` line has no rank of its own: the log it
+    is in says which rank it is."""
+    run = StepRun()
+    news = []
+    logs = RunLogs(run, lambda *_: None, news.append)
+    names = [f"user_logs/std_log_node_{n}_process_0.txt" for n in (0, 1)]
+    blobs = [azurite.append_blob(f"runs/g/{name}", "starting\n") for name in names]
+    run.log_files = {name: blob.url() for name, blob in zip(names, blobs, strict=True)}
+    blobs[1].append("Timeout for debug connection: 300\nip_address: 10.0.0.9\n")
+    logs.poll()
+    assert [(a.rank, a.addresses) for a in news] == [(1, ("10.0.0.9",))]
 
 
 class StepRun:

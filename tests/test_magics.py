@@ -102,6 +102,9 @@ def test_pipeline_step_stops_at_a_breakpoint_and_feeds_the_next_step(ip, pipelin
     session = current_session("pipeline")
     train = panel_row(session, "train")
     wait_for(lambda: train.row.status == Status.WAITING, 60, "train to wait for a debugger")
+    # the panel shows the row's news once the view has refreshed it: wait for what the user sees
+    wait_for(lambda: train.copy.text and "127.0.0.1" in train.address.value, 30,
+             "the panel to show the attach config")
     assert [r.status for r in session.rows if r.step == "prep"] == [Status.FINISHED]
     config = json.loads(train.copy.text)  # exactly what the Copy button puts on the clipboard
     assert train.address.value == f"<code>127.0.0.1:{config['connect']['port']}</code>"
@@ -307,6 +310,22 @@ def test_bad_steps_are_one_line(ip, pipeline, line, message):
         ip.run_cell("prepared._producer = None")  # as if prep were never built
     with pytest.raises(UsageError, match=message.replace("(", r"\(")):
         ip.run_line_magic("aml_debug_pipeline", line)
+    assert children_of() == []
+
+
+def test_a_step_the_local_target_cannot_run_is_named_beside_the_one_asked_for(ip, pipeline):
+    assert ip.run_cell(
+        "from azureml.pipeline.steps import CommandStep\n"
+        "shell = CommandStep(name='shell', command='bash run.sh', source_directory='prep',"
+        " compute_target='cpu-cluster')\n"
+        "both = [train, shell]"
+    ).success
+    with pytest.raises(UsageError) as refused:
+        ip.run_line_magic("aml_debug_pipeline", "both --step train")
+    assert str(refused.value) == (
+        "'train' can be debugged, but the pipeline also holds step 'shell', a CommandStep, "
+        "which the local target cannot run yet (it runs PythonScriptStep steps): use --target "
+        "azureml")
     assert children_of() == []
 
 

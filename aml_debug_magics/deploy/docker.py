@@ -4,19 +4,32 @@ Publishes the scoring port and the debug port on 127.0.0.1, mounts the user's so
 ``/var/azureml-app`` (not the translated guide's ``/var/azureml-apps``), loads score.py through
 ``aml_debug_entry.py`` so debugpy starts in the server's worker, starts the services with
 ``runsvdir /var/runit``, and attaches to ``localhost`` (never ``0.0.0.0``).
+
+In: the request and its deployment (the image, the folders). Out: the container's output lines
+and announcements, and its end (its status, the last line it wrote), reported to the session.
+``docker run`` is followed in the foreground (its status is the container's), under a name of
+its own per session so two sessions never collide, and the kernel's watchdog removes the
+container if the kernel dies. Stop ends the client first (so nothing can create the container
+afterwards, even mid-pull), then removes the container.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import re
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from aml_debug_magics import reaper
 from aml_debug_magics.deploy.local import DEBUGGING_TIMEOUT_S, Deployment, post_json
 from aml_debug_magics.node.announce import Announcement
 from aml_debug_magics.records import Status
@@ -30,6 +43,15 @@ TOOLS = "/var/aml-debug"  # the bootstrap's files, mounted read-only
 MODEL_ROOT = "/var/azureml-models/debug"
 SCORING_PORT_IN_IMAGE = 5001
 DEBUG_PORT_IN_IMAGE = 5678
+DOCKER_RUN_FAILED = 125  # docker's own status when the container could not be created
+REMOVE_TIMEOUT = 60.0
+
+
+def container_name(step: str) -> str:
+    """A container name of this session's own (``aml-debug-score-1a2b3c4d``): two sessions,
+    in one kernel or two, never ask the engine for the same name."""
+    readable = re.sub(r"[^a-z0-9_.-]+", "-", step.lower()).strip("-.") or "app"
+    return f"aml-debug-{readable}-{uuid.uuid4().hex[:8]}"
 
 
 def ship_entry(folder: Path) -> Path:
@@ -45,7 +67,8 @@ def ship_entry(folder: Path) -> Path:
 def docker_commands(
     request: DebugRequest, deployment: Deployment, tools: Path, debug_port: int, name: str
 ) -> list[list[str]]:
-    """The commands that run the image for debugging, and follow its output."""
+    """The command that runs the image for debugging (its output is the container's, its
+    status the container's), and the one that removes the container."""
     script = deployment.entry_script.relative_to(deployment.source_dir).as_posix()
     environment = {
         "AZUREML_ENTRY_SCRIPT": f"{TOOLS}/aml_debug_entry.py",
@@ -60,7 +83,7 @@ def docker_commands(
         "PYTHONPATH": TOOLS,
     }
     run = [
-        "docker", "run", "--detach", "--rm", "--name", name,
+        "docker", "run", "--rm", "--name", name,
         "-p", f"127.0.0.1:{deployment.scoring_port}:{SCORING_PORT_IN_IMAGE}",
         "-p", f"127.0.0.1:{debug_port}:{DEBUG_PORT_IN_IMAGE}",
         "-v", f"{deployment.source_dir}:{APP_ROOT}",
@@ -72,7 +95,7 @@ def docker_commands(
     for key, value in environment.items():
         run += ["-e", f"{key}={value}"]
     run += [deployment.image or "IMAGE", "runsvdir", "/var/runit"]
-    return [run, ["docker", "logs", "--follow", name]]
+    return [run, ["docker", "rm", "--force", name]]
 
 
 def engine_problem() -> str | None:
@@ -93,17 +116,22 @@ def engine_problem() -> str | None:
 
 
 class DockerDeployTarget:
+    """Runs the image with Docker on this machine, debugpy in its scoring worker."""
+
     def __init__(self, request: DebugRequest, deployment: Deployment) -> None:
         self.request = request
         self.deployment = deployment
         self.name = request.steps[0].name
-        self.container = f"aml-debug-{self.name}".lower()
+        self.container = container_name(self.name)
         self.debug_port = request.port or DEBUG_PORT_IN_IMAGE
         self.tools = ship_entry(Path(tempfile.mkdtemp(prefix="aml_debug_tools_")))
         self.commands = docker_commands(
             request, deployment, self.tools, self.debug_port, self.container
         )
-        self._logs: subprocess.Popen[str] | None = None
+        self._client: subprocess.Popen[str] | None = None
+        self._follower: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
 
     def start(self, events: DebugSession) -> None:
         shown = "\n".join(shlex.join(command) for command in self.commands)
@@ -113,31 +141,53 @@ class DockerDeployTarget:
             events.step_status(self.name, Status.NOT_RUN, f"{problem}; the commands are above")
             events.target_done(failed=True)
             return
-        started = subprocess.run(self.commands[0], capture_output=True, text=True)
-        if started.returncode != 0:
-            events.step_status(self.name, Status.FAILED, started.stderr.strip().splitlines()[-1])
-            events.target_done(failed=True)
-            return
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            reaper.watch_container(self.container)  # before it exists: a pull may take long
+            self._client = subprocess.Popen(
+                self.commands[0], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            )
+            reaper.watch(self._client.pid)
         events.target_note(f"container {self.container}:\n{shown}")
         events.service_update(
             scoring_url=f"http://127.0.0.1:{self.deployment.scoring_port}/score", health="starting"
         )
-        self._logs = subprocess.Popen(
-            self.commands[1], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        events.step_status(self.name, Status.STARTING, f"container {self.container} starting")
+        self._follower = threading.Thread(
+            target=self._follow, args=(events, self._client), name="aml-debug-docker", daemon=True
         )
-        threading.Thread(target=self._follow, args=(events,), daemon=True).start()
+        self._follower.start()
 
-    def _follow(self, events: DebugSession) -> None:
+    def _follow(self, events: DebugSession, client: subprocess.Popen[str]) -> None:
         from aml_debug_magics.node.announce import LogReader
 
         reader = LogReader()
-        for raw in self._logs.stdout:
+        last = ""
+        assert client.stdout is not None
+        for raw in client.stdout:
             line = raw.rstrip("\n")
+            last = line.strip() or last
             events.step_output(self.name, line)
             for news in reader.feed(line):
                 if isinstance(news, Announcement):
                     news = self.as_seen_from_here(news)
                 events.step_news(self.name, news)
+        code = client.wait()
+        reaper.forget(client.pid)
+        if self._stopping.is_set():
+            return
+        reaper.forget_container(self.container)  # --rm: the engine removed it as it ended
+        events.service_update(health="down")
+        if code == 0:
+            events.step_status(self.name, Status.FINISHED, "the container ended (status 0)",
+                               exit_code=0)
+        else:
+            what = "docker run failed" if code == DOCKER_RUN_FAILED else "the container ended"
+            detail = f"{what} (status {code})" + (f": {last}" if last else "")
+            events.step_status(self.name, Status.FAILED, detail, exit_code=code)
+        events.target_done(failed=code != 0)
 
     def as_seen_from_here(self, news: Announcement) -> Announcement:
         """The container's announcement, pointed at the published port on localhost."""
@@ -151,6 +201,24 @@ class DockerDeployTarget:
         shutil.rmtree(self.tools, ignore_errors=True)
 
     def stop(self) -> None:
-        if self._logs is not None:
-            subprocess.run(["docker", "rm", "--force", self.container], capture_output=True)
-            self._logs.terminate()
+        """End the container: its client first (then nothing can create it any more, even
+        mid-pull), then the container itself. Safe to call more than once."""
+        with self._lock:
+            self._stopping.set()
+            client, self._client = self._client, None
+        if client is None:
+            return
+        if client.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(client.pid, signal.SIGKILL)  # the client only: the container is apart
+        client.wait()
+        reaper.forget(client.pid)
+        try:
+            removed = subprocess.run(self.commands[1], stdin=subprocess.DEVNULL,
+                                     capture_output=True, text=True, timeout=REMOVE_TIMEOUT)
+        except (OSError, subprocess.TimeoutExpired):
+            removed = None  # the watchdog still has it: removed when the kernel ends
+        if removed and (removed.returncode == 0 or "No such container" in removed.stderr):
+            reaper.forget_container(self.container)
+        if self._follower is not None and self._follower is not threading.current_thread():
+            self._follower.join(timeout=10)

@@ -206,7 +206,11 @@ def read_sample_request(value: str | None, base: Path) -> str | None:
     if value is None:
         return None
     path = base / value
-    text = path.read_text() if len(value) < 4096 and path.is_file() else value
+    try:
+        is_file = path.is_file()
+    except OSError:  # too long for a file name (or not one at all): JSON given inline
+        is_file = False
+    text = path.read_text() if is_file else value
     try:
         json.loads(text)
     except ValueError as error:

@@ -3,6 +3,8 @@
 The image gets an environment that adds debugpy, and ``aml_debug_entry.py`` as its entry
 script, which loads the user's score.py unedited (see ``entry.py``). Building takes minutes:
 the panel shows how long it has been going. Then the docker target runs the pulled image.
+A build that fails ends the row with Azure ML's reason in one line; a Stop while the image builds
+or is pulled ends it there: no container starts afterwards.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from aml_debug_magics.deploy.docker import DockerDeployTarget
 from aml_debug_magics.deploy.local import Deployment
-from aml_debug_magics.failures import first_line
 from aml_debug_magics.node.bootstrap import ENTRY_SHIPPED_NAMES
 from aml_debug_magics.records import Status
+from aml_debug_magics.redaction import redact
 from aml_debug_magics.targets.environment import DEBUGPY_REQUIREMENT, shipped_bootstrap
 
 if TYPE_CHECKING:
@@ -27,6 +29,13 @@ if TYPE_CHECKING:
 
 ENTRY = ENTRY_SHIPPED_NAMES["entry.py"]
 PROGRESS_EVERY = 5.0
+
+
+def one_line(error: BaseException) -> str:
+    """An SDK error on one line: ``wait_for_creation`` spreads its state and Azure ML's message
+    over several lines (``State: Failed``, ``Error:``, ``Message: ...``)."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return redact(text) if text else type(error).__name__
 
 
 def debug_environment(request: DebugRequest, deployment: Deployment) -> Any:
@@ -73,6 +82,7 @@ class PackageDeployTarget:
         self.name = request.steps[0].name
         self.docker: DockerDeployTarget | None = None
         self._stopping = threading.Event()
+        self._lock = threading.Lock()
 
     def start(self, events: DebugSession) -> None:
         threading.Thread(
@@ -80,31 +90,52 @@ class PackageDeployTarget:
         ).start()
 
     def _package_then_run(self, events: DebugSession) -> None:
-        started = time.time()
         events.step_status(self.name, Status.STARTING, "packaging the image in Azure ML")
         try:
             with inference_config(self.request, self.deployment) as config:
                 package = self.workspace.package(self.request.models, config)
-            done = threading.Event()
-            waiter = threading.Thread(target=lambda: (package.wait_for_creation(), done.set()))
-            waiter.start()
-            while not done.wait(PROGRESS_EVERY) and not self._stopping.is_set():
-                minutes, seconds = divmod(int(time.time() - started), 60)
-                events.step_status(
-                    self.name, Status.STARTING, f"packaging the image: {minutes}:{seconds:02d}"
-                )
+            self._wait_for_creation(package, events)
             if self._stopping.is_set():
                 return
             events.step_status(self.name, Status.STARTING, f"pulling {package.location}")
             package.pull()
         except Exception as error:
-            message = first_line(error)
-            events.step_status(self.name, Status.FAILED, f"packaging failed: {message}")
-            events.target_done(failed=True)
+            if not self._stopping.is_set():
+                events.step_status(self.name, Status.FAILED, f"packaging failed: {one_line(error)}")
+                events.target_done(failed=True)
             return
-        image = dataclasses.replace(self.deployment, image=package.location)
-        self.docker = DockerDeployTarget(self.request, image)
+        with self._lock:  # a Stop during the pull: the image stays pulled, nothing runs it
+            if self._stopping.is_set():
+                return
+            image = dataclasses.replace(self.deployment, image=package.location)
+            self.docker = DockerDeployTarget(self.request, image)
         self.docker.start(events)
+
+    def _wait_for_creation(self, package: Any, events: DebugSession) -> None:
+        """``package.wait_for_creation()``, with the time it has taken on the row; its error
+        raised here; returns early on Stop."""
+        started = time.time()
+        failures: list[Exception] = []
+        done = threading.Event()
+
+        def wait() -> None:
+            try:
+                package.wait_for_creation()
+            except Exception as error:
+                failures.append(error)
+            finally:
+                done.set()
+
+        threading.Thread(target=wait, name="aml-debug-package-build", daemon=True).start()
+        while not done.wait(PROGRESS_EVERY):
+            if self._stopping.is_set():
+                return
+            minutes, seconds = divmod(int(time.time() - started), 60)
+            events.step_status(
+                self.name, Status.STARTING, f"packaging the image: {minutes}:{seconds:02d}"
+            )
+        if failures:
+            raise failures[0]
 
     def score(self, body: str) -> tuple[int, str]:
         if self.docker is None:
@@ -112,6 +143,13 @@ class PackageDeployTarget:
         return self.docker.score(body)
 
     def stop(self) -> None:
-        self._stopping.set()
+        with self._lock:
+            self._stopping.set()
+            docker = self.docker
+        if docker is not None:
+            docker.stop()
+
+    def dispose(self) -> None:
+        """The session is replaced or the kernel ends: the docker target's files go."""
         if self.docker is not None:
-            self.docker.stop()
+            self.docker.dispose()

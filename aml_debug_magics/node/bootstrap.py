@@ -53,6 +53,8 @@ SHIPPED_NAMES = {  # file in aml_debug_magics/node/ -> its name in a run's snaps
     "gate.py": "aml_debug_gate.py",
 }
 ENTRY_SHIPPED_NAMES = {"entry.py": "aml_debug_entry.py"}  # a scoring image's entry script too
+# beside the shipped files: debugpy unpacked, for an environment that has none of its own
+SHIPPED_DEBUGPY = "aml_debug_debugpy"
 DEFAULT_PORT = 5678
 SOURCE_ROOT_VARIABLE = "AML_DEBUG_SOURCE_ROOT"  # set by a command that changes folder first
 DEFAULT_TIMEOUT = 300.0
@@ -244,10 +246,10 @@ def check_limits(
     parse_ranks(ranks)
     try:
         gate.parse_allow(allow)
-    except ValueError:
+    except ValueError as error:
         raise UsageError(
             f"--allow takes any, or addresses and networks like 10.0.0.4,10.1.0.0/16 "
-            f"(got {allow!r})"
+            f"(got {allow!r}: {error})"
         ) from None
     if not 0 <= reattach_window <= MAX_TIMEOUT:
         raise UsageError(
@@ -507,11 +509,26 @@ def _hide_from_debugger(thread: threading.Thread) -> threading.Thread:
     return thread
 
 
+def import_debugpy() -> types.ModuleType:
+    """The environment's own debugpy, else the copy shipped beside this file (put last on
+    ``sys.path``, so it never hides the environment's packages); ImportError if neither."""
+    try:
+        import debugpy
+    except ImportError:
+        shipped = os.path.join(os.path.dirname(os.path.abspath(__file__)), SHIPPED_DEBUGPY)
+        if not os.path.isdir(shipped):
+            raise
+        sys.path.append(shipped)
+        import debugpy
+    return debugpy
+
+
 class Debugger:
     """debugpy in this process, with the cleanup debugpy itself does not offer."""
 
     def __init__(self) -> None:
         os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+        import_debugpy()  # the environment's, else the copy shipped beside this file
         import debugpy
         import debugpy.server.api
 
@@ -731,7 +748,23 @@ def _finish_wait(attached: bool, options: Options, rank: Rank, where: str) -> No
         )
 
 
+def run_without_debugger(options: Options, rank: Rank, error: ImportError) -> int:
+    """No debugpy to start: say so (a line for people, and one for the panel), then run the
+    script as plain python would."""
+    reason = (
+        f"debugpy cannot be imported here ({error}) and no copy of it came with the "
+        "snapshot: the script runs without a debugger (add debugpy to the environment)"
+    )
+    say(reason)
+    emit(announce.format_port_closed(announce.PortClosed(reason, rank.rank or 0)))
+    return run_script(options.script, options.script_args, module=options.module)
+
+
 def debug_and_run(options: Options, rank: Rank) -> int:
+    try:
+        import_debugpy()
+    except ImportError as error:
+        return run_without_debugger(options, rank, error)
     deadline = time.time() + options.timeout
     gate_handle: GateHandle | None = None
     if options.mode == "listen":

@@ -14,8 +14,11 @@ in: a client that sent a malformed message can leave the adapter listening for g
 
 Who may attach, and for how long: with ``--allow``, connections from other source addresses are
 closed before a byte reaches debugpy (counted, one log line per ``REFUSAL_LOG_EVERY`` seconds at
-most). Once an attached debugger has left, the port takes a new one only for
-``--reattach-window`` seconds (0: none), then closes for good and says so.
+most). The word ``node`` in the list admits the node itself: a connection whose source is the
+address it arrived at, as an SSH tunnel through the node's sshd arrives (``ssh -L
+PORT:NODE_IP:PORT``); an IPv4-mapped IPv6 source (``::ffff:10.0.0.5``) is its IPv4 address.
+Once an attached debugger has left, the port takes a new one only for ``--reattach-window``
+seconds (0: none), then closes for good and says so.
 
 Standard library only; it travels into an Azure ML run's snapshot as ``aml_debug_gate.py``.
 """
@@ -107,7 +110,7 @@ class DebugGate:
         listener: socket.socket,
         control: socket.socket | None = None,
         *,
-        allow: list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None,
+        allow: Allowlist | None = None,
         reattach_window: float = DEFAULT_REATTACH_WINDOW,
         rank: int = 0,
     ) -> None:
@@ -196,9 +199,10 @@ class DebugGate:
     def _accept(self) -> None:
         try:
             conn, (host, port, *_) = self._listener.accept()
+            arrived_at = conn.getsockname()[0]
         except OSError:
             return
-        if not self._allowed(host):
+        if self._allow is not None and not self._allow.admits(host, arrived_at):
             conn.close()
             self._refused += 1
             now = time.monotonic()
@@ -210,17 +214,6 @@ class DebugGate:
         conn.setblocking(True)
         self._pending[conn] = (f"{host}:{port}", b"", time.monotonic())
         self._selector.register(conn, selectors.EVENT_READ)
-
-    def _allowed(self, host: str) -> bool:
-        if self._allow is None:
-            return True
-        try:
-            source = ipaddress.ip_address(host.split("%")[0])
-        except ValueError:
-            return False
-        if source.version == 6 and source.ipv4_mapped:
-            source = source.ipv4_mapped
-        return any(source in network for network in self._allow)
 
     def _end_reattach_window(self) -> None:
         """Once the debugger has left: close the port for good when the window is over."""
@@ -319,11 +312,88 @@ def _tell_closed(reason: str, rank: int) -> None:
     say(reason)
 
 
-def parse_allow(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None:
-    """``any`` (None), or addresses and networks like ``10.0.0.4,127.0.0.1,10.1.0.0/16``."""
+THIS_NODE = "node"  # in an allowlist: the node itself (an SSH tunnel through its sshd)
+
+
+def _plain_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """``text`` as an address; an IPv4-mapped IPv6 one (``::ffff:10.0.0.5``) as its IPv4."""
+    address = ipaddress.ip_address(text.split("%")[0])
+    if address.version == 6 and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+class Allowlist:
+    """The sources that may attach: networks, and with ``this_node`` the node itself."""
+
+    def __init__(self, networks: list, this_node: bool = False) -> None:
+        self.networks = networks  # IPv4Network and IPv6Network
+        self.this_node = this_node
+
+    def admits(self, source: str, arrived_at: str = "") -> bool:
+        """Whether a connection from ``source``, arrived at the local address ``arrived_at``,
+        may reach debugpy. A source equal to the address it arrived at is this node itself:
+        no other host can complete a TCP handshake from one of our own addresses."""
+        try:
+            address = _plain_address(source)
+        except ValueError:
+            return False
+        if self.this_node and arrived_at:
+            try:
+                if address == _plain_address(arrived_at) or address.is_loopback:
+                    return True
+            except ValueError:
+                pass
+        return any(address in network for network in self.networks)
+
+    @property
+    def admits_everyone(self) -> bool:
+        return any(network.prefixlen == 0 for network in self.networks)
+
+
+def _network(part: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """One ``--allow`` entry: an address or a network; host bits set are refused, naming it."""
+    try:
+        network = ipaddress.ip_network(part, strict=False)
+    except ValueError:
+        raise ValueError(
+            f"{part!r} is neither an address nor a network (like 10.0.0.4 or 10.1.0.0/16)"
+        ) from None
+    if network.network_address != ipaddress.ip_interface(part).ip:
+        raise ValueError(
+            f"{part} has host bits set: give the network {network} or the address "
+            f"{ipaddress.ip_interface(part).ip} alone"
+        )
+    if network.version == 6 and network.network_address.ipv4_mapped and network.prefixlen >= 96:
+        mapped = network.network_address.ipv4_mapped
+        network = ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}")
+    return network
+
+
+def parse_allow(text: str) -> Allowlist | None:
+    """``any`` (None), or addresses and networks like ``10.0.0.4,127.0.0.1,10.1.0.0/16``, and
+    ``node`` for the node itself. Raises ValueError naming the entry that is wrong.
+
+    >>> parse_allow("10.0.0.4,node").admits("::ffff:10.0.0.4")
+    True
+    """
     if text.strip() == "any":
         return None
-    return [ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",")]
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise ValueError(f"an empty entry in {text!r}")
+    networks = [_network(part) for part in parts if part != THIS_NODE]
+    return Allowlist(networks, this_node=THIS_NODE in parts)
+
+
+def admits_everyone(text: str) -> bool:
+    """Whether ``--allow`` ``text`` lets everyone who reaches the port attach: ``any``,
+    ``0.0.0.0/0`` or ``::/0``."""
+    try:
+        allowlist = parse_allow(text)
+    except ValueError:
+        return False
+    return allowlist is None or allowlist.admits_everyone
 
 
 def main(listener_fd: int, control_fd: int, options: list[str]) -> int:

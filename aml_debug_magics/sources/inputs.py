@@ -6,23 +6,34 @@ PipelineParameters holding a DataPath, SDK v2 inputs), the user's ``--input NAME
 configured, a workspace to download through. Out: one local path per step and input name,
 which the local target hands to the step where Azure ML would hand the mounted or downloaded
 data. A download goes to ``~/.cache/aml_debug_magics/`` (``AML_DEBUG_CACHE``), keyed by the
-dataset's id and version or the datastore path, and is reused by the next run.
+workspace (subscription, resource group, name) and the dataset's id and version or the
+datastore path, and is reused by the next run. It is written under a temporary name and renamed
+when complete, under a lock on the entry: a second kernel asking for the same data waits for the
+first one's download and reuses it. Every line shown is redacted (a URL may carry a signature).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import shutil
+import tempfile
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from aml_debug_magics.errors import DebugInputError
 from aml_debug_magics.failures import first_line
 from aml_debug_magics.records import ExternalInput, StepSpec
+from aml_debug_magics.redaction import redact
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock; the rename alone keeps a download whole
+    fcntl = None  # type: ignore[assignment]
 
 PROGRESS_EVERY = 1.0  # seconds between two progress lines of a download
 
@@ -133,7 +144,7 @@ def resolve(
                 "local copy, or --workspace VARIABLE (or a config.json) to download it once"
             )
         else:
-            key = (data.kind, cache_key(data))
+            key = (data.kind, cache_key(data, workspace))
             if key not in fetched:
                 fetched[key] = fetch(data, workspace, progress=progress)
             paths[f"{step}.{data.name}"] = fetched[key]
@@ -168,12 +179,14 @@ def _as_mode(data: ExternalInput, path: Path) -> Path:
     return folder
 
 
-def cache_key(data: ExternalInput) -> str:
-    """What identifies the data: a registered dataset's id and version, else what it points to."""
+def cache_key(data: ExternalInput, workspace: Any) -> str:
+    """What identifies the data: the workspace it comes from, and a registered dataset's id
+    and version, else what it points to (``workspaceblobstore/data`` is in every workspace)."""
     source = data.source
     identity = getattr(source, "id", None)
     version = getattr(source, "version", None)
     key = f"{data.kind}|{identity}|{version}" if identity else f"{data.kind}|{data.points_to}"
+    key = f"{getattr(workspace, 'resource_id', '')}|{key}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -181,37 +194,76 @@ def fetch(
     data: ExternalInput, workspace: Any, *, progress: Callable[[str], None] = print
 ) -> Path:
     """Download ``data`` once into the cache through ``workspace.download`` (which returns the
-    path the step sees: the folder, or the file a DataReference points to); reuse it after."""
+    path the step sees: the folder, or the file a DataReference points to); reuse it after.
+
+    Another kernel downloading the same entry is waited for; a download cut short (a killed
+    kernel) leaves only a temporary folder, removed by the next download of that entry.
+    """
+    say = _redacted(progress)
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", data.name)
-    folder = cache_root() / f"{safe}-{cache_key(data)}"
+    folder = cache_root() / f"{safe}-{cache_key(data, workspace)}"
     complete = folder.with_name(folder.name + ".complete")  # beside it: the step lists the folder
-    if complete.is_file():  # holds the path the step sees, inside the folder
-        seen = folder / complete.read_text()
-        progress(f"{data.name}: using the copy downloaded before, in {seen}")
-        return seen
-    shutil.rmtree(folder, ignore_errors=True)  # a download cut short is started again
-    folder.mkdir(parents=True)
-    progress(f"{data.name}: downloading the {data.kind} ({data.points_to}) into {folder}")
-    done = threading.Event()
-    reporter = threading.Thread(
-        target=_report, args=(folder, data.name, done, progress), daemon=True
-    )
-    reporter.start()
-    try:
-        seen = workspace.download(data, folder)
-    except Exception as error:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise DebugInputError(
-            f"cannot download {data.name!r} ({data.points_to}): {first_line(error)}; or give a "
-            f"local copy with --input {data.name}=PATH"
-        ) from None
-    finally:
-        done.set()
-        reporter.join()
-    complete.write_text(str(seen.relative_to(folder)))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with _entry_lock(folder, lambda: say(
+        f"{data.name}: another kernel is downloading it; waiting for that download"
+    )):
+        if complete.is_file():  # holds the path the step sees, inside the folder
+            seen = folder / complete.read_text()
+            say(f"{data.name}: using the copy downloaded before, in {seen}")
+            return seen
+        for stale in folder.parent.glob(f"{folder.name}.partial-*"):  # cut short before
+            shutil.rmtree(stale, ignore_errors=True)
+        partial = Path(tempfile.mkdtemp(prefix=f"{folder.name}.partial-", dir=folder.parent))
+        say(f"{data.name}: downloading the {data.kind} ({data.points_to}) into {folder}")
+        done = threading.Event()
+        reporter = threading.Thread(
+            target=_report, args=(partial, data.name, done, say), daemon=True
+        )
+        reporter.start()
+        try:
+            seen = workspace.download(data, partial)
+        except Exception as error:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise DebugInputError(redact(
+                f"cannot download {data.name!r} ({data.points_to}): {first_line(error)}; or give "
+                f"a local copy with --input {data.name}=PATH"
+            )) from None
+        finally:
+            done.set()
+            reporter.join()
+        inside = seen.relative_to(partial)
+        shutil.rmtree(folder, ignore_errors=True)  # an entry of an older layout, never whole
+        partial.rename(folder)
+        written = complete.with_name(complete.name + f".{os.getpid()}")
+        written.write_text(str(inside))
+        written.replace(complete)
+    seen = folder / inside
     files, size = _size(folder)
-    progress(f"{data.name}: downloaded {files} files, {size / 1e6:.1f} MB, into {seen}")
+    say(f"{data.name}: downloaded {files} files, {size / 1e6:.1f} MB, into {seen}")
     return seen
+
+
+def _redacted(progress: Callable[[str], None]) -> Callable[[str], None]:
+    return lambda line: progress(redact(line))
+
+
+@contextlib.contextmanager
+def _entry_lock(folder: Path, on_wait: Callable[[], None]) -> Iterator[None]:
+    """Hold the cache entry ``folder`` for this process (an fcntl lock on a file beside it);
+    ``on_wait`` runs once if another process holds it first."""
+    if fcntl is None:
+        yield
+        return
+    with open(folder.with_name(folder.name + ".lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_wait()
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _report(folder: Path, name: str, done: threading.Event, progress: Callable) -> None:

@@ -28,12 +28,19 @@ def _class_names(value: Any) -> set[str]:
     return {cls.__name__ for cls in type(value).__mro__}
 
 
-def _is_step(value: Any) -> bool:
+def is_pipeline_step(value: Any) -> bool:
+    """Whether ``value`` is a pipeline step (of any kind), not a ScriptRunConfig."""
     return "PipelineStep" in _class_names(value)
 
 
 def _kind(step: Any) -> str:
     return type(step).__name__
+
+
+def is_pipeline(value: Any) -> bool:
+    """Whether ``value`` is an SDK ``Pipeline`` (then it is submitted itself, with the
+    description, defaults and workspace the user gave it)."""
+    return "Pipeline" in _class_names(value) and hasattr(value, "_graph_builder")
 
 
 def steps_of(pipeline: Any, variable: str) -> list[Any]:
@@ -42,17 +49,18 @@ def steps_of(pipeline: Any, variable: str) -> list[Any]:
     Steps that produce a ``PipelineData`` a listed step reads are added, as ``Pipeline`` itself
     does (``resolve_closure``).
     """
-    if "Pipeline" in _class_names(pipeline) and hasattr(pipeline, "_graph_builder"):
+    if is_pipeline(pipeline):
         steps = list(getattr(pipeline._graph_builder, "_step2node", {}))
         if not steps:
             raise DebugInputError(f"the pipeline {variable!r} holds no steps")
-    elif _is_step(pipeline):
+    elif is_pipeline_step(pipeline):
         steps = [pipeline]
     elif isinstance(pipeline, list | tuple):
         if not pipeline:
             raise DebugInputError(f"{variable!r} is an empty list: put the pipeline's steps in it")
         strays = [
-            f"{type(s).__name__} at index {i}" for i, s in enumerate(pipeline) if not _is_step(s)
+            f"{type(s).__name__} at index {i}" for i, s in enumerate(pipeline)
+            if not is_pipeline_step(s)
         ]
         if strays:
             raise DebugInputError(
@@ -78,7 +86,7 @@ def _with_predecessors(steps: list[Any]) -> list[Any]:
         reads += getattr(step, "_arguments", None) or []
         waits_on = getattr(step, "run_after_steps", None) or []
         for needed in [*waits_on, *map(_producer_of, reads)]:
-            if needed is not None and _is_step(needed) and not any(needed is f for f in found):
+            if is_pipeline_step(needed) and not any(needed is f for f in found):
                 found.append(needed)
                 pending.append(needed)
     return found
@@ -133,9 +141,11 @@ def read_steps(
         return [_submitted_spec(step, step.name in debugged, base_directory) for step in steps]
     for step in steps:
         if _kind(step) != SUPPORTED_KIND:
+            asked = ", ".join(repr(name) for name in sorted(debugged)) or "the pipeline"
             raise DebugInputError(
-                f"step {step.name!r} is a {_kind(step)}, which the {target} target cannot run "
-                f"yet (it runs {SUPPORTED_KIND} steps): use --target azureml"
+                f"{asked} can be debugged, but the pipeline also holds step {step.name!r}, a "
+                f"{_kind(step)}, which the {target} target cannot run yet (it runs "
+                f"{SUPPORTED_KIND} steps): use --target azureml"
             )
     specs = [
         _spec(
@@ -178,9 +188,21 @@ def _submitted_spec(sdk_object: Any, debug: bool, base_directory: Path) -> StepS
 
 
 def read_script_run(
-    config: Any, variable: str, *, base_directory: Path, target: str = "local"
+    config: Any,
+    variable: str,
+    *,
+    base_directory: Path,
+    target: str = "local",
+    namespace: Mapping[str, Any] | None = None,
 ) -> StepSpec:
-    """A StepSpec for an SDK v1 ``ScriptRunConfig``."""
+    """A StepSpec for an SDK v1 ``ScriptRunConfig``.
+
+    Its data is what its arguments hold, what its ``run_config.data`` names, and what a
+    ``HyperDriveStep`` built from it took out of its arguments (the step keeps the dataset and
+    leaves ``DatasetConsumptionConfig:NAME`` behind): that step is looked for in ``namespace``
+    (the user's variables). Data left behind by name alone is read as an input of that name,
+    for ``--input NAME=PATH`` to give.
+    """
     if "ScriptRunConfig" not in _class_names(config):
         raise DebugInputError(
             f"{variable!r} is a {type(config).__name__}: give a script path or a ScriptRunConfig"
@@ -191,12 +213,13 @@ def read_script_run(
         )
     if target != "local":
         return _submitted_spec(config, True, base_directory)
+    inputs = _data_of_script_run(config, namespace or {})
     spec = _spec(
         name=Path(config.script).stem,
         source_directory=config.source_directory,
         script_name=config.script,
-        arguments=config.arguments or [],
-        inputs=[],
+        arguments=[_named_data(a, inputs) for a in config.arguments or []],
+        inputs=list(inputs.values()),
         outputs=[],
         runconfig=config.run_config,
         debug=True,
@@ -210,6 +233,59 @@ def read_script_run(
             "debug the pipeline with %aml_debug_pipeline"
         )
     return spec
+
+
+def _data_of_script_run(config: Any, namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """The named inputs of a ScriptRunConfig outside its arguments, by name: its
+    ``run_config.data`` and what a ``HyperDriveStep`` took out of its arguments."""
+    found: dict[str, Any] = {}
+    data = getattr(getattr(config, "run_config", None), "data", None)
+    for name, item in (data or {}).items() if isinstance(data, Mapping) else ():
+        if "DatasetConsumptionConfig" in _class_names(item):
+            found[item.name] = item
+        elif "Data" in _class_names(item):  # written by hand: a dataset id and a mechanism
+            dataset = getattr(getattr(item, "data_location", None), "dataset", None)
+            identity = getattr(dataset, "id", None) or getattr(dataset, "name", None)
+            found[name] = ExternalInput(
+                name=name, kind="dataset",
+                points_to=f"dataset {identity}" if identity else "a dataset",
+                mode=str(getattr(item, "mechanism", None) or "mount"), downloadable=False,
+            )
+    for value in list(namespace.values()):
+        for step in _steps_in(value):
+            tuning = getattr(step, "_hyperdrive_config", None)
+            if tuning is None or getattr(tuning, "run_config", None) is not config:
+                continue
+            for item in getattr(step, "_inputs", None) or []:
+                if "DatasetConsumptionConfig" in _class_names(_bound(item)):
+                    found.setdefault(_bound(item).name, item)
+    return found
+
+
+def _steps_in(value: Any) -> list[Any]:
+    """The steps a variable holds: a step, a list of steps, or a Pipeline's steps."""
+    if is_pipeline_step(value):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [item for item in value if is_pipeline_step(item)]
+    if "Pipeline" in _class_names(value) and hasattr(value, "_graph_builder"):
+        return list(getattr(value._graph_builder, "_step2node", {}))
+    return []
+
+
+def _named_data(argument: Any, inputs: Mapping[str, Any]) -> Any:
+    """An argument the SDK rewrote to ``DatasetConsumptionConfig:NAME``: the input of that name
+    (an ExternalInput as is; a dataset the step's inputs map by that string), or, when the
+    dataset is gone, an input known by its name alone."""
+    if not (isinstance(argument, str) and argument.startswith(_INPUT_PREFIX)):
+        return argument
+    name = argument[len(_INPUT_PREFIX):]
+    if name not in inputs:
+        return ExternalInput(
+            name=name, kind="dataset", points_to="a dataset a HyperDriveStep took out of the "
+            "ScriptRunConfig's arguments", downloadable=False,
+        )
+    return inputs[name] if isinstance(inputs[name], ExternalInput) else argument
 
 
 def script_spec(
@@ -258,6 +334,10 @@ def _spec(
     by_arg_value = {key: item for item in [*inputs, *outputs] for key in _argument_keys(item)}
     writes = [_data_folder(item, name) for item in outputs]
     reads = [_data_folder(item, name) for item in inputs]
+    named = {
+        input_name: value for item, value in zip(inputs, reads, strict=True)
+        if (input_name := _input_name(item))
+    }
     resolved: list[Argument] = []
     for argument in arguments:
         if isinstance(argument, str) and argument.startswith(
@@ -267,6 +347,9 @@ def _spec(
         value = _argument(argument, name)
         if isinstance(value, DataFolder | ExternalInput) and value not in writes + reads:
             (writes if _is_output(argument) else reads).append(value)
+        input_name = _input_name(argument)
+        if input_name and isinstance(value, DataFolder | ExternalInput):
+            named.setdefault(input_name, value)
         resolved.append(value)
     return StepSpec(
         name=name,
@@ -279,7 +362,21 @@ def _spec(
         external=list({d.name: d for d in reads if isinstance(d, ExternalInput)}.values()),
         debug=debug,
         sdk_object=sdk_object,
+        named_inputs=named,
     )
+
+
+def _input_name(item: Any) -> str | None:
+    """The name a step's input has in ``Run.get_context().input_datasets`` (a dataset consumed
+    by name, as a mount or download, or directly), or None (a PipelineData, a DataReference)."""
+    if isinstance(item, ExternalInput):
+        return item.name if item.kind == "dataset" else None
+    item = _bound(item)
+    if "DatasetConsumptionConfig" in _class_names(item):
+        return item.name
+    if "PipelineOutputAbstractDataset" in _class_names(item):
+        return getattr(item, "_input_name", None)
+    return None
 
 
 def _argument_keys(item: Any) -> list[str]:
@@ -304,6 +401,8 @@ def _is_output(value: Any) -> bool:
 
 def _data_folder(item: Any, step: str) -> DataFolder | ExternalInput:
     """What a step input or output is: data another step writes, or data from outside."""
+    if isinstance(item, DataFolder | ExternalInput):  # read already (a ScriptRunConfig's data)
+        return item
     binding = item
     item = _bound(item)
     names = _class_names(item)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aml_debug_magics.failures import first_line
+from aml_debug_magics.node.gate import admits_everyone
 from aml_debug_magics.records import Status
 from aml_debug_magics.targets.follow import RunFollower
 from aml_debug_magics.targets.reachability import probe
@@ -26,8 +27,7 @@ if TYPE_CHECKING:
     from aml_debug_magics.targets.workspace import SdkWorkspace
 
 ANYONE_MAY_ATTACH = (
-    "--allow any: anyone who reaches the node's port can attach and run code as the job's "
-    "identity"
+    "anyone who reaches the node's port can attach and run code as the job's identity"
 )
 
 
@@ -54,8 +54,10 @@ class AzureMLTarget:
         self.notes: list[str] = []
         self._stopping = threading.Event()
         self._follower: threading.Thread | None = None
+        self._events: DebugSession | None = None
 
     def start(self, events: DebugSession) -> None:
+        self._events = events
         self._follower = threading.Thread(
             target=self._submit_and_follow, args=(events,), name="aml-debug-azureml", daemon=True
         )
@@ -64,10 +66,25 @@ class AzureMLTarget:
     def stop(self) -> None:
         self._stopping.set()
         if self.run is not None:
-            with contextlib.suppress(Exception):
-                self.run.cancel()
+            self._cancel()
         if self._follower is not None and self._follower is not threading.current_thread():
             self._follower.join(timeout=15)
+
+    def _cancel(self) -> None:
+        """Cancel the run; when Azure ML refuses, the panel says so and where to cancel it."""
+        try:
+            self.run.cancel()
+        except Exception as error:
+            if self._events is None:
+                return
+            portal = ""
+            with contextlib.suppress(Exception):
+                portal = self.run.get_portal_url()
+            where = f"cancel it in the studio: {portal}" if portal else "cancel it in the studio"
+            self._events.target_note(
+                f"could not cancel run {getattr(self.run, 'id', '')} ({first_line(error)}): "
+                f"it may still be running; {where}"
+            )
 
     def _submit_and_follow(self, events: DebugSession) -> None:
         specs = self.request.steps
@@ -84,8 +101,7 @@ class AzureMLTarget:
                     self.run = self.workspace.submit(self.experiment, what)
             else:
                 is_pipeline = hasattr(specs[0].sdk_object, "_script_name")
-                with debug_ready(specs, self.request, self.notes):
-                    what = [s.sdk_object for s in specs] if is_pipeline else specs[0].sdk_object
+                with debug_ready(specs, self.request, self.notes) as what:
                     self.run = self.workspace.submit(self.experiment, what)
         except Exception as error:  # the submit failed: say why, in one line, without secrets
             message = first_line(error)
@@ -94,11 +110,11 @@ class AzureMLTarget:
             events.target_done(failed=True)
             return
         if self._stopping.is_set():
-            with contextlib.suppress(Exception):
-                self.run.cancel()
+            self._cancel()
             return
         portal = getattr(self.run, "get_portal_url", lambda: "")()
-        warning = [ANYONE_MAY_ATTACH] if self.request.allow == "any" else []
+        allow = self.request.allow
+        warning = [f"--allow {allow}: {ANYONE_MAY_ATTACH}"] if admits_everyone(allow) else []
         note = "; ".join([*warning, f"run {self.run.id}: {portal}", *self.notes])
         events.target_note(note)
         RunFollower(

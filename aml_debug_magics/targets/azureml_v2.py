@@ -7,11 +7,12 @@ and an ``MLClient``. What is submitted is a detached deep copy of that job (Azur
 user's object is never touched and the same cell runs again. In the copy, each debugged node
 gets its own copy of its component (a component is shared by every node made from it) and runs
 ``export AML_DEBUG_SOURCE_ROOT="$PWD" && <its command, the debugged Python invocation wrapped
-by the bootstrap>`` (the rest of the shell line is kept, ``${{...}}`` left for Azure ML), with
-an environment derived to hold debugpy; the bootstrap's files sit in the node's code folder
-while the job is uploaded. Out: a run with the SDK v1 run's methods (:class:`V2Run`: status,
-``logFiles`` from run history, tags, children, cancel), so the follower, the log tailing and
-the probe are the ones SDK v1 uses.
+by the bootstrap>`` (the rest of the shell line is kept, ``${{...}}`` left for Azure ML); its
+environment is left as the user gave it (curated, registered, or built: Azure ML reuses the
+image), and the bootstrap's files and a copy of debugpy, used only where the environment has
+none, sit in the node's code folder while the job is uploaded. Out: a run with the SDK v1
+run's methods (:class:`V2Run`: status, ``logFiles`` from run history, tags, children,
+cancel), so the follower, the log tailing and the probe are the ones SDK v1 uses.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ from aml_debug_magics.node.bootstrap import SOURCE_ROOT_VARIABLE
 from aml_debug_magics.records import ShellCommand
 from aml_debug_magics.targets.environment import (
     BOOTSTRAP,
-    DEBUGPY_REQUIREMENT,
     bootstrap_options,
     shipped_bootstrap,
+    shipped_debugpy_note,
 )
 
 if TYPE_CHECKING:
@@ -131,49 +132,10 @@ def debug_ready_v2(
         if node is not submitted:  # a pipeline's: the nodes made from its component keep theirs
             node._component = detached_copy(node.component)[0]
         node.command = debug_command(spec.name, spec.command, request)
-        node.environment = debug_environment(spec.name, node.environment, notes)
-    with shipped_bootstrap([spec.source_directory for spec in specs if spec.debug]):
+    folders = [spec.source_directory for spec in specs if spec.debug]
+    with shipped_bootstrap(folders, with_debugpy=True):
+        notes.append(shipped_debugpy_note())
         yield submitted
-
-
-def check_environments(specs: list[StepSpec]) -> None:
-    """Before anything is submitted: every debugged node's environment can take debugpy."""
-    for spec in specs:
-        if spec.debug:
-            _extendable(spec.name, spec.sdk_object.environment)
-
-
-def _extendable(node: str, environment: Any) -> None:
-    if environment is None or isinstance(environment, str):
-        raise DebugInputError(
-            f"node {node!r} uses the registered environment {environment!r}, which cannot be "
-            f"extended here: add {DEBUGPY_REQUIREMENT} to it (or give the node an Environment "
-            "with a conda file)"
-        )
-
-
-def debug_environment(node: str, environment: Any, notes: list[str]) -> Any:
-    """A copy of the node's environment with debugpy added to its conda file's pip list; a
-    registered or curated one (``azureml:NAME@VERSION``) cannot be extended: one line says
-    what to add."""
-    _extendable(node, environment)
-    derived = copy.deepcopy(environment)
-    if getattr(derived, "name", None):
-        derived.name = f"{derived.name}-aml-debug"  # never overwrite theirs
-        derived.version = None
-    conda = copy.deepcopy(getattr(derived, "conda_file", None))
-    if not isinstance(conda, dict):
-        conda = {"name": "aml-debug", "dependencies": ["python=3.10", "pip"]}
-        notes.append(f"{node}: the environment had no conda file: one with debugpy was added")
-    dependencies = conda.setdefault("dependencies", [])
-    pip = next((d for d in dependencies if isinstance(d, dict) and "pip" in d), None)
-    if pip is None:
-        pip = {"pip": []}
-        dependencies.append(pip)
-    if not any(str(p).startswith("debugpy") for p in pip["pip"]):
-        pip["pip"].append(DEBUGPY_REQUIREMENT)
-    derived.conda_file = conda
-    return derived
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,23 +155,32 @@ class V2Workspace:
 
 
 class V2Run:
-    """An SDK v2 job with the methods the follower reads (those of an SDK v1 run)."""
+    """An SDK v2 job with the methods the follower reads (those of an SDK v1 run). As an SDK v1
+    run's, ``status`` and ``tags`` are those the job came with (from ``jobs.list``, or the last
+    ``jobs.get``): reading them asks Azure ML nothing."""
 
     def __init__(self, ml_client: Any, job: Any) -> None:
         self.ml_client, self.job = ml_client, job
         self.id = job.name
         self.name = getattr(job, "display_name", None) or job.name
+        self.status: str = getattr(job, "status", None) or ""
+        self.tags: dict[str, str] = dict(getattr(job, "tags", None) or {})
 
     def get_status(self) -> str:
-        return self.ml_client.jobs.get(self.id).status
+        job = self.ml_client.jobs.get(self.id)
+        self.status, self.tags = job.status, dict(job.tags or {})
+        return self.status
 
     def get_details(self) -> dict[str, Any]:
-        """Run history's ``logFiles`` (name -> SAS URL), what ``jobs.stream`` reads too."""
+        """Run history's ``logFiles`` (name -> SAS URL), what ``jobs.stream`` reads too, and the
+        status that comes with them."""
         details = self.ml_client.jobs._runs_operations.get_run_details(self.id)
-        return {"runId": self.id, "logFiles": dict(getattr(details, "log_files", None) or {})}
+        return {"runId": self.id, "status": getattr(details, "status", None),
+                "logFiles": dict(getattr(details, "log_files", None) or {})}
 
     def get_tags(self) -> dict[str, str]:
-        return dict(self.ml_client.jobs.get(self.id).tags or {})
+        self.get_status()
+        return self.tags
 
     def get_children(self) -> list[V2Run]:
         return [V2Run(self.ml_client, child)

@@ -7,6 +7,9 @@ there, and ``debugpy.listen`` works once per process. The bootstrap always binds
 so nothing on a laptop or a compute instance is exposed to its network. An SDK v2 command line
 runs as Azure ML runs it, through bash in the code folder, with only its debugged Python
 invocation wrapped by the bootstrap and ``python``/``python3`` meaning the kernel's interpreter.
+An SDK v1 step gets its run context as on Azure ML: ``Run.get_context()`` in it answers
+``input_datasets`` with the local paths of its inputs (``local_run.py``, put in place by the
+``local_site/`` folder first on its ``PYTHONPATH``).
 """
 
 from __future__ import annotations
@@ -35,13 +38,16 @@ from aml_debug_magics.records import (
     Status,
     StepSpec,
 )
+from aml_debug_magics.sources.sdk_v1 import is_pipeline_step
 from aml_debug_magics.sources.shell_line import substitute
+from aml_debug_magics.targets import local_run
 
 if TYPE_CHECKING:
     from aml_debug_magics.records import DebugRequest
     from aml_debug_magics.session import DebugSession
 
 LOG_LINES_KEPT = 200
+LOCAL_RUN_SITE = Path(__file__).resolve().parent / "local_site"  # first on a v1 step's path
 
 
 class LocalProcess:
@@ -204,12 +210,11 @@ class LocalProcess:
         if self._process is None or self._process.poll() is not None:
             self._remove_interpreters()
             return
-        try:
-            os.killpg(self._process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            self._remove_interpreters()
-            return
-        try:
+        try:  # one try: a Ctrl-C right after the SIGTERM still ends in the SIGKILL below
+            try:
+                os.killpg(self._process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                return
             self._process.wait(grace)
         except (subprocess.TimeoutExpired, KeyboardInterrupt) as reason:
             with contextlib.suppress(ProcessLookupError):  # a Ctrl-C must not leave it running
@@ -242,6 +247,7 @@ class LocalPipelineTarget:
         self._current: LocalProcess | None = None
         self._stopping = threading.Event()
         self._runner: threading.Thread | None = None
+        self.pipeline_run_id = local_run.new_run_id()  # the parent of every pipeline step's run
 
     def start(self, events: DebugSession) -> None:
         if any(step.writes for step in self.request.steps):
@@ -289,6 +295,24 @@ class LocalPipelineTarget:
                 events.step_status(step.name, Status.FAILED, _exit_detail(code), exit_code=code)
         events.target_done(failed=failed_step is not None)
 
+    def _run_context(self, step: StepSpec, environment: Mapping[str, str]) -> dict[str, str]:
+        """What an SDK v1 step needs for ``Run.get_context()`` to answer as on Azure ML."""
+        pipeline_step = is_pipeline_step(step.sdk_object)
+        described = local_run.describe(
+            run_id=local_run.new_run_id(None if pipeline_step else self.request.experiment),
+            experiment=self.request.experiment,
+            parent_id=self.pipeline_run_id if pipeline_step else None,
+            inputs={
+                name: Path(self._local_value(step, data))
+                for name, data in step.named_inputs.items()
+            },
+        )
+        path = environment.get("PYTHONPATH", os.environ.get("PYTHONPATH"))
+        return {
+            local_run.ENVIRONMENT_VARIABLE: described,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(LOCAL_RUN_SITE), path])),
+        }
+
     def _run_one(self, step: StepSpec, events: DebugSession) -> int:
         for data in step.writes:
             self.folder_of(data).mkdir(parents=True, exist_ok=True)
@@ -296,6 +320,8 @@ class LocalPipelineTarget:
         environment = dict(step.environment)
         for data in [*step.reads, *step.writes, *step.external]:
             environment[f"AZUREML_DATAREFERENCE_{data.name}"] = self._local_value(step, data)
+        if step.command is None and step.sdk_object is not None:
+            environment.update(self._run_context(step, environment))
         values = None if step.command is None else {
             written: self._local_value(step, value)
             for written, value in step.command.placeholders.items()

@@ -1,11 +1,14 @@
 """SDK v1 steps and runs made debug-ready for the submit: the bootstrap runs the user's script.
 
-In: the StepSpecs of ``sources/sdk_v1.py`` (their ``PythonScriptStep`` or ``ScriptRunConfig``)
-and the request. For the submit only, each debugged step runs the bootstrap (its three files
-are placed in the step's source folder for the snapshot and removed right after, whatever
-happens) with the guide's ``--remote_debug`` flags left out and a copy of its RunConfiguration
-that adds debugpy and Docker; the user's step objects are restored after. Nothing in the user's
-scripts or folders changes.
+In: the StepSpecs of ``sources/sdk_v1.py`` (their ``PythonScriptStep`` or ``ScriptRunConfig``,
+and the user's ``Pipeline`` when one was given) and the request. For the submit only, each
+debugged step runs the bootstrap (its files and a copy of debugpy are placed in the step's
+source folder for the snapshot and removed right after, whatever happens) with the guide's
+``--remote_debug`` flags left out and a copy of its RunConfiguration that holds the user's own
+environment object, unchanged, so Azure ML reuses the image it built. Out: what to submit (the
+user's Pipeline with its graph built again from the debug-ready steps, the steps, or the
+ScriptRunConfig); the user's objects are restored after. Nothing in the user's scripts or
+folders changes.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from aml_debug_magics.targets.environment import (
     BOOTSTRAP,
-    DEBUGPY_REQUIREMENT,
     bootstrap_options,
     shipped_bootstrap,
+    shipped_debugpy_note,
 )
 
 if TYPE_CHECKING:
@@ -33,32 +36,44 @@ GUIDE_FLAGS = {  # the guide's flags and how many values each takes
     "--remote_debug_port": 1,
 }
 
-def debug_runconfig(runconfig: Any) -> tuple[Any, list[str]]:
-    """A copy of ``runconfig`` with debugpy and Docker; and notes for the panel.
-
-    Keeps the user's environment and base image (else the SDK's ``DEFAULT_CPU_IMAGE``); uses
-    ``DockerConfiguration(use_docker=True)``, not the deprecated ``docker.enabled``.
+def debug_runconfig(runconfig: Any) -> Any:
+    """A copy of ``runconfig`` for the debugged step that holds the user's environment object
+    itself (curated, registered, user-managed or image-only: Azure ML reuses its image) and
+    every Docker setting the user made (``shm_size``, ``arguments``, ...), with Docker on, as
+    the guide asks (``DockerConfiguration``, not the deprecated ``docker.enabled``).
     """
     from azureml.core import RunConfiguration
-    from azureml.core.runconfig import DEFAULT_CPU_IMAGE, DockerConfiguration
+    from azureml.core.runconfig import DockerConfiguration
 
-    notes = []
     with warnings.catch_warnings():  # the SDK's vendored YAML loader warns on every load
         warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
-        built = copy.deepcopy(runconfig) if runconfig is not None else RunConfiguration()
-        environment = built.environment
-        if environment.name and not environment.name.endswith("-aml-debug"):
-            environment.name = f"{environment.name}-aml-debug"  # never overwrite theirs
-            environment.version = None
-        python = environment.python
-        if python.user_managed_dependencies:
-            notes.append("the environment is user-managed: it must have debugpy installed")
+        if runconfig is None:
+            built = RunConfiguration()
         else:
-            python.conda_dependencies.add_pip_package(DEBUGPY_REQUIREMENT)
-        if not environment.docker.base_image and not environment.docker.base_dockerfile:
-            environment.docker.base_image = DEFAULT_CPU_IMAGE
-        built.docker = DockerConfiguration(use_docker=True)
-    return built, notes
+            built = copy.deepcopy(runconfig)
+            built.environment = runconfig.environment
+        if built.docker is None:
+            built.docker = DockerConfiguration(use_docker=True)
+        else:
+            built.docker.use_docker = True
+    return built
+
+
+def pipeline_to_submit(pipeline: Any, steps: list[Any]) -> Any:
+    """A copy of the user's ``Pipeline`` whose graph is built again from ``steps`` as they are
+    now: a Pipeline builds its graph when it is made, so the user's holds the steps as written.
+
+    The copy keeps everything the user gave ``Pipeline(...)``: its workspace, description,
+    default datastore, default source directory, closure setting and notification choice. The
+    user's object (its graph, builder and context) is left as it was.
+    """
+    submitted = copy.copy(pipeline)
+    context = copy.copy(pipeline._graph_context)
+    builder = copy.copy(pipeline._graph_builder)
+    builder._context = context
+    submitted._graph_context, submitted._graph_builder = context, builder
+    submitted._graph = builder.build(pipeline._name, steps, finalize=False)
+    return submitted
 
 
 def strip_guide_flags(arguments: list[Any]) -> tuple[list[Any], bool]:
@@ -78,8 +93,10 @@ def strip_guide_flags(arguments: list[Any]) -> tuple[list[Any], bool]:
 
 
 @contextlib.contextmanager
-def debug_ready(specs: list[StepSpec], request: DebugRequest, notes: list[str]) -> Iterator[None]:
-    """The debugged steps' SDK objects made to run the bootstrap, for the submit only."""
+def debug_ready(specs: list[StepSpec], request: DebugRequest, notes: list[str]) -> Iterator[Any]:
+    """The debugged steps' SDK objects made to run the bootstrap, for the submit only; yields
+    what to submit: the user's Pipeline (``request.submitted``) built again from them, else the
+    steps, or the one ScriptRunConfig."""
     saved: list[tuple[Any, dict[str, Any]]] = []
     try:
         for spec in specs:
@@ -97,8 +114,7 @@ def debug_ready(specs: list[StepSpec], request: DebugRequest, notes: list[str]) 
             arguments, stripped = strip_guide_flags(list(arguments or []))
             if stripped:
                 notes.append(f"{spec.name}: the guide's --remote_debug flags were left out")
-            built, config_notes = debug_runconfig(runconfig)
-            notes.extend(f"{spec.name}: {n}" for n in config_notes)
+            built = debug_runconfig(runconfig)
             values = [BOOTSTRAP, [*bootstrap_options(request), "--", script, *arguments], built]
             for field, value in zip(fields, values, strict=False):
                 setattr(sdk, field, value)
@@ -106,8 +122,14 @@ def debug_ready(specs: list[StepSpec], request: DebugRequest, notes: list[str]) 
                 if saved[-1][1]["_allow_reuse"]:
                     notes.append(f"{spec.name}: reuse is off, so the step runs and can be attached")
                 sdk._allow_reuse = False
-        with shipped_bootstrap([s.source_directory for s in specs if s.debug]):
-            yield
+        objects = [spec.sdk_object for spec in specs]
+        folders = [spec.source_directory for spec in specs if spec.debug]
+        with shipped_bootstrap(folders, with_debugpy=True):
+            notes.append(shipped_debugpy_note())
+            if request.submitted is not None:  # its graph checks the bootstrap is in place
+                yield pipeline_to_submit(request.submitted, objects)
+            else:
+                yield objects if hasattr(objects[0], "_script_name") else objects[0]
     finally:
         for sdk, fields in saved:
             for field, value in fields.items():

@@ -24,14 +24,27 @@ class SdkWorkspace:
     def __init__(self, workspace: Any) -> None:
         self.workspace = workspace
 
+    @property
+    def resource_id(self) -> str:
+        """``subscription/resource group/name``: what tells two workspaces apart."""
+        return "/".join(
+            str(getattr(self.workspace, part, "") or "")
+            for part in ("subscription_id", "resource_group", "name")
+        )
+
     def submit(self, experiment: str, what: list[Any] | Any) -> Any:
+        """Submit a ``Pipeline`` (on its own workspace, with all its settings), a list of
+        steps (as ``Pipeline(workspace, steps)``) or a ScriptRunConfig."""
         from azureml.core import Experiment
 
+        workspace = self.workspace
         if isinstance(what, list):
             from azureml.pipeline.core import Pipeline
 
             what = Pipeline(workspace=self.workspace, steps=what)
-        return Experiment(self.workspace, experiment).submit(what)
+        elif hasattr(what, "_graph_context"):  # a Pipeline is bound to the workspace it was made on
+            workspace = what._graph_context._workspace
+        return Experiment(workspace, experiment).submit(what)
 
     def package(self, models: list[str], inference_config: Any) -> Any:
         """``Model.package`` for models named ``NAME`` or ``NAME:VERSION``."""
@@ -61,6 +74,11 @@ class SdkWorkspace:
             str(folder), prefix=path or None, overwrite=True, show_progress=False
         )
         return folder / path if path else folder
+
+
+def pipeline_workspace(pipeline: Any) -> SdkWorkspace:
+    """The workspace the user's ``Pipeline`` was made on (``Pipeline(ws, steps)``)."""
+    return SdkWorkspace(pipeline._graph_context._workspace)
 
 
 def find_workspace(user_ns: dict[str, Any], variable: str | None) -> SdkWorkspace:

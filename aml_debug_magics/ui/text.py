@@ -1,6 +1,10 @@
 """The session's facts as plain text: for terminal IPython, and under the widget panel.
 
 Lines print when something changes (a status, an address, a message), never on a countdown tick.
+The session runs on after the magic returned, under the terminal's prompt, so a row prints only
+for what the user acts on: its status, where to attach, the reachability verdict, a closed
+port; a detail that only moves on (a follower's "Running (0:42)") waits for the next status.
+Nothing prints once the session has ended.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ def format_left(seconds: float | None) -> str:
 def row_line(row: StepRow, now: float) -> str:
     """One line with what a row shows: status, where to attach, time left, why it ended."""
     parts = [f"[{row.label}] {row.status}"]
-    if row.address and row.status in (Status.WAITING, Status.ATTACHED):
+    if row.address and row.status == Status.WAITING:
         verb = "listen on" if row.announcement.mode == "connect" else "attach to"
         parts.append(f"{verb} {row.address}")
+    elif row.address and row.status == Status.ATTACHED:
+        parts.append(f"to {row.address}")
     elif not row.debugged:
         parts.append("(no debugger)")
     deadline = row.announcement.attach_deadline if row.announcement else None
@@ -104,7 +110,7 @@ class TextView:
                 self._message = session.message
                 self._write(session.message)
             return
-        facts = (row.status, row.address, row.attached, row.detail, row.reachability)
+        facts = (row.status, row.address, row.attached, row.reachability, row.port_closed)
         if self._shown.get((row.step, row.rank)) == facts:
             return
         self._shown[(row.step, row.rank)] = facts
@@ -116,4 +122,5 @@ class TextView:
             self._write("\n".join(f"    {line}" for line in tail))
 
     def close(self) -> None:
-        self._session = None if self._session and not self._session.active else self._session
+        """The session ended: nothing more prints, whatever a target still reports."""
+        self._session = None

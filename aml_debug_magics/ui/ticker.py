@@ -2,12 +2,16 @@
 
 A thread, not an asyncio task: a task freezes while another cell runs, a thread keeps updating
 widgets (ipykernel 7.1+ sends updates from threads). The thread ends when no panel needs it.
+A panel whose tick fails is said in one line on stderr and no longer ticked; the others go on.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Protocol
+
+from aml_debug_magics.failures import first_line
 
 
 class Ticking(Protocol):
@@ -53,7 +57,12 @@ class Ticker:
             for panel in panels:
                 try:
                     more = panel.tick()
-                except Exception:  # a broken panel must not stop the others' countdowns
+                except Exception as error:  # a broken panel must not stop the others' countdowns
+                    print(
+                        f"aml_debug_magics: a panel's countdown stopped ({type(error).__name__}: "
+                        f"{first_line(error)}); its session runs on, and Stop still works",
+                        file=sys.stderr, flush=True,
+                    )
                     more = False
                 if not more:
                     self.remove(panel)
