@@ -246,9 +246,13 @@ class DebugSession:
         self.note = redact(note)
         self.view.refresh(None)
 
-    def step_output(self, step: str, line: str) -> None:
+    def step_output(self, step: str, line: str, rank: int = 0) -> None:
+        """A line of the step's output: into its rank's row where that rank has one (it
+        announced itself), else into the step's first row."""
         with self._lock:
-            self.row(step).last_lines.append(redact(line))
+            rows = [r for r in self.rows if r.step == step]
+            row = next((r for r in rows if r.rank == rank), None) or rows[0]
+            row.last_lines.append(redact(line))
 
     def target_done(self, failed: bool) -> None:
         with self._lock:

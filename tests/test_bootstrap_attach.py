@@ -421,6 +421,11 @@ def test_when_the_gate_dies_the_row_says_the_port_is_gone_and_the_script_runs_on
         ) from None
     assert exit_code == 7
     assert "final loss 1.6666666666666667" in process.last_lines
+    news = [type(n).__name__ for n in map(parse_line, process.last_lines) if n is not None]
+    assert news.index("Announcement") < news.index("PortClosed")  # never attachable again
+    said = "\n".join(process.last_lines)
+    assert "the debug port's gate process ended, so no debugger can attach" in said
+    assert "no debugger attached within" not in said  # it did not wait out its 600 s
 
 
 def test_a_wait_cancelled_before_it_begins_still_ends():

@@ -136,6 +136,18 @@ def test_ranks_get_their_own_rows(made):
     assert view.rows[2].address.value == "<code>127.0.0.1:5679</code>"
 
 
+def test_each_rank_s_lines_go_to_its_own_row(made):
+    session, view, target, clock, ticker, _ = made
+    announce(session, clock, port=5678, rank=0)
+    announce(session, clock, port=5679, rank=1)
+    session.step_output("train", "epoch 1 on rank 1", rank=1)
+    session.step_output("train", "epoch 1 on rank 0", rank=0)
+    session.step_output("train", "rank 3 has no row of its own", rank=3)
+    assert list(session.row("train", 1).last_lines) == ["epoch 1 on rank 1"]
+    assert list(session.row("train", 0).last_lines) == [
+        "epoch 1 on rank 0", "rank 3 has no row of its own"]
+
+
 def test_write_button_merges_into_launch_json_with_a_backup(made):
     session, view, target, clock, ticker, tmp_path = made
     launch = tmp_path / ".vscode" / "launch.json"

@@ -208,9 +208,10 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--allow",
         default="any",
-        metavar="ADDR|CIDR[,...]",
-        help="only these source addresses may attach, like 10.0.0.4,127.0.0.1 or 10.0.0.0/16 "
-        "(default any); others are closed before debugpy sees them",
+        metavar="ADDR|CIDR|node[,...]",
+        help="only these source addresses may attach, like 10.0.0.4,127.0.0.1 or 10.0.0.0/16; "
+        "node admits the node itself (an SSH tunnel through its sshd) (default any); others are "
+        "closed before debugpy sees them",
     )
     parser.add_argument(
         "--reattach-window",
@@ -737,15 +738,18 @@ def _announce(announcement: announce.Announcement, timeout: float) -> None:
     _tag_run_in_background(line, announcement.rank)
 
 
-def _finish_wait(attached: bool, options: Options, rank: Rank, where: str) -> None:
+def _finish_wait(
+    attached: bool, options: Options, rank: Rank, where: str, gate_died: bool = False
+) -> None:
     emit(announce.guide_line_after_wait(attached))
     emit(announce.format_outcome(announce.AttachOutcome(attached, os.getpid(), rank.rank or 0)))
     if not attached:
         what = "runs now" if options.on_timeout == "continue" else "will not run (--on-timeout)"
-        say(
-            f"no debugger attached within {options.timeout:g} s; {where} is closed and the "
-            f"script {what} without the debugger"
+        why = (
+            "the debug port's gate process ended, so no debugger can attach"
+            if gate_died else f"no debugger attached within {options.timeout:g} s"
         )
+        say(f"{why}; {where} is closed and the script {what} without the debugger")
 
 
 def run_without_debugger(options: Options, rank: Rank, error: ImportError) -> int:
@@ -783,7 +787,10 @@ def debug_and_run(options: Options, rank: Rank) -> int:
 
     signal.signal(signal.SIGTERM, on_sigterm)
 
+    gate_died = threading.Event()
+
     def gate_gone() -> None:  # nobody can attach any more: stop waiting, and say why
+        gate_died.set()
         emit(announce.format_port_closed(announce.PortClosed(
             "the debug port is gone: its gate process ended; the script runs on without a "
             "debugger", rank.rank or 0,
@@ -792,7 +799,6 @@ def debug_and_run(options: Options, rank: Rank) -> int:
 
     try:
         if gate_handle is not None:
-            gate_handle.when_gone(gate_gone)
             upstream, adapter_marker = debugger.listen_on_loopback()
             gate_handle.tell(f"upstream {upstream}")
             gate_handle.tell(f"adapter {adapter_marker}")
@@ -816,13 +822,16 @@ def debug_and_run(options: Options, rank: Rank) -> int:
             ),
             options.timeout,
         )
+        if gate_handle is not None:  # after the announcement: a port-gone line must follow it
+            gate_handle.when_gone(gate_gone)
         if gate_handle is None:
             say(f"connecting to the debugger at {options.address.host}:{port} until the deadline")
             attached = debugger.connect(options.address, deadline) and debugger.wait_until(deadline)
         else:
             say(f"waiting up to {options.timeout:g} s for a debugger on port {port}")
             attached = debugger.wait_until(deadline)
-        _finish_wait(attached, options, rank, "the port" if gate_handle else "the connection")
+        _finish_wait(attached, options, rank, "the port" if gate_handle else "the connection",
+                     gate_died.is_set())
         if not attached:
             if gate_handle is not None:
                 gate_handle.close_now()

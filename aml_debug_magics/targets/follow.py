@@ -266,7 +266,7 @@ class StepFollower:
         events = self.events
         self.logs = RunLogs(
             run,
-            lambda line, rank: events.step_output(self.name, line),
+            lambda line, rank: events.step_output(self.name, line, rank),
             self._news,
             **({"opener": target.opener} if target.opener else {}),
         )
