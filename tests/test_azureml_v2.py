@@ -224,7 +224,9 @@ def test_the_users_job_is_never_changed_so_the_cell_runs_again(ip, project):
         assert sent["code"] == str(project / "split")  # a folder to upload, not an ARM id
     first, second = (s.as_given for s in jobs.submitted)
     assert first == second
-    assert sorted(p.name for p in (project / "split").iterdir()) == ["split.py"]
+    # the shipped files leave the code folder once the upload is over (right after the submit)
+    wait_for(lambda: sorted(p.name for p in (project / "split").iterdir()) == ["split.py"], 30,
+             "the shipped files to leave the code folder after the upload")
     current_session("job").stop()
 
 

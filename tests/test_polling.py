@@ -397,4 +397,5 @@ def test_ranks_on_the_second_node_are_found_in_the_multi_node_log_layout(
     for rank, row in sorted(by_rank.items()):
         assert attach_and_read(row, tmp_path / "dist" / "dist.py", 3, "rank") == str(rank)
     assert session.wait(60) == "finished"
-    assert any("rank 3 done" in line for line in by_rank[0].last_lines)  # the step's lines
+    assert any("rank 3 done" in line for line in by_rank[3].last_lines)  # each rank's own lines
+    assert not any("rank 3 done" in line for line in by_rank[0].last_lines)
