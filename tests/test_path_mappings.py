@@ -46,6 +46,23 @@ def source(tmp_path):
     return tmp_path / "src"
 
 
+def debug_subfolder_run(ip, arguments: str, options: str):
+    """``%aml_debug_run`` on ``ScriptRunConfig(source_directory='src',
+    script='steps/train.py', arguments=ARGUMENTS)`` as a user types it; the session and its row,
+    once the script waits for a debugger."""
+    assert ip.run_cell(
+        "from azureml.core import ScriptRunConfig\n"
+        "config = ScriptRunConfig(source_directory='src', script='steps/train.py', "
+        f"arguments={arguments})\n"
+        "ws = object()  # what --workspace names; the cluster stands in for the control plane"
+    ).success
+    ip.run_line_magic("aml_debug_run", f"{options} config")
+    session = current_session("run")
+    row = session.rows[0]
+    wait_for(lambda: row.status == Status.WAITING, 90, "the script to wait for a debugger")
+    return session, row
+
+
 # -- the mapping itself ---------------------------------------------------------------------
 
 
@@ -85,15 +102,7 @@ def test_without_what_the_row_knows_the_scripts_own_folders_pair():
 
 
 def test_a_script_run_config_with_a_subfolder_script_stops_at_the_local_breakpoint(ip, source):
-    assert ip.run_cell(
-        "from azureml.core import ScriptRunConfig\n"
-        "config = ScriptRunConfig(source_directory='src', script='steps/train.py', "
-        "arguments=[3, 4])"
-    ).success
-    ip.run_line_magic("aml_debug_run", "--timeout 60 config")
-    session = current_session("run")
-    row = session.rows[0]
-    wait_for(lambda: row.status == Status.WAITING, 60, "the script to wait for a debugger")
+    session, row = debug_subfolder_run(ip, "[3, 4]", "--timeout 60")
     assert row.attach_config()["pathMappings"][0]["localRoot"] == str(source)
     local = source / "steps" / "train.py"
     assert evaluate_at_first_stop(row.attach_config(), {str(local): [TRAIN_BREAK]},
@@ -175,16 +184,9 @@ def test_on_a_node_a_subfolder_script_stops_at_the_local_breakpoint(ip, source, 
     """The snapshot is a copy in another folder on another network host: the stop in the local
     file proves the mapping from the source folder to the snapshot's root."""
     cluster = make_cluster()
-    assert ip.run_cell(
-        "from azureml.core import ScriptRunConfig\n"
-        "config = ScriptRunConfig(source_directory='src', script='steps/train.py', "
-        "arguments=['1', '2'], compute_target='cpu-cluster')\n"
-        "ws = object()"
-    ).success
-    ip.run_line_magic("aml_debug_run", "--target azureml --workspace ws --timeout 120 config")
-    session = current_session("run")
-    row = session.rows[0]
-    wait_for(lambda: row.status == Status.WAITING, 90, "the run to announce itself")
+    session, row = debug_subfolder_run(
+        ip, "['1', '2'], compute_target='cpu-cluster'",
+        "--target azureml --workspace ws --timeout 120")
     remote_root = row.attach_config()["pathMappings"][0]["remoteRoot"]
     assert PurePosixPath(remote_root).parent == cluster.root / "snapshots"
     local = source / "steps" / "train.py"

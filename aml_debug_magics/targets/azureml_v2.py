@@ -38,8 +38,6 @@ from aml_debug_magics.targets.environment import (
 if TYPE_CHECKING:
     from aml_debug_magics.records import DebugRequest, StepSpec
 
-SOURCE_ROOT = SOURCE_ROOT_VARIABLE  # where the bootstrap learns the code folder, after a cd
-
 
 def is_pipeline(job: Any) -> bool:
     """Whether ``job`` is a PipelineJob (a command job has a ``jobs`` attribute too: every
@@ -114,8 +112,9 @@ def debug_command(name: str, command: ShellCommand | None, request: DebugRequest
         written = command.text if command else ""
         raise DebugInputError(f"node {name!r} runs `{written}`: nothing in it runs Python to debug")
     options = " ".join(shlex.quote(option) for option in bootstrap_options(request))
-    insertion = f'"${SOURCE_ROOT}/{BOOTSTRAP}" {options} --'
-    return f'export {SOURCE_ROOT}="$PWD" && {command.wrapped(insertion)}'
+    # the variable tells the bootstrap where the code folder is, after a cd
+    insertion = f'"${SOURCE_ROOT_VARIABLE}/{BOOTSTRAP}" {options} --'
+    return f'export {SOURCE_ROOT_VARIABLE}="$PWD" && {command.wrapped(insertion)}'
 
 
 @contextlib.contextmanager
