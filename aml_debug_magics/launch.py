@@ -94,12 +94,14 @@ def path_mapping(
         return None if announcement.cwd is None else (local_root, announcement.cwd)
     paths = ntpath if "\\" in script else posixpath
     script = paths.normpath(script)
-    if announcement.source_root:
-        root = paths.normpath(announcement.source_root)
-        if script.startswith(root.rstrip(paths.sep) + paths.sep):
-            return local_root, root
     inside = PurePosixPath(script_in_root or PurePosixPath(script.replace("\\", "/")).name).parts
     remote_parts = script.split(paths.sep)
+    if announcement.source_root:
+        root = paths.normpath(announcement.source_root)
+        # another program (mldesigner's console script) runs the root's files from elsewhere
+        another_program = script_in_root is not None and inside[-1] != remote_parts[-1]
+        if script.startswith(root.rstrip(paths.sep) + paths.sep) or another_program:
+            return local_root, root
     if tuple(remote_parts[-len(inside):]) == inside and len(remote_parts) > len(inside):
         return local_root, paths.sep.join(remote_parts[:-len(inside)]) or paths.sep
     return local_root.joinpath(*inside[:-1]), paths.dirname(script)

@@ -22,6 +22,7 @@ from aml_debug_magics.errors import DebugInputError
 from aml_debug_magics.redaction import redact
 
 TARGETS = ("local", "azureml")
+VIA = ("listen", "storage", "auto")
 
 
 def one_line_errors(magic: Callable[..., Any]) -> Callable[..., Any]:
@@ -62,8 +63,15 @@ def session_options(magic: Callable[..., Any]) -> Callable[..., Any]:
                  "itself; any: everyone who reaches it)"),
         argument("--ranks", default="0", help="which ranks of a distributed step wait for a "
                  "debugger: 0 (default), all, or 0,2"),
+        argument("--via", choices=VIA, default="listen", help="azureml target: how the "
+                 "debugger reaches the node: listen (its port, the default), storage (through "
+                 "the workspace's default blob storage: no network path to the node needed), "
+                 "auto (the port if reachable from here, else storage)"),
         argument("--write-launch-json", action="store_true", help="write each attach config "
                  "into .vscode/launch.json as soon as it is known (a backup is kept)"),
+        argument("--debug-here", action="store_true", help="open the debugger in this "
+                 "notebook on each debugged step once it waits (as the row's Debug here button "
+                 "does; %%aml_debug_step drives it as text)"),
         argument("--stop", action="store_true", help="stop the running session and exit"),
     ]):
         magic = decorator(magic)
@@ -97,7 +105,13 @@ class AmlDebugMagics(Magics):
     @argument("pipeline", nargs="?", help="a variable holding an Azure ML Pipeline, a list of "
               "steps, or one PythonScriptStep")
     @argument("--step", action="append", metavar="NAME", help="a step to debug (repeat for "
-              "more; default: every PythonScriptStep); the others run without a debugger")
+              "more; default: every PythonScriptStep and ParallelRunStep); the others run "
+              "without a debugger")
+    @argument("--mini-batches", type=int, metavar="N", help="local target: a parallel step "
+              "runs only its first N mini-batches")
+    @argument("--params", metavar="NAME=VALUE[,...]", help="local target: the point of its "
+              "search space a debugged HyperDriveStep's one trial runs (default: each "
+              "parameter's first point)")
     @session_options
     @line_magic
     @one_line_errors
@@ -111,6 +125,7 @@ class AmlDebugMagics(Magics):
         Example: %aml_debug_pipeline my_pipeline --step train --timeout 300
         """
         from aml_debug_magics.sources import sdk_v1 as steps
+        from aml_debug_magics.sources.parallel import check_mini_batches
 
         args = self._parse(self.aml_debug_pipeline, line)
         if args.stop:
@@ -121,8 +136,11 @@ class AmlDebugMagics(Magics):
         found = steps.steps_of(pipeline, args.pipeline)
         debugged = steps.pick_steps(found, args.step)
         specs = steps.read_steps(
-            found, debugged, base_directory=Path.cwd(), target=self._target(args)
+            found, debugged, base_directory=Path.cwd(), target=self._target(args),
+            params=args.params,
         )
+        if args.params and not any(spec.trial for spec in specs if spec.debug):
+            raise DebugInputError("--params is for a sweep: debug a HyperDriveStep with --step")
         submit: dict[str, Any] = {}
         if self._target(args) == "azureml" and steps.is_pipeline(pipeline):
             from aml_debug_magics.targets.workspace import pipeline_workspace
@@ -130,14 +148,17 @@ class AmlDebugMagics(Magics):
             submit = {"submitted": pipeline}  # its settings and workspace go with the submit
             if not args.workspace:
                 submit["workspace"] = pipeline_workspace(pipeline)
+        submit["mini_batches"] = check_mini_batches(specs, args.mini_batches, self._target(args))
         self._open("pipeline", f"%aml_debug_pipeline {args.pipeline}", specs, args, **submit)
 
     # -- %aml_debug_run -------------------------------------------------------------------
 
     @magic_arguments()
     @argument("command", nargs=argparse.REMAINDER, metavar="SCRIPT [ARGS...] | CONFIG",
-              help="a script and its arguments, or a variable holding a ScriptRunConfig "
-              "(options go before a script; before or after a ScriptRunConfig)")
+              help="a script and its arguments, or a variable holding a ScriptRunConfig or a "
+              "HyperDriveConfig (options go before a script; before or after a variable)")
+    @argument("--params", metavar="NAME=VALUE[,...]", help="a HyperDriveConfig: the point of "
+              "its search space the trial runs (default: each parameter's first point)")
     @session_options
     @line_magic
     @one_line_errors
@@ -147,6 +168,7 @@ class AmlDebugMagics(Magics):
         Example: %aml_debug_run --timeout 120 train.py --epochs 3
         """
         from aml_debug_magics.sources import sdk_v1 as steps
+        from aml_debug_magics.sources.sweep import is_sweep
 
         args = self._parse(self.aml_debug_run, line)
         if args.stop:
@@ -157,7 +179,16 @@ class AmlDebugMagics(Magics):
         if first.isidentifier() and first in self.shell.user_ns and rest:
             args = self._options_after_variable(line, first, rest)
             rest = []
-        if first.isidentifier() and first in self.shell.user_ns:
+        if first.isidentifier() and first in self.shell.user_ns and is_sweep(
+            self._variable(first)
+        ):
+            spec = steps.read_hyperdrive(
+                self._variable(first), first, args.params, base_directory=Path.cwd(),
+                target=self._target(args), namespace=self.shell.user_ns,
+            )
+        elif args.params:
+            raise DebugInputError("--params is for a sweep: give a HyperDriveConfig variable")
+        elif first.isidentifier() and first in self.shell.user_ns:
             spec = steps.read_script_run(
                 self._variable(first), first, base_directory=Path.cwd(), target=self._target(args),
                 namespace=self.shell.user_ns,
@@ -183,6 +214,11 @@ class AmlDebugMagics(Magics):
               "command of a node's command line waits for the debugger, counted from 1 (default "
               "1: the first, e.g. in `python prep.py && python train.py`); the rest of the line "
               "runs as written")
+    @argument("--params", metavar="NAME=VALUE[,...]", help="a sweep (alone or as a pipeline "
+              "node): the point of its search space the one trial runs (default: each "
+              "parameter's first point)")
+    @argument("--mini-batches", type=int, metavar="N", help="local target: a parallel node "
+              "runs only its first N mini-batches")
     @session_options
     @line_magic
     @one_line_errors
@@ -200,6 +236,8 @@ class AmlDebugMagics(Magics):
         Example: %aml_debug_job pipeline_job --node train --timeout 300
         """
         from aml_debug_magics.sources import sdk_v2
+        from aml_debug_magics.sources.parallel import check_mini_batches
+        from aml_debug_magics.sources.sweep import is_sweep, sweep_trial_job
 
         args = self._parse(self.aml_debug_job, line)
         if args.stop:
@@ -209,21 +247,33 @@ class AmlDebugMagics(Magics):
         job = self._variable(args.job)
         target = self._target(args)
         notes: list[str] = []
+        point = None
+        if is_sweep(job):  # one trial, as a plain command job
+            job, point = sweep_trial_job(job, args.params)
         specs = sdk_v2.read_job(job, args.job, args.node, base_directory=Path.cwd(),
-                                target=target, calls=args.call, notes=notes)
+                                target=target, calls=args.call, notes=notes, params=args.params)
+        if point is not None:
+            specs[0].trial = point.describe()
+        elif args.params and not any(spec.trial for spec in specs):
+            raise DebugInputError(f"--params is for a sweep: {args.job!r} is no sweep and runs "
+                                  "none")
         for note in notes:
             print(redact(note))
-        submit: dict[str, Any] = {}
+        submit: dict[str, Any] = {
+            "mini_batches": check_mini_batches(specs, args.mini_batches, target)
+        }
         if target == "azureml":  # through an MLClient, the job as a whole
             from aml_debug_magics.targets.azureml_v2 import find_ml_client
 
             workspace = find_ml_client(self.shell.user_ns, args.workspace)
-            submit = {"sdk": "v2", "submitted": job, "workspace": workspace}
+            submit.update(sdk="v2", submitted=job, workspace=workspace)
         self._open("job", f"%aml_debug_job {args.job}", specs, args, **submit)
 
     # -- %aml_debug_deploy ----------------------------------------------------------------
 
     @magic_arguments()
+    @argument("deployment", nargs="?", help="a variable holding an SDK v2 "
+              "ManagedOnlineDeployment or KubernetesOnlineDeployment (instead of --entry-script)")
     @argument("--entry-script", metavar="SCORE_PY", help="the scoring script (init() and run())")
     @argument("--source-dir", metavar="DIR", help="the folder served as the app root (default: "
               "the entry script's folder)")
@@ -244,7 +294,11 @@ class AmlDebugMagics(Magics):
     @argument("--model", action="append", default=[], metavar="NAME[:VERSION]", help="azureml "
               "target: a registered model to package (repeat for more); local target, with "
               "--model-dir: lay it out as azureml-models/NAME/VERSION for Model.get_model_path")
-    @argument("--workspace", metavar="VARIABLE", help="azureml target: the Workspace variable")
+    @argument("--workspace", metavar="VARIABLE", help="azureml target: the Workspace variable; "
+              "an SDK v2 deployment's registered model: the MLClient to download it through")
+    @argument("--debug-here", action="store_true", help="open the debugger in this notebook "
+              "once the server waits (the row's Debug here button); a breakpoint in run() "
+              "stops in the worker, shown as its own process")
     @argument("--stop", action="store_true", help="stop the running session and exit")
     @line_magic
     @one_line_errors
@@ -257,6 +311,7 @@ class AmlDebugMagics(Magics):
 
         Example: %aml_debug_deploy --entry-script score.py --model-dir model
                  --sample-request '{"data": [[1, 2]]}'
+        Example: %aml_debug_deploy blue_deployment --sample-request sample-request.json
         """
         from aml_debug_magics.deploy import make_deployment
         from aml_debug_magics.records import StepSpec
@@ -264,22 +319,75 @@ class AmlDebugMagics(Magics):
         args = self._parse(self.aml_debug_deploy, line)
         if args.stop:
             return self._stop("deploy")
-        if not args.entry_script:
-            raise DebugInputError("give the scoring script: --entry-script score.py")
         target = args.target or "local"
-        deployment = make_deployment(
-            entry_script=args.entry_script, source_dir=args.source_dir, model_dir=args.model_dir,
-            scoring_port=args.scoring_port, wait_in_init=args.wait_in_init,
-            sample_request=args.sample_request, image=args.image, target=target,
-            models=args.model, base=Path.cwd(),
-        )
+        if args.deployment:
+            deployment = self._online_deployment(args, target)
+        elif not args.entry_script:
+            raise DebugInputError("give the scoring script: --entry-script score.py, or an SDK "
+                                  "v2 deployment: %aml_debug_deploy VARIABLE")
+        else:
+            deployment = make_deployment(
+                entry_script=args.entry_script, source_dir=args.source_dir,
+                model_dir=args.model_dir, scoring_port=args.scoring_port,
+                wait_in_init=args.wait_in_init, sample_request=args.sample_request,
+                image=args.image, target=target, models=args.model, base=Path.cwd(),
+            )
         script = deployment.entry_script
         spec = StepSpec(script.stem, deployment.source_dir,
                         script.relative_to(deployment.source_dir).as_posix())
         args.connect, args.ranks, args.write_launch_json, args.experiment = None, "0", False, None
         args.target = target
-        self._open("deploy", f"%aml_debug_deploy {script.name}", [spec], args,
+        self._open("deploy", f"%aml_debug_deploy {args.deployment or script.name}", [spec], args,
                    deployment=deployment, models=args.model)
+
+    # -- %aml_debug_step -------------------------------------------------------------------
+
+    @line_magic
+    @one_line_errors
+    def aml_debug_step(self, line: str) -> None:
+        """Drive the debugger opened in this notebook (Debug here, --debug-here) as text.
+
+        %aml_debug_step [continue|next|step|out|pause|stop|where|vars [NAME]|eval EXPR|
+        break FILE:LINE]
+
+        continue, next (step over), step (into) and out wait for the next stop and show it;
+        where (the default) shows the current line and the call stack; vars lists the current
+        frame's locals, or the children of NAME; eval evaluates in the current frame; break
+        sets a breakpoint, or clears the one there; stop detaches and lets the script run on.
+
+        Example: %aml_debug_step break train.py:42
+        """
+        from aml_debug_magics.debugger.commands import run_command
+
+        print(run_command(line))
+
+    def _online_deployment(self, args: argparse.Namespace, target: str) -> Any:
+        """``%aml_debug_deploy VARIABLE``: an SDK v2 deployment read into what is served."""
+        from aml_debug_magics.deploy.sdk_v2 import is_online_deployment, make_online_deployment
+
+        given = [f"--{o.replace('_', '-')}" for o in ("entry_script", "source_dir", "model_dir")
+                 if getattr(args, o)] + (["--model"] if args.model else [])
+        if given:
+            raise DebugInputError(f"{args.deployment} says where its code and model are: drop "
+                                  f"{', '.join(given)}")
+        value = self._variable(args.deployment)
+        if not is_online_deployment(value):
+            raise DebugInputError(
+                f"{args.deployment} is a {type(value).__name__}, not a ManagedOnlineDeployment "
+                "or KubernetesOnlineDeployment (or give --entry-script score.py)"
+            )
+
+        def ml_client() -> Any:
+            from aml_debug_magics.targets.azureml_v2 import find_ml_client
+
+            return find_ml_client(self.shell.user_ns, args.workspace)
+
+        return make_online_deployment(
+            value, args.deployment, scoring_port=args.scoring_port,
+            wait_in_init=args.wait_in_init, sample_request=args.sample_request,
+            image=args.image, target=target, base=Path.cwd(), ml_client=ml_client,
+            progress=lambda note: print(redact(note)),
+        )
 
     # -- shared ---------------------------------------------------------------------------
 
@@ -362,6 +470,8 @@ class AmlDebugMagics(Magics):
             write_launch_json=args.write_launch_json,
             input_paths=input_paths,
             allow=getattr(args, "allow", "auto"),
+            via=getattr(args, "via", "listen"),
+            debug_here=args.debug_here,
             **extra,
         )
         open_session(kind, request, make_view(self.view), make_target)

@@ -83,6 +83,7 @@ class StepSpec:
     command: ShellCommand | None = None  # SDK v2: the line the node runs, through a shell
     # SDK v1: what Run.get_context().input_datasets answers in the step, by input name
     named_inputs: dict[str, DataFolder | ExternalInput] = field(default_factory=dict)
+    trial: str = ""  # one trial of a sweep: its point and how it was chosen, for the panel
 
     @property
     def script(self) -> Path:
@@ -132,6 +133,7 @@ class DebugRequest:
     launch_json: Path = Path(".vscode/launch.json")
     write_launch_json: bool = False
     allow: str = "auto"  # who the node lets attach: auto (this machine), any, or a list
+    via: str = "listen"  # how the debugger's bytes travel: listen (the node's port), storage, auto
     sdk: str = "v1"  # which Azure ML SDK built the steps: v1, or v2 (azure-ai-ml)
     submitted: Any = None  # SDK v2: the job to submit as a whole (a PipelineJob, a command job)
     workspace: Any = None  # for the azureml target: where to submit (an SdkWorkspace)
@@ -139,3 +141,5 @@ class DebugRequest:
     deployment: Any = None  # for %aml_debug_deploy: a deploy.local.Deployment
     models: list[str] = field(default_factory=list)  # for packaging: NAME or NAME:VERSION
     input_paths: dict[str, Path] = field(default_factory=dict)  # local target: external data
+    mini_batches: int | None = None  # local target: parallel steps stop after this many
+    debug_here: bool = False  # open the notebook's debugger on each debugged row it can attach

@@ -38,12 +38,14 @@ class StepRow:
     local_root: Path  # the step's source folder (SDK v2: its code folder)
     rank: int = 0
     script_in_root: str = ""  # the script's path in local_root, like steps/train.py
+    trial: str = ""  # one trial of a sweep: the point it runs and how it was chosen
     status: Status = Status.QUEUED
     announcement: Announcement | None = None
     attached: bool = False
     exit_code: int | None = None
     detail: str = ""
     reachability: str = ""  # what a probe of the announced address from here found
+    path: str = ""  # how the debugger reaches the node: "" (its address), "via storage"...
     port_closed: bool = False  # the debug port closed for good while the script runs on
     last_lines: collections.deque[str] = field(
         default_factory=lambda: collections.deque(maxlen=LINES_SHOWN)
@@ -118,7 +120,7 @@ class DebugSession:
         self.clock = clock
         self.rows: list[StepRow] = [
             StepRow(step=s.name, debugged=s.debug, local_root=s.source_directory,
-                    script_in_root=s.script_name)
+                    script_in_root=s.script_name, trial=s.trial)
             for s in request.steps
         ]
         self.state = "starting"
@@ -130,6 +132,7 @@ class DebugSession:
         self.view = view
         self._lock = threading.RLock()
         self._ended = threading.Event()
+        self.debuggers: dict[tuple[str, int], Any] = {}  # the notebook's debugger, per row
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -150,6 +153,8 @@ class DebugSession:
     def stop(self) -> None:
         """End the session's processes and close its ports; rows still running say stopped."""
         self._target.stop()
+        for debugger in list(self.debuggers.values()):  # after the target: nothing runs on
+            debugger.close()
         with self._lock:
             for row in self.rows:
                 if row.status not in ENDED:
@@ -229,11 +234,15 @@ class DebugSession:
             self.view.refresh(row)
         if isinstance(news, Announcement) and self.request.write_launch_json:
             self.write_launch_json(row)
+        if isinstance(news, Announcement) and self.request.debug_here and row.debugged \
+                and news.mode == "listen":
+            self.debug_here(row)
 
-    def step_reachability(self, step: str, rank: int, text: str) -> None:
+    def step_reachability(self, step: str, rank: int, text: str, *, path: str = "") -> None:
         with self._lock:
             row = self.row(step, rank)
             row.reachability = redact(text)
+            row.path = path
             self.view.refresh(row)
 
     def service_update(self, **facts: str) -> None:
@@ -286,6 +295,46 @@ class DebugSession:
         sender.start()
         return sender
 
+    def debug_here(self, row: StepRow) -> Any:
+        """Open the notebook's debugger on ``row`` (its Debug here button, or --debug-here);
+        the debugger, or None when the row cannot take one now (the message says why)."""
+        from aml_debug_magics.debugger.controller import controller_for, remember
+
+        with self._lock:
+            opened = self.debugger_of(row)
+            if opened is not None:
+                self.message = f"the debugger is open on {row.label} already"
+                debugger = None
+            else:
+                script = row.local_root / row.script_in_root if row.script_in_root else None
+                waiting = row.status == Status.WAITING and not row.attached
+                try:
+                    debugger = controller_for(
+                        row.attach_config() if row.attachable else None, label=row.label,
+                        script=script,
+                        stop_at_entry=waiting and self.request.deployment is None,
+                    )
+                except DebugInputError as error:
+                    self.message = str(error)
+                    debugger = None
+                else:
+                    self.debuggers[(row.step, row.rank)] = debugger
+                    self.message = f"debugging {row.label} here"
+        if debugger is not None:
+            remember(debugger)
+            show = getattr(self.view, "show_debugger", None)
+            if show is not None:
+                show(row, debugger)
+            debugger.start()
+        self.view.refresh(row)
+        self.view.refresh(None)
+        return debugger
+
+    def debugger_of(self, row: StepRow) -> Any:
+        """The notebook's debugger open on ``row`` and still attached, or None."""
+        debugger = self.debuggers.get((row.step, row.rank))
+        return debugger if debugger is not None and debugger.active else None
+
     def write_launch_json(self, row: StepRow | None = None) -> str:
         """Merge the attach config of ``row`` (default: every announced row) into launch.json."""
         from aml_debug_magics.launch import LaunchJsonError, merge_into_launch_json
@@ -318,17 +367,18 @@ _live_lock = threading.Lock()
 
 def check_request(request: DebugRequest) -> None:
     """What the node would refuse after a submit and a provisioning, refused here, at once."""
-    from aml_debug_magics.node import bootstrap
+    from aml_debug_magics.node import options
 
     try:
         allow = "any" if request.allow == "auto" else request.allow
-        bootstrap.check_limits(request.timeout, request.ranks, allow)
-    except bootstrap.UsageError as error:
+        options.check_limits(request.timeout, request.ranks, allow)
+    except options.UsageError as error:
         raise DebugInputError(str(error)) from None
     if not 0 <= request.port <= 65535:
         raise DebugInputError(f"--port must be between 0 and 65535 (got {request.port})")
     if not any(s.debug for s in request.steps):
         raise DebugInputError("no step to debug: name one with --step")
+    check_via(request)
     if request.connect is None:
         return
     host, _, port = request.connect.rpartition(":")
@@ -337,6 +387,21 @@ def check_request(request: DebugRequest) -> None:
             f"--connect wants HOST:PORT where VS Code listens, like 127.0.0.1:5678 "
             f"(got {request.connect!r})"
         )
+
+
+def check_via(request: DebugRequest) -> None:
+    """``--via storage`` and ``auto`` relay one process per step, on Azure ML, to a listener."""
+    if request.via == "listen":
+        return
+    if request.target != "azureml":
+        raise DebugInputError(f"--via {request.via} is for --target azureml: on this machine "
+                              "the debugger attaches directly")
+    if request.connect is not None:
+        raise DebugInputError(f"--via {request.via} relays to the node's own listener: drop "
+                              "--connect")
+    if not request.ranks.isdigit():
+        raise DebugInputError(f"--via {request.via} relays one rank per step: give one rank, "
+                              f"like --ranks 0 (got {request.ranks!r})")
 
 
 def check_ports(request: DebugRequest) -> None:

@@ -1,13 +1,18 @@
-"""Time to the first successful scoring response: ``%aml_debug_deploy`` vs the server by hand.
+"""Time to the first successful scoring response: ``%aml_debug_deploy`` vs the server by hand,
+for a scoring script given with ``--entry-script`` (v1) and for an SDK v2 deployment object.
 
     python bench/bench_deploy.py [--python PATH] [--rounds N]
 
-Same score.py, same run, rounds alternating:
-* anchor: ``azmlinfsrv --entry_script score.py --port P`` started by hand, polled with POST
-  /score until it answers 200;
-* ``%aml_debug_deploy`` (debugpy in the server's worker) from the magic's call to the first 200,
-  nobody attached;
-* the same with a debug-protocol client attached before the first request (with the debugger).
+Each round runs, one after another (so a busy machine weighs on every figure alike):
+* anchor: ``azmlinfsrv --entry_script score.py --port P`` started by hand (with
+  ``AZUREML_MODEL_DIR`` for the v2 deployment's model), polled with POST /score until it
+  answers 200;
+* ``%aml_debug_deploy --entry-script score.py`` (debugpy in the server's worker) from the
+  magic's call to the first 200, nobody attached, then with a debug-protocol client attached
+  as soon as the worker announces (with the debugger);
+* the same two for ``%aml_debug_deploy blue``, ``blue`` a ``ManagedOnlineDeployment`` with a
+  code folder, a model folder and environment variables.
+The magics run in one IPython shell, kept between rounds, as in a notebook.
 """
 
 from __future__ import annotations
@@ -32,10 +37,19 @@ def init():
 def run(raw_data):
     return {"prediction": [x * factor for x in json.loads(raw_data)["data"]]}
 """
+ONLINE_SCORE = """\
+import json, os
+def init():
+    global factor
+    with open(os.path.join(os.environ["AZUREML_MODEL_DIR"], "model", "factor.json")) as file:
+        factor = json.load(file) * int(os.environ["FACTOR_SCALE"])
+def run(raw_data):
+    return {"prediction": [x * factor for x in json.loads(raw_data)["data"]]}
+"""
 BODY = b'{"data": [1, 2, 3]}'
 
-MAGIC = """
-import json, socket, sys, time
+SHELL = """
+import json, sys, time
 sys.path[:0] = [sys.argv[1], sys.argv[1] + "/../tests"]
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
@@ -43,13 +57,20 @@ config = Config(); config.HistoryAccessor.enabled = False
 shell = InteractiveShell.instance(config=config)
 shell.run_line_magic("load_ext", "aml_debug_magics")
 shell.run_line_magic("config", "AmlDebugMagics.view = 'text'")
+from azure.ai.ml.entities import CodeConfiguration, ManagedOnlineDeployment, Model
+shell.user_ns["blue"] = ManagedOnlineDeployment(
+    name="blue", endpoint_name="bench", model=Model(path="model"),
+    code_configuration=CodeConfiguration(code="onlinescoring", scoring_script="score.py"),
+    environment_variables={"FACTOR_SCALE": "1"},
+)
 from aml_debug_magics.session import current_session
 from dap_client import DapClient
 from bench_deploy import first_answer
-results = []
-for attach in (False, True) * int(sys.argv[2]):
+print("READY", file=sys.__stdout__, flush=True)
+for line in sys.stdin:
+    arguments, attach = json.loads(line)
     start = time.perf_counter()
-    shell.run_line_magic("aml_debug_deploy", "--entry-script score.py")
+    shell.run_line_magic("aml_debug_deploy", arguments)
     session = current_session("deploy")
     client = None
     if attach:
@@ -59,11 +80,10 @@ for attach in (False, True) * int(sys.argv[2]):
         client = DapClient.connect(config["connect"]["host"], config["connect"]["port"])
         client.attach(config, {})
     took = first_answer(session.service.scoring_url, start)
-    results.append({"attached": attach, "seconds": took})
     if client:
         client.close()
     shell.run_line_magic("aml_debug_deploy", "--stop")
-print("RESULT", json.dumps(results), file=sys.__stdout__)
+    print("RESULT", took, file=sys.__stdout__, flush=True)
 """
 
 
@@ -82,11 +102,11 @@ def first_answer(url: str, start: float, limit: float = 120.0) -> float:
     raise RuntimeError(f"no answer from {url}")
 
 
-def by_hand(python: str, folder: Path, env: dict[str, str]) -> float:
+def by_hand(python: str, folder: Path, script: str, env: dict[str, str]) -> float:
     port = free_port()
     start = time.perf_counter()
     server = subprocess.Popen(
-        [python, "-m", "azureml_inference_server_http.amlserver", "--entry_script", "score.py",
+        [python, "-m", "azureml_inference_server_http.amlserver", "--entry_script", script,
          "--port", str(port)], cwd=folder, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
@@ -97,26 +117,74 @@ def by_hand(python: str, folder: Path, env: dict[str, str]) -> float:
         server.wait()
 
 
+def lay_out(folder: Path) -> Path:
+    """score.py for v1; onlinescoring/score.py, model/ and azureml-models/ (what Azure ML, and
+    the anchor, hand the server as AZUREML_MODEL_DIR) for v2."""
+    (folder / "score.py").write_text(SCORE)
+    (folder / "onlinescoring").mkdir()
+    (folder / "onlinescoring" / "score.py").write_text(ONLINE_SCORE)
+    (folder / "model").mkdir()
+    (folder / "model" / "factor.json").write_text("2")
+    model_dir = folder / "azureml-models" / "blue" / "1"
+    model_dir.mkdir(parents=True)
+    (model_dir / "model").symlink_to(folder / "model")
+    return model_dir
+
+
 def main() -> None:
     python, rounds, env = bench_options(__doc__)
-    with tempfile.TemporaryDirectory() as folder:
-        (Path(folder) / "score.py").write_text(SCORE)
-        anchor = [by_hand(python, Path(folder), env) for _ in range(rounds)]
-        done = subprocess.run([python, "-c", MAGIC, str(REPO / "bench"), str(rounds)],
-                              capture_output=True, text=True, env=env, cwd=folder, timeout=1800)
-        found = [line for line in done.stdout.splitlines() if line.startswith("RESULT")]
-        if not found:
-            raise RuntimeError(done.stderr[-3000:])
-        magic = json.loads(found[-1].split(" ", 1)[1])
-    plain = statistics.median(r["seconds"] for r in magic if not r["attached"])
-    attached = statistics.median(r["seconds"] for r in magic if r["attached"])
-    hand = statistics.median(anchor)
-    print(f"{rounds} rounds; median seconds to the first 200 from /score")
-    print(f"   anchor azmlinfsrv by hand:                 {hand:6.2f} s")
-    print(f"   %aml_debug_deploy, nobody attached:        {plain:6.2f} s   "
-          f"ratio {plain / hand:.2f}")
-    print(f"   %aml_debug_deploy, a debugger attached:    {attached:6.2f} s   "
-          f"ratio {attached / hand:.2f}")
+    figures: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        model_dir = lay_out(folder)
+        env = {**env, "AML_DEBUG_CACHE": str(folder / "cache")}
+        errors = (folder / "shell.err").open("w")
+        shell = subprocess.Popen(
+            [python, "-c", SHELL, str(REPO / "bench")], cwd=folder, env=env, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
+        )
+        assert shell.stdin is not None and shell.stdout is not None
+
+        def magic(arguments: str, attach: bool) -> float:
+            shell.stdin.write(json.dumps([arguments, attach]) + "\n")
+            shell.stdin.flush()
+            for line in shell.stdout:
+                if line.startswith("RESULT"):
+                    return float(line.split()[1])
+            raise RuntimeError("the shell ended: " + (folder / "shell.err").read_text()[-3000:])
+
+        for line in shell.stdout:
+            if line.startswith("READY"):
+                break
+        online_env = {**env, "AZUREML_MODEL_DIR": str(model_dir), "FACTOR_SCALE": "1"}
+        try:
+            for _ in range(rounds):
+                for key, took in (
+                    ("v1 anchor", lambda: by_hand(python, folder, "score.py", env)),
+                    ("v1 plain", lambda: magic("--entry-script score.py", False)),
+                    ("v1 attached", lambda: magic("--entry-script score.py", True)),
+                    ("v2 anchor", lambda: by_hand(python, folder, "onlinescoring/score.py",
+                                                  online_env)),
+                    ("v2 plain", lambda: magic("blue", False)),
+                    ("v2 attached", lambda: magic("blue", True)),
+                ):
+                    figures.setdefault(key, []).append(took())
+        finally:
+            shell.stdin.close()
+            shell.wait(timeout=60)
+            errors.close()
+    median = {key: statistics.median(values) for key, values in figures.items()}
+    least = {key: min(values) for key, values in figures.items()}
+    print(f"{rounds} rounds, interleaved; seconds to the first 200 from /score, median (and the "
+          "fastest round: on a shared machine, the least disturbed)")
+    for sdk, what in (("v1", "--entry-script score.py"), ("v2", "blue (ManagedOnlineDeployment)")):
+        hand, fastest = median[f"{sdk} anchor"], least[f"{sdk} anchor"]
+        print(f"  {what}")
+        print(f"   anchor azmlinfsrv by hand:                 {hand:6.2f} s ({fastest:.2f})")
+        for kind, label in (("plain", "nobody attached"), ("attached", "a debugger attached")):
+            took, quickest = median[f"{sdk} {kind}"], least[f"{sdk} {kind}"]
+            print(f"   %aml_debug_deploy, {label + ':':24s} {took:6.2f} s ({quickest:.2f})   "
+                  f"ratio {took / hand:.2f} ({quickest / fastest:.2f})")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -70,17 +71,17 @@ class AppendLog:
         return self.azurite.sas_url(self.name, **options)
 
 
-def start_azurite(location: Path) -> tuple[subprocess.Popen, Azurite]:
-    """Start ``azurite-blob`` on 127.0.0.1 on a free port; end it with ``process.terminate()``."""
+def start_azurite(location: Path, host: str = "127.0.0.1") -> tuple[subprocess.Popen, Azurite]:
+    """Start ``azurite-blob`` on ``host`` on a free port; end it with ``process.terminate()``."""
     command = azurite_blob_command()
     if command is None:
         raise FileNotFoundError("azurite-blob is not installed: run `bash scripts/test.sh`")
     process = subprocess.Popen(
-        [command, "--blobHost", "127.0.0.1", "--blobPort", "0", "--location", str(location),
+        [command, "--blobHost", host, "--blobPort", "0", "--location", str(location),
          "--skipApiVersionCheck", "--loose", "--disableTelemetry"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ},
     )
-    found = listening_line(process, r"listens on (http://127\.0\.0\.1:\d+)", "Azurite")
+    found = listening_line(process, rf"listens on (http://{re.escape(host)}:\d+)", "Azurite")
     return process, Azurite(f"{found.group(1)}/{ACCOUNT}")
 
 

@@ -16,6 +16,9 @@ methods (``get_status``, ``get_details`` with ``logFiles``, ``get_tags``, ``get_
   with the variables Azure ML sets (``AZUREML_RUN_ID``; for a
   distributed step ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``NODE_RANK``, ``MASTER_ADDR``,
   ``AZ_BATCH_IS_CURRENT_NODE_MASTER``).
+- **Parallel steps.** A ``ParallelRunStep`` runs ``sim_parallel_runner.py`` (the stand-in
+  for Azure ML's unpublished runner) with the step's arguments; a dataset input named NAME is
+  read from ``datasets[NAME]``.
 - **Order and data.** Steps run in dependency order (a step after the producers of the
   ``PipelineData`` it reads); a ``PipelineData`` is a folder both steps see.
 - **SDK v2 jobs.** Told apart by the SDK's classes: a ``PipelineJob`` runs its command nodes
@@ -27,6 +30,10 @@ methods (``get_status``, ``get_details`` with ``logFiles``, ``get_tags``, ``get_
   ``create_or_update`` does, the job object it was given is rewritten after: code and
   environments become ARM ids.
 - **Statuses.** NotStarted, Queued, Preparing, Running, then Completed, Failed or Canceled.
+- **Storage.** The workspace's default datastore is the test's Azurite, reached from the nodes
+  at this machine's end of the first node's link (a byte forwarder to Azurite's loopback port,
+  as a node reaches its workspace's storage account); ``relay_account`` signs with Azurite's
+  published development key, as a user who may list the datastore's secrets.
 - **Logs.** Each process's output goes, in chunks and late, to an append blob in the test's
   Azurite at Azure ML's layout (``user_logs/std_log.txt``, ``std_log_process_N.txt`` per process,
   with ``layout="nodes"`` ``std_log_node_N_process_M.txt`` (process M of node N) as the current
@@ -47,6 +54,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -58,6 +66,7 @@ from typing import Any
 from netns import Node, node_network
 from node_pythons import NODE_VERSIONS, find_python, node_python
 
+PARALLEL_RUNNER = Path(__file__).resolve().parent / "sim_parallel_runner.py"
 FLUSH_EVERY = 0.3  # seconds between two appends of a process's output to its log blob
 STAGE_PAUSE = 0.2  # seconds a run spends in each status before Running
 WORKSPACE_ID = ("azureml:/subscriptions/0/resourceGroups/rg/providers/"
@@ -109,8 +118,9 @@ class SimCluster:
 
     def __init__(self, azurite: Any, root: Path, *, nodes: int = 1,
                  processes_per_node: int = 1, layout: str = "current",
-                 python: str | None = None) -> None:
+                 python: str | None = None, datasets: dict[str, Path] | None = None) -> None:
         self.azurite = azurite
+        self.datasets = datasets or {}  # what a dataset input of that name is "mounted" from
         self.root = root
         self.processes_per_node = processes_per_node
         self.layout = layout
@@ -125,7 +135,11 @@ class SimCluster:
         # each submit's environments, by step or node name, as they arrived (v1: the
         # RunConfiguration's Environment object; v2: node.environment, a name or an Environment)
         self.seen_environments: list[dict[str, Any]] = []
+        # each submit's environment variables, by step or node name, as they arrived
+        self.seen_variables: list[dict[str, dict[str, str]]] = []
         self.runs: list[SimRun] = []
+        self.parallel_layouts: list[tuple[str, int, int]] = []  # node, instances, workers
+        self._storage_route: StorageRoute | None = None
 
     # -- the seam: what SdkWorkspace offers ---------------------------------------------------
 
@@ -143,6 +157,8 @@ class SimCluster:
                 for name, node in nodes.items()})
             self.seen_environments.append(
                 {name: copy.deepcopy(node.environment) for name, node in nodes.items()})
+            self.seen_variables.append(
+                {name: dict(node.environment_variables or {}) for name, node in nodes.items()})
             jobs = self._v2_jobs(what, nodes)
         else:
             steps = what if isinstance(what, list) else [what]
@@ -152,6 +168,7 @@ class SimCluster:
                     "environment", None)
                 for step in steps})
             jobs = [self._snapshot(step) for step in _in_dependency_order(steps)]
+            self.seen_variables.append({job["name"]: job["environment"] for job in jobs})
             is_pipeline = isinstance(what, list)
         parent = SimRun("pipeline" if is_pipeline else "run", self)
         if is_pipeline:
@@ -165,6 +182,19 @@ class SimCluster:
         threading.Thread(target=self._run_all, args=(parent, jobs), daemon=True).start()
         return parent
 
+    def relay_account(self) -> Any:
+        """The default datastore's account (Azurite), at an address the nodes reach too."""
+        from azurite import ACCOUNT, KEY
+
+        from aml_debug_magics.targets.relay_blobs import StorageAccount
+
+        if self._storage_route is None:
+            port = int(self.azurite.endpoint.rsplit(":", 1)[1].split("/", 1)[0])
+            self._storage_route = StorageRoute(self.nodes[0].gateway, port)
+        host, port = self._storage_route.address
+        return StorageAccount(ACCOUNT, "azureml", f"http://{host}:{port}/{ACCOUNT}",
+                              account_key=KEY)
+
     # -- what Azure ML does with it ------------------------------------------------------------
 
     def _snapshot(self, step: Any) -> dict[str, Any]:
@@ -174,11 +204,16 @@ class SimCluster:
         shutil.copytree(folder.resolve(), snapshot)
         arguments = getattr(step, "_arguments" if is_step else "arguments", None) or []
         script = step._script_name if is_step else step.script
+        environment = _environment_of(step)
+        if hasattr(step, "_parallel_run_config"):  # Azure ML's runner imports the entry script
+            script = str(PARALLEL_RUNNER)
+            environment.update({f"AZUREML_DATAREFERENCE_{name}": str(path)
+                                for name, path in self.datasets.items()})
         return {
             "name": getattr(step, "name", None) or Path(step.script).stem,
             "snapshot": snapshot,
             "argv": [self.python, "-u", script, *(self._argument(a) for a in arguments)],
-            "environment": _environment_of(step),
+            "environment": environment,
         }
 
     def _v2_jobs(self, job: Any, nodes: dict[str, Any]) -> list[dict[str, Any]]:
@@ -189,7 +224,7 @@ class SimCluster:
         ``create_or_update`` does, the job given is rewritten: code and environments become
         the ARM ids of what was uploaded and registered."""
         from azure.ai.ml import Input
-        from azure.ai.ml.entities import Command, PipelineJob
+        from azure.ai.ml.entities import Command, Parallel, PipelineJob
         from azure.ai.ml.entities._job.pipeline._io import NodeOutput, PipelineInput
 
         given = ({name: value._data for name, value in job.inputs.items()}
@@ -228,8 +263,11 @@ class SimCluster:
         jobs = []
         for name in ordered:
             node = nodes[name]
-            assert isinstance(node, Command), f"the simulated cluster runs command nodes: {name}"
             base = Path(node.component.base_path or job._base_path)
+            if isinstance(node, Parallel):
+                jobs.append(self._v2_parallel(name, node, base, placeholders(name, node, base)))
+                continue
+            assert isinstance(node, Command), f"the simulated cluster runs command nodes: {name}"
             snapshot = self.root / "snapshots" / f"{next(_ids)}_{name}"
             shutil.copytree((base / node.code).resolve(), snapshot)
             line = _replaced(node.command, placeholders(name, node, base))
@@ -242,6 +280,28 @@ class SimCluster:
                 node.environment = (f"{WORKSPACE_ID}/environments/CliV2AnonymousEnvironment/"
                                     f"versions/{uuid.uuid4().hex}")
         return jobs
+
+    def _v2_parallel(self, name: str, node: Any, base: Path, values: dict[str, str]
+                     ) -> dict[str, Any]:
+        """A parallel node as Azure ML's runner takes it: its task's code folder uploaded, the
+        runner stand-in given its entry script, mini-batch size, worker count, the input
+        ``input_data`` names and ``append_row_to``'s folder; its instance count and worker
+        count are kept in ``parallel_layouts``."""
+        snapshot = self.root / "snapshots" / f"{next(_ids)}_{name}"
+        shutil.copytree((base / node.task.code).resolve(), snapshot)
+        port = re.fullmatch(r"\$\{\{\s*inputs\.(\w+)\s*\}\}", node.input_data)[1]
+        workers = node.max_concurrency_per_instance or 1
+        argv = [self.python, "-u", str(PARALLEL_RUNNER), "--scoring_module_name",
+                node.task.entry_script, "--mini_batch_size", str(node.mini_batch_size),
+                "--process_count_per_node", str(workers), "--input_fds_0", port,
+                *shlex.split(_replaced(node.task.program_arguments or "", values))]
+        if node.task.append_row_to:
+            argv += ["--output", _replaced(node.task.append_row_to, values)]
+        self.parallel_layouts.append(
+            (name, getattr(node.resources, "instance_count", None) or 1, workers))
+        return {"name": name, "snapshot": snapshot, "argv": argv,
+                "environment": {f"AZUREML_DATAREFERENCE_{port}": values[f"inputs.{port}"],
+                                **dict(node.environment_variables or {})}}
 
     def _interpreters(self) -> Path:
         """A folder whose ``python`` and ``python3`` are the node's Python, first on PATH as an
@@ -371,6 +431,8 @@ class SimCluster:
             for child in [run, *run.children]:
                 child.cancelled.set()
         self.kill_all()
+        if self._storage_route is not None:
+            self._storage_route.close()
         self._stack.close()
 
 
@@ -407,3 +469,43 @@ def _environment_of(step: Any) -> dict[str, str]:
     found = dict(getattr(environment, "environment_variables", None) or {})
     found.update(getattr(runconfig, "environment_variables", None) or {})
     return {str(k): str(v) for k, v in found.items()}
+
+
+class StorageRoute:
+    """Bytes forwarded from ``host:<a free port>`` to Azurite on this machine's loopback, both
+    ways, one thread pair per connection; ``close`` ends them all."""
+
+    def __init__(self, host: str, azurite_port: int) -> None:
+        self._azurite_port = azurite_port
+        self._server = socket.create_server((host, 0))
+        self.address: tuple[str, int] = self._server.getsockname()[:2]
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, name="sim-storage-route", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+                upstream = socket.create_connection(("127.0.0.1", self._azurite_port))
+            except OSError:
+                return
+            with self._lock:
+                self._sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump_bytes, args=(source, sink), daemon=True).start()
+
+    def close(self) -> None:
+        self._server.close()
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+
+
+def _pump_bytes(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+        sink.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass

@@ -19,7 +19,7 @@ from conftest import need_python_script_step, wait_for
 from IPython.core.error import UsageError
 
 from aml_debug_magics.node.announce import Announcement, format_announcement, tag_key
-from aml_debug_magics.node.bootstrap import node_addresses
+from aml_debug_magics.node.ranks import node_addresses
 from aml_debug_magics.records import DebugRequest, Status
 from aml_debug_magics.session import DebugSession, current_session
 from aml_debug_magics.sources.sdk_v1 import pick_steps, read_steps, steps_of

@@ -434,7 +434,7 @@ def test_a_wait_cancelled_before_it_begins_still_ends():
     cancel_first = textwrap.dedent(
         """\
         import time
-        from aml_debug_magics.node.bootstrap import Debugger
+        from aml_debug_magics.node.debugger import Debugger
 
         debugger = Debugger()
         debugger.listen_on_loopback()

@@ -14,7 +14,7 @@ import debugpy
 import pytest
 from conftest import live_adapters, run_bootstrap, ship_node_files
 
-from aml_debug_magics.node import bootstrap
+from aml_debug_magics.node import options, ranks
 from aml_debug_magics.node.announce import LogReader
 
 
@@ -149,33 +149,33 @@ def test_a_chosen_rank_listens_on_base_port_plus_local_rank(script, tmp_path):
 @pytest.mark.parametrize(
     "environ, expected",
     [
-        ({}, bootstrap.Rank(0, 0)),
-        ({"RANK": "4", "LOCAL_RANK": "0"}, bootstrap.Rank(4, 0)),
-        ({"OMPI_COMM_WORLD_RANK": "5", "OMPI_COMM_WORLD_LOCAL_RANK": "1"}, bootstrap.Rank(5, 1)),
-        ({"AZ_BATCH_IS_CURRENT_NODE_MASTER": "true"}, bootstrap.Rank(0, 0)),
-        ({"AZ_BATCH_IS_CURRENT_NODE_MASTER": "false"}, bootstrap.Rank(None, 0)),
+        ({}, ranks.Rank(0, 0)),
+        ({"RANK": "4", "LOCAL_RANK": "0"}, ranks.Rank(4, 0)),
+        ({"OMPI_COMM_WORLD_RANK": "5", "OMPI_COMM_WORLD_LOCAL_RANK": "1"}, ranks.Rank(5, 1)),
+        ({"AZ_BATCH_IS_CURRENT_NODE_MASTER": "true"}, ranks.Rank(0, 0)),
+        ({"AZ_BATCH_IS_CURRENT_NODE_MASTER": "false"}, ranks.Rank(None, 0)),
     ],
 )
 def test_rank_detection(environ, expected):
-    assert bootstrap.detect_rank(environ) == expected
+    assert ranks.detect_rank(environ) == expected
 
 
 def test_rank_choice():
-    assert bootstrap.parse_ranks("all").includes(None)
-    assert bootstrap.parse_ranks("0,2").includes(2)
-    assert not bootstrap.parse_ranks("0,2").includes(1)
-    assert not bootstrap.parse_ranks("0").includes(None)
+    assert options.parse_ranks("all").includes(None)
+    assert options.parse_ranks("0,2").includes(2)
+    assert not options.parse_ranks("0,2").includes(1)
+    assert not options.parse_ranks("0").includes(None)
 
 
 def test_node_addresses_are_this_machines_own_and_not_loopback():
-    addresses = bootstrap.node_addresses("0.0.0.0")
+    addresses = ranks.node_addresses("0.0.0.0")
     assert addresses
     for address in addresses:
         with socket.socket() as probe:
             probe.bind((address, 0))  # only an address of this machine can be bound
     if addresses != ["127.0.0.1"]:
         assert not any(a.startswith("127.") for a in addresses)
-    assert bootstrap.node_addresses("10.1.2.3") == ["10.1.2.3"]
+    assert ranks.node_addresses("10.1.2.3") == ["10.1.2.3"]
 
 
 def test_runs_as_a_standalone_file_with_only_debugpy_importable(tmp_path, script):
@@ -207,10 +207,10 @@ def test_node_addresses_rank_the_default_route_first_and_bridges_last(monkeypatc
     to 127.0.1.1. The interface table is stood in for; the ranking is what is tested."""
     interfaces = {"lo": "127.0.0.1", "docker0": "172.17.0.1", "eth0": "10.0.0.4",
                   "eth1": "10.1.0.4"}
-    monkeypatch.setattr(bootstrap.socket, "if_nameindex",
+    monkeypatch.setattr(ranks.socket, "if_nameindex",
                         lambda: list(enumerate(interfaces, start=1)))
-    monkeypatch.setattr(bootstrap, "_interface_ipv4", interfaces.get)
-    monkeypatch.setattr(bootstrap, "_default_route_interfaces", lambda: {"eth0"})
-    monkeypatch.setattr(bootstrap.socket, "gethostbyname_ex",
+    monkeypatch.setattr(ranks, "_interface_ipv4", interfaces.get)
+    monkeypatch.setattr(ranks, "_default_route_interfaces", lambda: {"eth0"})
+    monkeypatch.setattr(ranks.socket, "gethostbyname_ex",
                         lambda name: (name, [], ["127.0.1.1", "10.1.0.4"]))
-    assert bootstrap.node_addresses("0.0.0.0") == ["10.0.0.4", "10.1.0.4", "172.17.0.1"]
+    assert ranks.node_addresses("0.0.0.0") == ["10.0.0.4", "10.1.0.4", "172.17.0.1"]

@@ -39,11 +39,19 @@ def lab(tmp_path_factory):
     pytest.importorskip("playwright", reason="playwright is a test dependency")
     need_python_script_step()
     root = tmp_path_factory.mktemp("lab")
+    for name in ("lab", "nb7", "plain"):
+        shutil.copy(REPO / "notebooks" / TUTORIAL, root / f"{name}_{TUTORIAL}")
+    with jupyter_lab(root) as started:
+        yield started
+
+
+@contextmanager
+def jupyter_lab(root: Path):
+    """JupyterLab (and Notebook 7) serving ``root`` on 127.0.0.1, a free port, with a token:
+    yields {"port", "token", "root", "log"}; stopped on exit."""
     settings = root / ".settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)  # no news pop-up over the page
     (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
-    for name in ("lab", "nb7", "plain"):
-        shutil.copy(REPO / "notebooks" / TUTORIAL, root / f"{name}_{TUTORIAL}")
     token = secrets.token_hex(16)
     env = {**os.environ, "AML_DEBUG_TUTORIAL_TIMEOUT": "600",
            "JUPYTER_RUNTIME_DIR": str(root / ".runtime")}

@@ -27,7 +27,7 @@ from node_pythons import NODE_VERSIONS, find_python
 from aml_debug_magics.errors import DebugInputError
 from aml_debug_magics.launch import attach_config
 from aml_debug_magics.node.announce import PortClosed, parse_line
-from aml_debug_magics.node.bootstrap import SHIPPED_DEBUGPY
+from aml_debug_magics.node.debugger import SHIPPED_DEBUGPY
 from aml_debug_magics.records import DebugRequest
 from aml_debug_magics.targets.environment import (
     DEBUGPY_WHEEL,

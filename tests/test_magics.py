@@ -324,8 +324,8 @@ def test_a_step_the_local_target_cannot_run_is_named_beside_the_one_asked_for(ip
         ip.run_line_magic("aml_debug_pipeline", "both --step train")
     assert str(refused.value) == (
         "'train' can be debugged, but the pipeline also holds step 'shell', a CommandStep, "
-        "which the local target cannot run yet (it runs PythonScriptStep steps): use --target "
-        "azureml")
+        "which the local target cannot run yet (it runs PythonScriptStep, ParallelRunStep and "
+        "HyperDriveStep steps): use --target azureml")
     assert children_of() == []
 
 

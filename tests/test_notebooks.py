@@ -44,6 +44,13 @@ def test_tutorial_runs_top_to_bottom(notebook, tmp_path, monkeypatch):
             "session.send_test_request().join(120)\n"
             "print(session.service.response)"
         ))
+    if notebook.stem.startswith("6_"):  # nobody clicked Debug here: the script ran on
+        document.cells.append(nbformat.v4.new_code_cell(
+            "from aml_debug_magics.session import current_session\n"
+            "print('RAN', current_session('run').wait(120), weights_file.read_text())\n"
+            "current_session('deploy').send_test_request().join(120)\n"
+            "print(current_session('deploy').service.response)"
+        ))
     client = nbclient.NotebookClient(
         document, timeout=600, kernel_name="python3", resources={"metadata": {"path": tmp_path}}
     )
@@ -65,6 +72,11 @@ def test_tutorial_runs_top_to_bottom(notebook, tmp_path, monkeypatch):
     if notebook.stem.startswith("2_"):
         assert "STILL True healthy" in joined  # Run All left the server up for the attach
         assert 'HTTP 200: {"prediction": [4.5, 9.5]}' in joined
+    if notebook.stem.startswith("6_"):
+        assert 'RAN finished {"layers": [16, 32, 8], "weights": [14.0, 28.0, 7.0]}' in joined
+        assert 'HTTP 200: {"prediction": [4.5, 9.5]}' in joined
+    if notebook.stem.startswith("5_"):  # the v2 deployment, with its environment variables
+        assert 'HTTP 200: {"predictions": [14.5, 14.0]}' in joined
     if notebook.stem.startswith("3_"):
         assert "No workspace configured" in joined
         assert not any(text.strip().isdigit() for text in texts)  # no stray write_text count
@@ -80,6 +92,6 @@ def test_committed_notebooks_carry_no_outputs(notebook):
             assert cell.outputs == [] and cell.execution_count is None, notebook.name
 
 
-def test_there_are_four_tutorials():
-    assert [n.stem[:2] for n in NOTEBOOKS] == ["1_", "2_", "3_", "4_"]
+def test_the_tutorials_are_numbered_in_order():
+    assert [n.stem[:2] for n in NOTEBOOKS] == ["1_", "2_", "3_", "4_", "5_", "6_"]
     assert os.path.isdir(REPO / "notebooks")

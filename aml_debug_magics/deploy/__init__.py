@@ -1,5 +1,6 @@
 """Debugging a scoring script (``init()`` / ``run()``): locally under the Azure ML inference
-server, in its Docker image, or in an image Azure ML packages."""
+server, in its Docker image, or in an image Azure ML packages; given as ``--entry-script`` or as
+an SDK v2 online deployment (``sdk_v2.py``)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ def make_deploy_target(request: DebugRequest) -> Target:
         from aml_debug_magics.deploy.local import LocalDeployTarget
 
         return LocalDeployTarget(request, request.deployment)
+    if request.target == "docker" and request.deployment.online is not None:
+        from aml_debug_magics.deploy.docker_v2 import OnlineDeploymentDockerTarget
+
+        return OnlineDeploymentDockerTarget(request, request.deployment)
     if request.target == "docker":
         from aml_debug_magics.deploy.docker import DockerDeployTarget
 

@@ -13,7 +13,7 @@ import shutil
 import threading
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +32,20 @@ DEBUGGING_TIMEOUT_S = 24 * 3600  # scoring and worker timeouts while a debugger 
 HEALTH_POLL = 0.25
 
 
+@dataclass(frozen=True)
+class OnlineDeployment:
+    """What an SDK v2 deployment object says beyond its scoring script (``sdk_v2.py``): what the
+    docker target builds and mounts."""
+
+    kind: str  # ManagedOnlineDeployment, KubernetesOnlineDeployment
+    name: str | None
+    model_name: str | None = None
+    model_version: str | None = None
+    model_path: Path | None = None  # the model's own file or folder, on this machine
+    image: str | None = None
+    conda_file: dict | None = None
+
+
 @dataclass
 class Deployment:
     """What ``%aml_debug_deploy`` serves: the entry script, its folder, the model folder."""
@@ -43,6 +57,9 @@ class Deployment:
     wait_in_init: bool = False
     sample_request: str | None = None  # JSON text
     image: str | None = None
+    # an SDK v2 deployment's own environment_variables, and what else it said (deploy/sdk_v2.py)
+    environment_variables: dict[str, str] = field(default_factory=dict)
+    online: OnlineDeployment | None = None
 
 
 def server_environment(
@@ -51,6 +68,7 @@ def server_environment(
     """Environment variables for the server and for ``entry.py`` inside its worker;
     ``AZUREML_MODEL_DIR`` is ``model_dir`` (the model's folder as laid out for the server)."""
     environment = {
+        **deployment.environment_variables,  # the deployment's own, under the debugger's
         "AML_DEBUG_USER_SCRIPT": str(deployment.entry_script),
         "AML_DEBUG_LISTEN": listen,
         "AML_DEBUG_TIMEOUT": f"{request.timeout:g}",

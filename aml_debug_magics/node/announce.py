@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass
 
 PREFIX = "AML_DEBUG"
 VERSION = 1
 GUIDE_PORT = 5678  # the guide's default; its lines never print a port
+_out = sys.stdout  # the node's own output, kept even if the user's script replaces sys.stdout
 
 # a logger may put a prefix before the line (the inference server's "... azmlinfsrv.print - ")
 _OURS = re.compile(r"(?:^|\s)AML_DEBUG v(\d+) (announce|outcome|closed) (\{.*\})\s*$")
@@ -58,6 +60,9 @@ class Announcement:
     just_my_code: bool = True
     # the folder the job's code was placed in (snapshot, code folder), when the node was told
     source_root: str | None = None
+    # "listen": attach to addresses[0]:port; "storage": only through the storage relay (the
+    # port is debugpy's on the node's loopback); "auto": either
+    via: str = "listen"
     source: str = "aml_debug"  # or "guide": read from the guide's human lines
 
     def seconds_left(self, now: float) -> float | None:
@@ -85,6 +90,18 @@ class PortClosed:
     source: str = "aml_debug"
 
 
+def say(message: str) -> None:
+    """One human line from the node, flushed at once (the log may be all a user sees)."""
+    emit(f"aml-debug: {message}")
+
+
+def emit(line: str) -> None:
+    """One machine-readable line (from the ``format_`` functions below), flushed at once; in
+    one write with its newline, so lines from two threads never run together."""
+    _out.write(f"{line}\n")
+    _out.flush()
+
+
 def format_port_closed(closed: PortClosed) -> str:
     body = {"reason": closed.reason, "rank": closed.rank}
     return f"{PREFIX} v{VERSION} closed {json.dumps(body, sort_keys=True)}"
@@ -95,6 +112,8 @@ def format_announcement(announcement: Announcement) -> str:
     body = asdict(announcement)
     body["addresses"] = list(announcement.addresses)
     del body["source"]
+    if announcement.via == "listen":  # the line stays as readers before the relay knew it
+        del body["via"]
     return f"{PREFIX} v{VERSION} announce {json.dumps(body, sort_keys=True)}"
 
 
@@ -162,6 +181,7 @@ def parse_line(line: str) -> Announcement | AttachOutcome | PortClosed | None:
             hostname=body.get("hostname"),
             just_my_code=bool(body.get("just_my_code", True)),
             source_root=body.get("source_root"),
+            via=str(body.get("via", "listen")),
         )
     except (KeyError, TypeError, ValueError):
         return None

@@ -1,7 +1,8 @@
 """The entry script the inference server loads in place of the user's ``score.py``.
 
 ``score.py`` is not edited. This file starts debugpy inside the server's worker process (behind
-the gate, on ``AML_DEBUG_LISTEN``, and only when that is set at run time), loads ``score.py``
+the gate, on ``AML_DEBUG_LISTEN``, and only when that is set at run time: ``worker_debugger.py``,
+which may have started it already when the worker was forked), loads ``score.py``
 as the server would, and hands it over as its ``driver_module``: the server then calls
 score.py's own ``run()`` (decorators intact), and ``init()`` through here, which first waits
 for a debugger when ``AML_DEBUG_WAIT_IN_INIT=1``. Standard library and debugpy only: it is
@@ -14,24 +15,14 @@ import sys
 
 _here = os.path.dirname(os.path.abspath(__file__))
 try:
-    from aml_debug_magics.node import bootstrap
+    from aml_debug_magics.node import worker_debugger
 except ImportError:  # shipped next to aml_debug_bootstrap.py
     sys.path.insert(0, _here)
-    import aml_debug_bootstrap as bootstrap  # type: ignore[no-redef]
+    import aml_debug_worker_debugger as worker_debugger  # type: ignore[no-redef]
 
-_script = os.path.join(_here, os.environ["AML_DEBUG_USER_SCRIPT"])  # relative: to this file
-_listen = os.environ.get("AML_DEBUG_LISTEN")  # given at run time only, never baked in an image
-_wait_in_init = _listen is not None and os.environ.get("AML_DEBUG_WAIT_IN_INIT") == "1"
-if _listen:
-    _wait_for_debugger = bootstrap.debug_in_this_process(
-        _listen,
-        _script,
-        float(os.environ.get("AML_DEBUG_TIMEOUT", "300")) if _wait_in_init else None,
-        just_my_code=os.environ.get("AML_DEBUG_JUST_MY_CODE", "1") == "1",
-        # the folder the scoring code sits in, for the path mapping: the app root in an image
-        source_root=os.environ.get(bootstrap.SOURCE_ROOT_VARIABLE)
-        or os.environ.get("AML_APP_ROOT") or _here,
-    )
+_script = worker_debugger.user_script()
+_wait_for_debugger = worker_debugger.debugger_of_this_worker()  # None: no AML_DEBUG_LISTEN
+_wait_in_init = _wait_for_debugger is not None and os.environ.get("AML_DEBUG_WAIT_IN_INIT") == "1"
 sys.path.insert(0, os.path.dirname(_script))
 _spec = importlib.util.spec_from_file_location("score", _script)
 driver_module = importlib.util.module_from_spec(_spec)

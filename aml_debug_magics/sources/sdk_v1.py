@@ -17,6 +17,13 @@ from typing import Any
 
 from aml_debug_magics.errors import DebugInputError
 from aml_debug_magics.records import Argument, DataFolder, ExternalInput, StepSpec
+from aml_debug_magics.sources.parallel import is_parallel_step, read_parallel_step
+from aml_debug_magics.sources.sweep import (
+    hyperdrive_trial,
+    is_hyperdrive_step,
+    point_arguments,
+    read_hyperdrive_step,
+)
 
 SUPPORTED_KIND = "PythonScriptStep"
 _OUTPUT_PREFIX = "DatasetOutputConfig:"
@@ -116,21 +123,26 @@ def pick_steps(steps: Sequence[Any], wanted: Sequence[str] | None) -> set[str]:
             f"several steps are named {duplicates[0]!r}: give each step a unique name"
         )
     if not wanted:
-        return {s.name for s in steps if _kind(s) == SUPPORTED_KIND}
+        return {s.name for s in steps if _debuggable(s)}
     by_name = {s.name: s for s in steps}
     for name in wanted:
         if name not in by_name:
             raise DebugInputError(f"no step named {name!r}; the steps are: {', '.join(names)}")
-        if _kind(by_name[name]) != SUPPORTED_KIND:
+        if not _debuggable(by_name[name]):
             raise DebugInputError(
-                f"step {name!r} is a {_kind(by_name[name])}: only {SUPPORTED_KIND} steps can be "
-                "debugged so far"
+                f"step {name!r} is a {_kind(by_name[name])}: only {SUPPORTED_KIND}, "
+                "ParallelRunStep and HyperDriveStep (one trial) steps can be debugged so far"
             )
     return set(wanted)
 
 
+def _debuggable(step: Any) -> bool:
+    return _kind(step) == SUPPORTED_KIND or is_parallel_step(step) or is_hyperdrive_step(step)
+
+
 def read_steps(
-    steps: Sequence[Any], debugged: set[str], *, base_directory: Path, target: str = "local"
+    steps: Sequence[Any], debugged: set[str], *, base_directory: Path, target: str = "local",
+    params: str | None = None,
 ) -> list[StepSpec]:
     """StepSpecs for ``steps``, in an order where every step runs after what it reads.
 
@@ -138,17 +150,31 @@ def read_steps(
     only say which step is which and where its script lives.
     """
     if target != "local":
-        return [_submitted_spec(step, step.name in debugged, base_directory) for step in steps]
+        sweeps = [step.name for step in steps if is_hyperdrive_step(step)]
+        if debugged and debugged <= set(sweeps):
+            raise DebugInputError(
+                f"step {sorted(debugged)[0]!r} is a HyperDriveStep: on Azure ML it runs its sweep "
+                "as it is; debug one trial on the local target, or its HyperDriveConfig with "
+                "%aml_debug_run --target azureml"
+            )
+        return [_submitted_spec(step, step.name in debugged and step.name not in sweeps,
+                                base_directory) for step in steps]
     for step in steps:
-        if _kind(step) != SUPPORTED_KIND:
+        if not _debuggable(step):
             asked = ", ".join(repr(name) for name in sorted(debugged)) or "the pipeline"
             raise DebugInputError(
                 f"{asked} can be debugged, but the pipeline also holds step {step.name!r}, a "
                 f"{_kind(step)}, which the {target} target cannot run yet (it runs "
-                f"{SUPPORTED_KIND} steps): use --target azureml"
+                f"{SUPPORTED_KIND}, ParallelRunStep and HyperDriveStep steps): use --target "
+                "azureml"
             )
     specs = [
-        _spec(
+        read_parallel_step(step, debug=step.name in debugged, base_directory=base_directory,
+                           read_step=_spec)
+        if is_parallel_step(step) else read_hyperdrive_step(
+            step, debug=step.name in debugged, base_directory=base_directory, read_step=_spec,
+            params=params,
+        ) if is_hyperdrive_step(step) else _spec(
             name=step.name,
             source_directory=getattr(step, "_source_directory", None),
             script_name=getattr(step, "_script_name", None),
@@ -232,6 +258,23 @@ def read_script_run(
             f"{variable!r} reads {produced[0].name!r}, which only a pipeline step can write: "
             "debug the pipeline with %aml_debug_pipeline"
         )
+    return spec
+
+
+def read_hyperdrive(
+    config: Any, variable: str, params: str | None, *, base_directory: Path, target: str,
+    namespace: Mapping[str, Any],
+) -> StepSpec:
+    """The StepSpec of one trial of a ``HyperDriveConfig``: its ScriptRunConfig read as for
+    ``%aml_debug_run`` (its data too), the point appended to its arguments."""
+    trial, point = hyperdrive_trial(config, params)
+    if target == "local":  # read from the user's own ScriptRunConfig: a HyperDriveStep may hold it
+        spec = read_script_run(config.run_config, variable, base_directory=base_directory,
+                               target=target, namespace=namespace)
+        spec.arguments += point_arguments(point)
+    else:  # the copy is what is submitted
+        spec = read_script_run(trial, variable, base_directory=base_directory, target=target)
+    spec.trial = point.describe()
     return spec
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from aml_debug_magics.errors import DebugInputError
 from aml_debug_magics.records import Argument, DataFolder, ExternalInput, ShellCommand, StepSpec
+from aml_debug_magics.sources import mldesigner, parallel, sweep
 from aml_debug_magics.sources.sdk_v1 import dependency_order
 from aml_debug_magics.sources.shell_line import PythonCall, read_line
 
@@ -67,7 +68,8 @@ class JobNode:
 
     @property
     def is_command(self) -> bool:
-        return "Command" in _class_names(self.node)
+        """A command node, or a sweep node (its one trial is a command)."""
+        return "Command" in _class_names(self.node) or sweep.is_sweep(self.node)
 
 
 def nodes_of(job: Any, variable: str, *, base_directory: Path) -> dict[str, JobNode]:
@@ -87,7 +89,7 @@ def nodes_of(job: Any, variable: str, *, base_directory: Path) -> dict[str, JobN
         found: dict[str, JobNode] = {}
         _flatten(top, found)
         return found
-    if "Command" in names and hasattr(job, "command"):
+    if ("Command" in names and hasattr(job, "command")) or parallel.is_parallel_node(job):
         return {job.name or variable: JobNode(job.name or variable, job,
                                               _Scope("", {}, {}, base))}
     raise DebugInputError(
@@ -115,7 +117,8 @@ def _flatten(scope: _Scope, found: dict[str, JobNode]) -> None:
 
 def pick_nodes(nodes: dict[str, JobNode], wanted: Sequence[str] | None) -> set[str]:
     """Names of the nodes asked for, checked: ``wanted``, or every command node."""
-    commands = {name for name, job_node in nodes.items() if job_node.is_command}
+    commands = {name for name, job_node in nodes.items()
+                if job_node.is_command or parallel.is_parallel_node(job_node.node)}
     if not wanted:
         return commands
     for name in wanted:
@@ -133,8 +136,8 @@ def pick_nodes(nodes: dict[str, JobNode], wanted: Sequence[str] | None) -> set[s
             )
         if name not in commands:
             raise DebugInputError(
-                f"node {name!r} is a {type(nodes[name].node).__name__}: only command nodes can "
-                "be debugged"
+                f"node {name!r} is a {type(nodes[name].node).__name__}: only command and "
+                "parallel nodes can be debugged"
             )
     return set(wanted)
 
@@ -165,6 +168,7 @@ def read_job(
     target: str = "local",
     calls: Sequence[str] = (),
     notes: list[str] | None = None,
+    params: str | None = None,
 ) -> list[StepSpec]:
     """StepSpecs for every node of ``job``, in an order where each runs after what it reads.
 
@@ -181,7 +185,7 @@ def read_job(
     for name, job_node in nodes.items():
         try:
             spec = _node_spec(job_node, name in asked, bool(wanted), chosen.get(name),
-                              base_directory, notes)
+                              base_directory, notes, target, params)
         except DebugInputError:
             if target == "local" or name in asked:
                 raise
@@ -201,14 +205,36 @@ def read_job(
 
 def _node_spec(
     job_node: JobNode, asked: bool, named: bool, call_number: int | None, base_directory: Path,
-    notes: list[str] | None,
+    notes: list[str] | None, target: str = "local", params: str | None = None,
 ) -> StepSpec:
     name, node = job_node.name, job_node.node
+    if parallel.is_parallel_node(node):
+        return parallel.read_parallel_node(
+            name, node, debug=asked, target=target,
+            base=_folder(getattr(node.component, "base_path", None) or job_node.scope.base,
+                         base_directory),
+            resolve=lambda written: _placeholder(written, job_node, base_directory),
+        )
     if not job_node.is_command:
         raise DebugInputError(
             f"node {name!r} is a {type(node).__name__}: the local target runs command nodes only"
         )
+    trial = ""  # a sweep node runs one trial: its point, for the row
+    if sweep.is_sweep(node):
+        if target != "local":
+            if named and asked:
+                raise DebugInputError(f"node {name!r} is a sweep: on Azure ML a sweep inside a "
+                                      "pipeline goes as it is; debug one trial on the local "
+                                      "target, or the sweep on its own")
+            return StepSpec(name, base_directory, "", debug=False, sdk_object=node)
+        node, point = sweep.trial_node(node, params if asked else None)
+        job_node = JobNode(name, node, job_node.scope)
+        trial = point.describe()
     text = node.command or ""
+    component_source = None  # an mldesigner component's file, where its function is
+    if asked and mldesigner.is_mldesigner_command(text):
+        component_source = mldesigner.source_of(text)
+        text = mldesigner.as_python(text, target)
     folder = _code_folder(name, node, job_node.scope.base, base_directory)
     line = read_line(text)
     debug = asked and bool(line.calls)
@@ -227,7 +253,8 @@ def _node_spec(
               if isinstance(v, DataFolder) and v.name.startswith(f"{name}.")]
     reads = [v for v in placeholders.values() if isinstance(v, DataFolder) and v not in writes]
     external = [v for v in placeholders.values() if isinstance(v, ExternalInput)]
-    script = _script_name(call or (line.calls[0] if line.calls else None), folder, text)
+    script = component_source or _script_name(call or (line.calls[0] if line.calls else None),
+                                              folder, text)
     if call is not None and not call.module and "$" not in call.program:
         if not (folder / script).is_file():
             raise DebugInputError(
@@ -246,6 +273,7 @@ def _node_spec(
         debug=debug,
         sdk_object=node,
         command=ShellCommand(text, call.interpreter if call else None, placeholders),
+        trial=trial,
     )
 
 

@@ -18,6 +18,7 @@ from aml_debug_magics.node.gate import admits_everyone
 from aml_debug_magics.records import Status
 from aml_debug_magics.targets.follow import RunFollower
 from aml_debug_magics.targets.reachability import probe
+from aml_debug_magics.targets.relay_path import RelayPaths
 from aml_debug_magics.targets.runconfig import debug_ready
 from aml_debug_magics.targets.statuses import going_on_statuses
 
@@ -52,6 +53,7 @@ class AzureMLTarget:
                           "opener": opener}
         self.run: Any = None
         self.notes: list[str] = []
+        self.paths: RelayPaths | None = None  # --via storage / auto: the relays' blobs and ends
         self._stopping = threading.Event()
         self._follower: threading.Thread | None = None
         self._events: DebugSession | None = None
@@ -69,6 +71,8 @@ class AzureMLTarget:
             self._cancel()
         if self._follower is not None and self._follower is not threading.current_thread():
             self._follower.join(timeout=15)
+        if self.paths is not None:
+            self.paths.close()
 
     def _cancel(self) -> None:
         """Cancel the run; when Azure ML refuses, the panel says so and where to cancel it."""
@@ -92,18 +96,24 @@ class AzureMLTarget:
             events.step_status(spec.name, Status.QUEUED, "submitting to Azure ML")
         try:
             going_on = going_on_statuses(self.request.sdk)
+            variables: dict[str, dict[str, str]] = {}
+            if self.request.via != "listen":  # the relay's blobs, made and signed before
+                self.paths = RelayPaths(self.workspace.relay_account, self.request.timeout)
+                variables = self.paths.prepare(specs)
             if self.request.sdk == "v2":
                 from aml_debug_magics.targets.azureml_v2 import debug_ready_v2
                 from aml_debug_magics.targets.azureml_v2 import is_pipeline as is_pipeline_job
 
                 is_pipeline = is_pipeline_job(self.request.submitted)
-                with debug_ready_v2(specs, self.request, self.notes) as what:
+                with debug_ready_v2(specs, self.request, self.notes, variables) as what:
                     self.run = self.workspace.submit(self.experiment, what)
             else:
                 is_pipeline = hasattr(specs[0].sdk_object, "_script_name")
-                with debug_ready(specs, self.request, self.notes) as what:
+                with debug_ready(specs, self.request, self.notes, variables) as what:
                     self.run = self.workspace.submit(self.experiment, what)
         except Exception as error:  # the submit failed: say why, in one line, without secrets
+            if self.paths is not None:
+                self.paths.close()
             message = first_line(error)
             for spec in specs:
                 events.step_status(spec.name, Status.FAILED, f"submit failed: {message}")
@@ -117,7 +127,11 @@ class AzureMLTarget:
         warning = [f"--allow {allow}: {ANYONE_MAY_ATTACH}"] if admits_everyone(allow) else []
         note = "; ".join([*warning, f"run {self.run.id}: {portal}", *self.notes])
         events.target_note(note)
-        RunFollower(
-            self.run, specs, events, is_pipeline=is_pipeline, going_on=going_on,
-            stopping=self._stopping, **self.following,
-        ).follow(note)
+        try:
+            RunFollower(
+                self.run, specs, events, is_pipeline=is_pipeline, going_on=going_on,
+                stopping=self._stopping, paths=self.paths, **self.following,
+            ).follow(note)
+        finally:
+            if self.paths is not None:
+                self.paths.close()

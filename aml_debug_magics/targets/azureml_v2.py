@@ -28,8 +28,10 @@ from aml_debug_magics.errors import DebugInputError
 from aml_debug_magics.failures import first_line
 from aml_debug_magics.node.bootstrap import SOURCE_ROOT_VARIABLE
 from aml_debug_magics.records import ShellCommand
+from aml_debug_magics.sources import parallel
 from aml_debug_magics.targets.environment import (
     BOOTSTRAP,
+    DEFAULT_PORT,
     bootstrap_options,
     shipped_bootstrap,
     shipped_debugpy_note,
@@ -119,10 +121,13 @@ def debug_command(name: str, command: ShellCommand | None, request: DebugRequest
 
 @contextlib.contextmanager
 def debug_ready_v2(
-    specs: list[StepSpec], request: DebugRequest, notes: list[str]
+    specs: list[StepSpec], request: DebugRequest, notes: list[str],
+    variables: dict[str, dict[str, str]] | None = None,
 ) -> Iterator[Any]:
     """A detached copy of the job to submit (``request.submitted``), its debugged nodes made to
-    run the bootstrap; yields it while the bootstrap's files are in their code folders."""
+    run the bootstrap (with ``variables``, by node name, added to their environment variables:
+    the storage relay's blob URLs); yields it while the bootstrap's files are in their code
+    folders."""
     submitted, copies = detached_copy(request.submitted)
     for spec in specs:
         if not spec.debug:
@@ -130,11 +135,47 @@ def debug_ready_v2(
         node = copies[id(spec.sdk_object)]
         if node is not submitted:  # a pipeline's: the nodes made from its component keep theirs
             node._component = detached_copy(node.component)[0]
-        node.command = debug_command(spec.name, spec.command, request)
+        if parallel.is_parallel_node(node):
+            debug_parallel_node(spec.name, node, request, notes)
+        else:
+            node.command = debug_command(spec.name, spec.command, request)
+        if variables and spec.name in variables:
+            node.environment_variables = {**(node.environment_variables or {}),
+                                          **variables[spec.name]}
     folders = [spec.source_directory for spec in specs if spec.debug]
-    with shipped_bootstrap(folders, with_debugpy=True):
+    shim = any(spec.debug and parallel.is_parallel_node(spec.sdk_object) for spec in specs)
+    with shipped_bootstrap(folders, parallel.SHIPPED_NAMES if shim else None, with_debugpy=True):
         notes.append(shipped_debugpy_note())
         yield submitted
+
+
+def debug_parallel_node(name: str, node: Any, request: DebugRequest, notes: list[str]) -> None:
+    """The copy's parallel node made to run on one instance with one worker process, the
+    shipped shim as its entry script (it starts debugpy in the worker and hands each call to
+    the user's entry script, named in the node's environment variables)."""
+    if request.connect:
+        raise DebugInputError(f"node {name!r} is a parallel node: its worker listens for the "
+                              "debugger; --connect is not available for it yet")
+    task = copy.copy(node.task)
+    entry_script, task.entry_script = task.entry_script, parallel.SHIM
+    node.task = task
+    if getattr(node.component, "task", None) is not None:
+        node.component.task = task
+    node.environment_variables = {
+        **(node.environment_variables or {}),
+        "AML_DEBUG_LISTEN": f"0.0.0.0:{request.port or DEFAULT_PORT}",
+        "AML_DEBUG_USER_SCRIPT": entry_script,
+        "AML_DEBUG_TIMEOUT": f"{request.timeout:g}",
+        "AML_DEBUG_JUST_MY_CODE": "1" if request.just_my_code else "0",
+    }
+    asked = (getattr(node.resources, "instance_count", None) or 1,
+             node.max_concurrency_per_instance or 1)
+    if node.resources is not None:
+        node.resources.instance_count = 1
+    node.max_concurrency_per_instance = 1
+    notes.append(f"{name}: the debug copy runs on 1 instance with 1 worker process (the node "
+                 f"asks for {asked[0]} x {asked[1]}); the worker's debug port admits anyone who "
+                 "reaches it")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,6 +192,12 @@ class V2Workspace:
     def submit(self, experiment: str, job: Any) -> V2Run:
         created = self.ml_client.jobs.create_or_update(job, experiment_name=experiment)
         return V2Run(self.ml_client, created)
+
+    def relay_account(self) -> Any:
+        """The default datastore's storage account, for ``--via storage``'s blobs."""
+        from aml_debug_magics.targets.relay_blobs import account_of_v2
+
+        return account_of_v2(self.ml_client)
 
 
 class V2Run:

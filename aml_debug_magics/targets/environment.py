@@ -136,7 +136,8 @@ def shipped_bootstrap(
     A folder that already holds a different file (or debugpy folder) of the same name is
     refused (never overwrite); one that holds the same is left in place.
     """
-    from aml_debug_magics.node.bootstrap import SHIPPED_DEBUGPY, SHIPPED_NAMES
+    from aml_debug_magics.node.bootstrap import SHIPPED_NAMES
+    from aml_debug_magics.node.debugger import SHIPPED_DEBUGPY
 
     debugpy_folder = shipped_debugpy() if with_debugpy else None
     placed: list[Path] = []
@@ -189,6 +190,7 @@ def bootstrap_options(request: DebugRequest) -> list[str]:
         "--ranks", request.ranks,
         "--just-my-code" if request.just_my_code else "--no-just-my-code",
         "--allow", allowed_sources(request.allow),
+        *(["--via", request.via] if request.via != "listen" else []),
     ]
 
 
@@ -198,7 +200,7 @@ def allowed_sources(choice: str) -> str:
     arrives from there); ``any`` or the user's own list otherwise."""
     if choice != "auto":
         return choice
-    from aml_debug_magics.node.bootstrap import node_addresses
     from aml_debug_magics.node.gate import THIS_NODE
+    from aml_debug_magics.node.ranks import node_addresses
 
     return ",".join(dict.fromkeys([*node_addresses("0.0.0.0"), "127.0.0.1", THIS_NODE]))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from aml_debug_magics.failures import first_line, user_error
 from aml_debug_magics.logs import RunLogs
-from aml_debug_magics.node.announce import Announcement, AttachOutcome
+from aml_debug_magics.node.announce import Announcement, AttachOutcome, PortClosed
 from aml_debug_magics.records import Status
 from aml_debug_magics.targets.reachability import reachability
 from aml_debug_magics.targets.statuses import (
@@ -31,6 +31,7 @@ from aml_debug_magics.targets.statuses import (
 if TYPE_CHECKING:
     from aml_debug_magics.records import StepSpec
     from aml_debug_magics.session import DebugSession
+    from aml_debug_magics.targets.relay_path import RelayPaths
 
 POLL_FAST = 1.0  # seconds between two listings while a debugged step has not said where it is
 POLL_SLOW = 10.0  # the longest pause between two listings (doubling to it while nothing changes)
@@ -103,8 +104,10 @@ class RunFollower:
         opener: Any = None,
         clock: Callable[[], float] = time.monotonic,
         pause: Callable[[float], object] | None = None,
+        paths: RelayPaths | None = None,
     ) -> None:
         self.run, self.steps, self.events = run, steps, events
+        self.paths = paths  # --via storage / auto: which way each announced step is reached
         self.is_pipeline = is_pipeline
         self.going_on = going_on
         self.prober = prober
@@ -378,6 +381,16 @@ class StepFollower:
         )
 
     def _news(self, news: Announcement | AttachOutcome) -> None:
+        paths = self.target.paths
+        if paths is not None and isinstance(news, Announcement) and news.via != "listen":
+            self.announced = True
+            self.target.changed()
+            threading.Thread(target=self._relayed, args=(paths, news), name="aml-debug-relay",
+                             daemon=True).start()
+            return
+        if paths is not None and isinstance(news, AttachOutcome | PortClosed) and not getattr(
+                news, "attached", False):  # the window missed, or the port closed
+            paths.end_step(self.name)
         self.events.step_news(self.name, news)
         if isinstance(news, Announcement):
             self.announced = True
@@ -389,3 +402,16 @@ class StepFollower:
                 name="aml-debug-probe",
                 daemon=True,
             ).start()
+
+    def _relayed(self, paths: RelayPaths, news: Announcement) -> None:
+        """The row shows the path the debugger takes: the node's own address, or this
+        machine's end of the storage relay."""
+        try:
+            shown, path, line = paths.arrived(self.name, news, self.target.prober)
+        except Exception as error:
+            self.events.step_news(self.name, news)
+            self.events.step_reachability(
+                self.name, news.rank, f"the storage relay did not start: {first_line(error)}")
+            return
+        self.events.step_news(self.name, shown)
+        self.events.step_reachability(self.name, news.rank, line, path=path)

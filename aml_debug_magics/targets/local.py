@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aml_debug_magics import reaper
+from aml_debug_magics.node import parallel_entry
 from aml_debug_magics.node.announce import Announcement, AttachOutcome, LogReader
 from aml_debug_magics.records import (
     Argument,
@@ -38,6 +39,7 @@ from aml_debug_magics.records import (
     Status,
     StepSpec,
 )
+from aml_debug_magics.sources import parallel
 from aml_debug_magics.sources.sdk_v1 import is_pipeline_step
 from aml_debug_magics.sources.shell_line import substitute
 from aml_debug_magics.targets import local_run
@@ -322,11 +324,16 @@ class LocalPipelineTarget:
             environment[f"AZUREML_DATAREFERENCE_{data.name}"] = self._local_value(step, data)
         if step.command is None and step.sdk_object is not None:
             environment.update(self._run_context(step, environment))
+        if self.request.mini_batches is not None:  # read by a parallel step's runner only
+            environment[parallel_entry.MINI_BATCHES_VARIABLE] = str(self.request.mini_batches)
         values = None if step.command is None else {
             written: self._local_value(step, value)
             for written, value in step.command.placeholders.items()
         }
         events.step_status(step.name, Status.STARTING if step.debug else Status.RUNNING)
+        if step.script == parallel.RUNNER:  # what the step is, before it waits for a debugger
+            what = parallel_entry.describe(arguments, self.request.mini_batches)
+            events.step_output(step.name, f"[aml-debug] {what}")
         process = LocalProcess(
             step.script,
             arguments,

@@ -19,8 +19,11 @@ import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from aml_debug_magics.errors import DebugInputError
+from aml_debug_magics.sources import parallel
 from aml_debug_magics.targets.environment import (
     BOOTSTRAP,
+    DEFAULT_PORT,
     bootstrap_options,
     shipped_bootstrap,
     shipped_debugpy_note,
@@ -92,17 +95,67 @@ def strip_guide_flags(arguments: list[Any]) -> tuple[list[Any], bool]:
     return kept, stripped
 
 
+def parallel_debug_copy(step: Any, request: DebugRequest, notes: list[str]) -> dict[str, Any]:
+    """Make a ``ParallelRunStep`` run its debug copy: one node, one worker process, the shipped
+    shim as its entry script (it starts debugpy in the worker and hands each call to the
+    user's entry script); returns the fields it changed, as they were, to put back."""
+    if request.connect:
+        raise DebugInputError(
+            f"step {step.name!r} is a ParallelRunStep: its worker listens for the debugger; "
+            "--connect is not available for it yet"
+        )
+    config = step._parallel_run_config
+    fields = ("_script_name", "_arguments", "_runconfig", "_parallel_run_config", "_node_count",
+              "_process_count_per_node", "_allow_reuse")
+    saved = {field: getattr(step, field) for field in fields}
+    arguments = list(step._arguments)
+    entry = arguments.index("--scoring_module_name") + 1
+    arguments[entry] = parallel.SHIM
+    if "--process_count_per_node" in arguments:
+        arguments[arguments.index("--process_count_per_node") + 1] = 1
+    else:  # without it, the runner starts one worker per core
+        arguments[entry + 1:entry + 1] = ["--process_count_per_node", 1]
+    runconfig = debug_runconfig(step._runconfig)
+    runconfig.node_count = 1
+    runconfig.environment_variables = {
+        **(runconfig.environment_variables or {}),
+        "AML_DEBUG_LISTEN": f"0.0.0.0:{request.port or DEFAULT_PORT}",
+        "AML_DEBUG_USER_SCRIPT": config.entry_script,
+        "AML_DEBUG_TIMEOUT": f"{request.timeout:g}",
+        "AML_DEBUG_JUST_MY_CODE": "1" if request.just_my_code else "0",
+    }
+    debug_config = copy.copy(config)
+    debug_config.entry_script, debug_config.node_count = parallel.SHIM, 1
+    debug_config.process_count_per_node = 1
+    for field, value in zip(fields, (parallel.SHIM, arguments, runconfig, debug_config, 1, 1,
+                                     False), strict=True):
+        setattr(step, field, value)
+    notes.append(
+        f"{step.name}: the debug copy runs on 1 node with 1 worker process (the step asks for "
+        f"{config.node_count} x {config.process_count_per_node or 'one per core'}); the "
+        "worker's debug port admits anyone who reaches it"
+    )
+    return saved
+
+
 @contextlib.contextmanager
-def debug_ready(specs: list[StepSpec], request: DebugRequest, notes: list[str]) -> Iterator[Any]:
+def debug_ready(
+    specs: list[StepSpec], request: DebugRequest, notes: list[str],
+    variables: dict[str, dict[str, str]] | None = None,
+) -> Iterator[Any]:
     """The debugged steps' SDK objects made to run the bootstrap, for the submit only; yields
     what to submit: the user's Pipeline (``request.submitted``) built again from them, else the
-    steps, or the one ScriptRunConfig."""
+    steps, or the one ScriptRunConfig. ``variables``: more environment variables for a step's
+    node, by step name (the storage relay's blob URLs), set on the run configuration's copy."""
     saved: list[tuple[Any, dict[str, Any]]] = []
     try:
         for spec in specs:
             if not spec.debug:
                 continue
             sdk = spec.sdk_object
+            if parallel.is_parallel_step(sdk):
+                saved.append((sdk, parallel_debug_copy(sdk, request, notes)))
+                continue
             is_step = hasattr(sdk, "_script_name")
             fields = (
                 ("_script_name", "_arguments", "_runconfig", "_allow_reuse")
@@ -115,6 +168,9 @@ def debug_ready(specs: list[StepSpec], request: DebugRequest, notes: list[str]) 
             if stripped:
                 notes.append(f"{spec.name}: the guide's --remote_debug flags were left out")
             built = debug_runconfig(runconfig)
+            if variables and spec.name in variables:
+                built.environment_variables = {**(built.environment_variables or {}),
+                                               **variables[spec.name]}
             values = [BOOTSTRAP, [*bootstrap_options(request), "--", script, *arguments], built]
             for field, value in zip(fields, values, strict=False):
                 setattr(sdk, field, value)
@@ -124,7 +180,9 @@ def debug_ready(specs: list[StepSpec], request: DebugRequest, notes: list[str]) 
                 sdk._allow_reuse = False
         objects = [spec.sdk_object for spec in specs]
         folders = [spec.source_directory for spec in specs if spec.debug]
-        with shipped_bootstrap(folders, with_debugpy=True):
+        shim = any(spec.debug and parallel.is_parallel_step(spec.sdk_object) for spec in specs)
+        with shipped_bootstrap(folders, parallel.SHIPPED_NAMES if shim else None,
+                               with_debugpy=True):
             notes.append(shipped_debugpy_note())
             if request.submitted is not None:  # its graph checks the bootstrap is in place
                 yield pipeline_to_submit(request.submitted, objects)

@@ -46,6 +46,12 @@ class SdkWorkspace:
             workspace = what._graph_context._workspace
         return Experiment(workspace, experiment).submit(what)
 
+    def relay_account(self) -> Any:
+        """The default datastore's storage account, for ``--via storage``'s blobs."""
+        from aml_debug_magics.targets.relay_blobs import account_of_v1
+
+        return account_of_v1(self.workspace)
+
     def package(self, models: list[str], inference_config: Any) -> Any:
         """``Model.package`` for models named ``NAME`` or ``NAME:VERSION``."""
         from azureml.core.model import Model

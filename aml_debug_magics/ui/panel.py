@@ -76,6 +76,12 @@ class RowWidgets:
             description="Write to .vscode/launch.json", disabled=True, layout={"width": "auto"}
         )
         self.write.on_click(lambda _: panel.session.write_launch_json(self.row))
+        self.debug = widgets.Button(description="Debug here", disabled=True,
+                                    tooltip="step through the script in this notebook",
+                                    layout={"width": "auto"})
+        self.debug.on_click(lambda _: panel.session.debug_here(self.row))
+        self.debugger = widgets.VBox()  # the debugger view, once opened
+        self.panel = panel
         self.show_output = widgets.ToggleButton(
             description="Output", value=False, layout={"width": "90px"}
         )
@@ -89,6 +95,7 @@ class RowWidgets:
             (self.countdown, "aml-debug-countdown"),
             (self.attached, "aml-debug-attached"),
             (self.write, "aml-debug-write"),
+            (self.debug, "aml-debug-debug-here"),
             (self.copied, "aml-debug-copied"),
             (self.show_output, "aml-debug-output"),
             (self.config, "aml-debug-config"),
@@ -99,11 +106,14 @@ class RowWidgets:
             layout={"align_items": "center", "flex_flow": "row wrap"},
         )
         # A step without a debugger has nothing to attach to: only its output is offered.
-        actions = [self.copy, self.copied, self.write, self.show_output] if row.debugged else [
+        actions = [self.copy, self.copied, self.write, self.debug, self.show_output] \
+            if row.debugged else [
             self.show_output
         ]
         buttons = widgets.HBox(actions, layout={"flex_flow": "row wrap"})
-        self.box = widgets.VBox([facts, buttons, self.detail, self.config, self.lines])
+        self.box = widgets.VBox(
+            [facts, buttons, self.detail, self.config, self.lines, self.debugger]
+        )
         self.box.add_class("aml-debug-row")
 
     def copy_reported(self, change: dict[str, Any]) -> None:
@@ -115,16 +125,21 @@ class RowWidgets:
         colour = STATUS_COLOURS.get(row.status, "inherit")
         self.status.value = f'<span style="color:{colour}">{html.escape(str(row.status))}</span>'
         if row.address:
-            self.address.value = f"<code>{html.escape(row.address)}</code>"
+            path = f" <i>{html.escape(row.path)}</i>" if row.path else ""
+            self.address.value = f"<code>{html.escape(row.address)}</code>{path}"
         else:
             self.address.value = "" if row.debugged else "<i>no debugger</i>"
         self.attached.value = "debugger attached" if row.attached else ""
-        said = [t for t in (row.detail, row.reachability) if t]
+        said = [t for t in (row.trial, row.detail, row.reachability) if t]
         self.detail.value = "".join(f"<small>{html.escape(t)}</small><br>" for t in said)
         config = row.attach_config() if row.attachable else None  # never a dead port's
         text = json.dumps(config, indent=4) if config else ""
         self.copy.text = text
         self.write.disabled = config is None  # the copy button greys itself out without text
+        session = self.panel.session
+        self.debug.disabled = config is None or "connect" not in config or (
+            session is not None and session.debugger_of(row) is not None
+        )
         self.config.value = _pre(text) if config else ""
         self.tick(now)
         self.update_lines()
@@ -237,6 +252,29 @@ class PanelView:
         if self._handle is not None and statuses != self._statuses:
             self._statuses = statuses
             self._handle.update(self)  # keeps the plain-text stand-in current
+
+    def show_debugger(self, row: StepRow, debugger: Any) -> None:
+        """Put the notebook's debugger view for ``row`` under its row; its Debug here button
+        comes back once that debugger detached or its script ended."""
+        from IPython import get_ipython
+
+        from aml_debug_magics.debugger.controller import attach_view
+        from aml_debug_magics.debugger.kernel import watch_cells
+        from aml_debug_magics.ui.debugger_view import DebuggerView
+
+        row_widgets = self._widgets_for(row)
+        for old in row_widgets.debugger.children:
+            _close_tree(old)
+        view = DebuggerView()
+        attach_view(debugger, view)
+        watch_cells(get_ipython(), debugger)
+        row_widgets.debugger.children = [view]
+
+        def offer_again(state: dict[str, Any]) -> None:
+            if state["status"] in ("ended", "error"):
+                row_widgets.update(self.now())
+
+        debugger.listen(offer_again)
 
     def tick(self) -> bool:
         now = self.now()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aml_debug_magics.records import Status
 from aml_debug_magics.session import DebugSession, StepRow
@@ -32,7 +33,7 @@ def row_line(row: StepRow, now: float) -> str:
     parts = [f"[{row.label}] {row.status}"]
     if row.address and row.status == Status.WAITING:
         verb = "listen on" if row.announcement.mode == "connect" else "attach to"
-        parts.append(f"{verb} {row.address}")
+        parts.append(f"{verb} {row.address}" + (f" {row.path}" if row.path else ""))
     elif row.address and row.status == Status.ATTACHED:
         parts.append(f"to {row.address}")
     elif not row.debugged:
@@ -43,6 +44,8 @@ def row_line(row: StepRow, now: float) -> str:
         parts.append(f"until {clock_time} ({format_left(row.seconds_left(now))})")
     if row.detail:
         parts.append(f"- {row.detail}")
+    if row.trial and row.status in (Status.STARTING, Status.WAITING):
+        parts.append(f"- {row.trial}")
     if row.reachability and row.status in (Status.WAITING, Status.ATTACHED):
         parts.append(f"- {row.reachability}")
     return " ".join(parts)
@@ -120,6 +123,23 @@ class TextView:
         if row.status == Status.FAILED and row.last_lines:
             tail = list(row.last_lines)[-LINES_ON_FAILURE:]
             self._write("\n".join(f"    {line}" for line in tail))
+
+    def show_debugger(self, row: StepRow, debugger: Any) -> None:
+        """The notebook's debugger opened on ``row``: how to drive it, where it first stops,
+        and its end (each stop after that prints from the command that led to it)."""
+        from aml_debug_magics.debugger.commands import USAGE, where_text
+
+        self._write(f"[{row.label}] debugging here, attaching to {debugger.address}: {USAGE}")
+        said: set[str] = set()
+
+        def say(state: dict[str, Any]) -> None:
+            status = state["status"]
+            if status in said or status not in ("stopped", "ended", "error"):
+                return
+            said.add(status)
+            self._write(where_text(state, debugger.title))
+
+        debugger.listen(say)
 
     def close(self) -> None:
         """The session ended: nothing more prints, whatever a target still reports."""

@@ -1,0 +1,328 @@
+"""debugpy's lifecycle in the script's process: started on loopback, waited for until a deadline,
+stopped; and the gate process that owns the public port in front of it.
+
+In: the address to bind and the deadline. Out: whether a debugger attached. debugpy itself
+offers no deadline on its wait and no way to stop listening; this file adds both (a timer that
+cancels the wait, the gate that ends the adapter). Standard library and debugpy only: this file
+travels into a run's snapshot as ``aml_debug_debugger.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import types
+import uuid
+from collections.abc import Callable
+
+try:
+    from aml_debug_magics.node import gate, relay
+    from aml_debug_magics.node.announce import say
+    from aml_debug_magics.node.options import Address, UsageError
+except ImportError:  # shipped into a run's snapshot beside this file
+    import aml_debug_gate as gate  # type: ignore[no-redef]
+    import aml_debug_relay as relay  # type: ignore[no-redef]
+    from aml_debug_announce import say  # type: ignore[no-redef]
+    from aml_debug_options import Address, UsageError  # type: ignore[no-redef]
+
+# beside the shipped files: debugpy unpacked, for an environment that has none of its own
+SHIPPED_DEBUGPY = "aml_debug_debugpy"
+ATTACH_GRACE = 30.0  # a client in the middle of attaching at the deadline gets this much more
+
+
+def hide_from_debugger(thread: threading.Thread) -> threading.Thread:
+    # pydevd skips threads marked as its own; a traced helper thread stalls the attach
+    thread.is_pydev_daemon_thread = True  # type: ignore[attr-defined]
+    thread.daemon = True
+    return thread
+
+
+def import_debugpy() -> types.ModuleType:
+    """The environment's own debugpy, else the copy shipped beside this file (put last on
+    ``sys.path``, so it never hides the environment's packages); ImportError if neither."""
+    try:
+        import debugpy
+    except ImportError:
+        shipped = os.path.join(os.path.dirname(os.path.abspath(__file__)), SHIPPED_DEBUGPY)
+        if not os.path.isdir(shipped):
+            raise
+        sys.path.append(shipped)
+        import debugpy
+    return debugpy
+
+
+def send_without_delay() -> None:
+    """Turn Nagle's algorithm off on pydevd's socket to its adapter. pydevd writes each
+    message's header and body apart, so the body waited for the adapter's delayed
+    acknowledgement of the header (40 ms on Linux): every request a debugger makes (a call
+    stack, a variable) took 44 ms instead of 1 (bench/bench_debugger_kernel.py)."""
+    try:
+        import pydevd
+
+        writer = pydevd.get_global_debugger().writer
+        writer.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (ImportError, AttributeError, OSError):  # another pydevd: it keeps its own ways
+        pass
+
+
+class Debugger:
+    """debugpy in this process, with the cleanup debugpy itself does not offer."""
+
+    def __init__(self) -> None:
+        os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+        import_debugpy()  # the environment's, else the copy shipped beside this file
+        import debugpy
+        import debugpy.server.api
+
+        if not os.environ.get("DEBUGPY_LOG_DIR"):
+            # with logging off, debugpy still reads every installed package's metadata to
+            # describe the environment to no log at all: 0.2 s with azureml installed
+            debugpy.server.api.ensure_logging.ensured = True
+        self.debugpy = debugpy
+        # debugpy's own wait, kept: absorb_script_calls replaces the module's for the script
+        self._wait_for_client = debugpy.wait_for_client
+        self._cancelled = False
+
+    def listen_on_loopback(self) -> tuple[int, str]:
+        """Start debugpy on a loopback port; return it and the marker in its adapter's env."""
+        marker = uuid.uuid4().hex
+        self.debugpy.configure(pythonEnv=dict(os.environ, **{gate.ADAPTER_MARKER: marker}))
+        _, port = self.debugpy.listen(("127.0.0.1", 0))
+        send_without_delay()
+        return port, marker
+
+    def connect(self, address: Address, deadline: float) -> bool:
+        """Connect out, retrying a refused connection until the deadline (debugpy tries once)."""
+        import debugpy.server  # noqa: F401  (puts debugpy's vendored pydevd on sys.path)
+        import pydevd
+
+        original = pydevd.start_client
+
+        def start_client_until_deadline(host: str, port: int):  # type: ignore[no-untyped-def]
+            while True:
+                try:
+                    return original(host, port)
+                except OSError:
+                    if time.time() + 0.5 >= deadline:
+                        raise
+                    time.sleep(0.5)
+
+        pydevd.start_client = start_client_until_deadline
+        try:
+            self.debugpy.connect((address.host, address.port))
+        except OSError:
+            return False
+        finally:
+            pydevd.start_client = original
+        send_without_delay()
+        return True
+
+    def wait_until(self, deadline: float) -> bool:
+        """Wait for a debugger's configurationDone until ``deadline``; True if one attached.
+
+        A client caught in the middle of attaching at the deadline gets ``ATTACH_GRACE`` more.
+        """
+
+        def on_deadline() -> None:
+            mid_attach = self.debugpy.is_client_connected()
+            if mid_attach and time.time() < deadline + ATTACH_GRACE:
+                self._schedule(0.5, on_deadline)
+                return
+            self._cancelled = True
+            try:
+                self._wait_for_client.cancel()
+            except RuntimeError:  # the wait has not begun yet
+                self._schedule(0.05, on_deadline)
+
+        self._schedule(max(0.0, deadline - time.time()), on_deadline)
+        self._wait_for_client()
+        return not self._cancelled
+
+    def wait_forever(self) -> bool:
+        """Wait for a debugger without a deadline; True if one is connected at the end."""
+        self._wait_for_client()
+        return self.debugpy.is_client_connected()
+
+    def cancel_wait(self) -> None:
+        """End a wait for a debugger now, as if its deadline had passed; a wait that has not
+        begun yet ends as soon as it begins."""
+        self._cancelled = True
+        try:
+            self._wait_for_client.cancel()
+        except RuntimeError:  # debugpy drops a cancel that comes before its wait: cancel it again
+            self._schedule(0.05, self.cancel_wait)
+
+    def absorb_script_calls(self, public: tuple[str, int]) -> None:
+        """Make the script's own debugpy calls (the guide's boilerplate) harmless.
+
+        ``listen()`` works once per process and the guide's ``wait_for_client()`` never times
+        out; this process already listens, and its wait is over by the time the script runs.
+        """
+
+        def listen(*args: object, **kwargs: object) -> tuple[str, int]:
+            say("the script called debugpy.listen(); already listening, so the call is skipped")
+            return public
+
+        def connect(*args: object, **kwargs: object) -> None:
+            say("the script called debugpy.connect(); already set up, so the call is skipped")
+
+        def wait_for_client() -> None:
+            say("the script called debugpy.wait_for_client(); the wait is already over")
+
+        wait_for_client.cancel = lambda: None  # type: ignore[attr-defined]
+        self.debugpy.listen = listen
+        self.debugpy.connect = connect
+        self.debugpy.wait_for_client = wait_for_client
+
+    @staticmethod
+    def _schedule(delay: float, action) -> None:  # type: ignore[no-untyped-def]
+        hide_from_debugger(threading.Timer(delay, action)).start()
+
+    def report_uncaught(self, error: BaseException) -> None:
+        if self.debugpy.is_client_connected():
+            self.debugpy.trigger_exception_handler(error, as_uncaught=True)
+
+    def stop_tracing(self) -> None:
+        """Stop tracing, so a script nobody debugs runs at full speed (2x to 11x on 3.11)."""
+        try:
+            import pydevd
+
+            pydevd.stoptrace()
+        except Exception as error:  # stopping must never hide the script's own outcome
+            say(f"could not stop tracing: {error}")
+
+
+class GateHandle:
+    """The script's side of the gate process (``gate.py``): starts it, tells it what it needs."""
+
+    def __init__(
+        self,
+        listener: socket.socket,
+        *,
+        allow: str = "any",
+        reattach_window: float = gate.DEFAULT_REATTACH_WINDOW,
+        rank: int = 0,
+    ) -> None:
+        self.port = listener.getsockname()[1]
+        ours, theirs = socket.socketpair()
+        self._control = ours
+        self._closing = False
+        fds = (listener.fileno(), theirs.fileno())
+        options = ["--allow", allow, "--reattach-window", f"{reattach_window:g}"]
+        options += ["--rank", str(rank)]
+        # -I -S: the gate needs only the standard library, and starts in a third of the time
+        self._process = subprocess.Popen(
+            [sys.executable, "-I", "-S", os.path.abspath(gate.__file__), *map(str, fds), *options],
+            pass_fds=fds,
+            stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        listener.close()
+
+    def tell(self, line: str) -> None:
+        try:
+            self._control.sendall(line.encode() + b"\n")
+        except OSError:
+            pass
+
+    def when_gone(self, action: Callable[[], None]) -> None:
+        """Call ``action`` if the gate process ends before we tell it to (then the port is
+        gone): the gate never writes to the control socket, so its end reads as EOF."""
+
+        def watch() -> None:
+            try:
+                while self._control.recv(1):
+                    pass
+            except OSError:
+                pass
+            if not self._closing:
+                action()
+
+        hide_from_debugger(threading.Thread(target=watch, name="aml-debug-gate", daemon=True))\
+            .start()
+
+    def close_now(self) -> None:
+        """Close the port and every connection, end the adapter, and wait until that is done."""
+        self._closing = True
+        self.tell("close")
+        self.release()
+        try:
+            self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+
+    def release(self) -> None:
+        """The script is over: the gate lets open sessions finish, then ends the adapter."""
+        self._closing = True
+        with contextlib.suppress(OSError):
+            self._control.shutdown(socket.SHUT_RDWR)  # wakes the watcher, which then ends
+        self._control.close()
+
+
+def bind_public_port(address: Address) -> socket.socket:
+    """Bind the debug port now, so a port in use is a clear error before anything starts."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    if os.name == "posix":  # rebind a port the last step just closed (TIME_WAIT); never shares
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((address.host, address.port))
+        listener.listen(16)
+    except OSError as error:
+        listener.close()
+        if error.errno in (98, 48, 10048):  # EADDRINUSE on Linux, macOS, Windows
+            raise UsageError(
+                f"port {address.port} on {address.host} is in use: choose another with "
+                "--listen HOST:PORT (port 0 picks a free one)"
+            ) from None
+        where = f"{address.host}:{address.port}"
+        raise UsageError(f"cannot listen on {where}: {error.strerror}") from None
+    return listener
+
+
+class RelayHandle:
+    """The script's side of the storage relay process (``relay.py``), started before debugpy
+    (which would follow it as the debuggee's child) with the gate's loopback address.
+
+    The relay reads its blob URLs from the environment it inherits; it ends once its standard
+    input closes (:meth:`release`, or this process ending) and its connections are done.
+    """
+
+    def __init__(self, gate_address: Address) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-u", os.path.abspath(relay.__file__),
+             "--host", gate_address.host, "--port", str(gate_address.port)],
+            stdin=subprocess.PIPE,
+        )
+        self._released = False
+
+    def when_gone(self, action: Callable[[], None]) -> None:
+        """Call ``action`` if the relay ends before it is released (storage refused it, or it
+        was killed): then no debugger can reach this process through storage."""
+
+        def watch() -> None:
+            self._process.wait()
+            if not self._released:
+                action()
+
+        hide_from_debugger(threading.Thread(target=watch, name="aml-debug-relay")).start()
+
+    def release(self) -> None:
+        """Nothing more will attach: the relay ends once its open sessions are done."""
+        self._released = True
+        with contextlib.suppress(OSError):
+            self._process.stdin.close()  # type: ignore[union-attr]
+
+    def close_now(self) -> None:
+        """End the relay at once (the process is being stopped)."""
+        self.release()
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()

@@ -1,0 +1,334 @@
+"""A parallel job's entry script, called the way Azure ML's parallel runner calls it.
+
+Two uses, one way of calling the user's ``init()`` / ``run(mini_batch)`` / ``shutdown()``
+(:class:`EntryScript`):
+
+- **Run as a script** (the local target, under the bootstrap): the runner's loop on this
+  machine. In: the entry script, its inputs (folders or files), the mini-batch size, the output
+  action, the error threshold and, after ``--``, the program arguments. ``init()`` runs once
+  with ``sys.argv`` holding the runner's flags and the program arguments (so an ``argparse``
+  ``parse_known_args`` in it sees them, as on Azure ML), then ``run()`` once per mini-batch:
+  a list of file paths (``--mini-batch-size`` files; each input partitioned on its own) or,
+  for tabular inputs, a pandas DataFrame of about ``--mini-batch-size`` bytes of rows (``1MB``,
+  ``100KB``, a number of bytes). Then ``shutdown()`` if it has one. Out: ``append_row`` writes
+  what each ``run()`` returned, one element (or DataFrame row) per line, into
+  ``OUTPUT/APPEND_ROW_FILE_NAME``; ``summary_only`` writes nothing. A ``run()`` that raises
+  fails its whole mini-batch, one that returns fewer elements than it was given fails the rest;
+  past ``--error-threshold`` failed items (``-1``: never) the loop stops and exits 1.
+  ``AML_DEBUG_MINI_BATCHES=N`` stops after N mini-batches.
+- **Imported as the entry script** (on Azure ML, shipped as ``aml_debug_parallel_entry.py``
+  and named as the step's entry script in the debug copy): when ``AML_DEBUG_LISTEN`` is set,
+  debugpy starts in the worker process that imports it, ``init()`` waits for a debugger (until
+  ``AML_DEBUG_TIMEOUT``), then the user's script (``AML_DEBUG_USER_SCRIPT``, relative to this
+  file) is loaded and each call is handed to it.
+
+Standard library and debugpy only; pandas is imported only for a tabular input.
+"""
+
+import argparse
+import importlib.util
+import os
+import re
+import sys
+import traceback
+from types import ModuleType
+from typing import Any, Callable, Iterator, List, Optional
+
+DEFAULT_APPEND_ROW_FILE_NAME = "parallel_run_step.txt"
+MINI_BATCHES_VARIABLE = "AML_DEBUG_MINI_BATCHES"
+TABULAR_SUFFIXES = (".csv", ".tsv", ".parquet")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?b?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024 ** 2, "mb": 1024 ** 2,
+          "g": 1024 ** 3, "gb": 1024 ** 3}
+
+
+def say(message: str) -> None:
+    print(f"[aml-debug] {message}", flush=True)
+
+
+class EntryScript:
+    """The user's entry script, loaded as a module of its own name from its own folder."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self.module: Optional[ModuleType] = None
+
+    def load(self) -> ModuleType:
+        if self.module is None:
+            folder = os.path.dirname(self.path)
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
+            name = os.path.splitext(os.path.basename(self.path))[0]
+            spec = importlib.util.spec_from_file_location(name, self.path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+            if not callable(getattr(module, "run", None)):
+                raise SystemExit(f"{self.path} has no run(mini_batch) function")
+            self.module = module
+        return self.module
+
+    def init(self) -> None:
+        init = getattr(self.load(), "init", None)
+        if callable(init):
+            init()
+
+    def run(self, mini_batch: Any) -> Any:
+        return self.load().run(mini_batch)
+
+    def shutdown(self) -> None:
+        shutdown = getattr(self.load(), "shutdown", None)
+        if callable(shutdown):
+            shutdown()
+
+
+# ---------------------------------------------------------------------------------------------
+# Mini-batches, formed as the runner forms them
+
+
+def files_under(path: str) -> List[str]:
+    """Every file under ``path`` (or ``path`` itself), sorted, as a mounted file dataset lists."""
+    if os.path.isfile(path):
+        return [os.path.abspath(path)]
+    found = []
+    for folder, folders, names in os.walk(path):
+        folders.sort()
+        found.extend(os.path.abspath(os.path.join(folder, name)) for name in sorted(names))
+    return found
+
+
+def size_in_bytes(text: str) -> int:
+    """A tabular mini-batch size: ``1MB``, ``100 kb``, ``1024`` (bytes).
+
+    >>> size_in_bytes("1MB"), size_in_bytes("10kb"), size_in_bytes("512")
+    (1048576, 10240, 512)
+    """
+    found = _SIZE.match(str(text))
+    if not found:
+        raise SystemExit(f"mini_batch_size {text!r} is not a size: give e.g. 1MB, 100KB or 1024")
+    return max(1, int(float(found.group(1)) * _UNITS[found.group(2).lower()]))
+
+
+def file_mini_batches(inputs: List[str], size: str) -> Iterator[List[str]]:
+    try:
+        count = int(size)
+    except ValueError:
+        raise SystemExit(
+            f"mini_batch_size {size!r}: a file input takes a number of files"
+        ) from None
+    if count < 1:
+        raise SystemExit(f"mini_batch_size {size!r}: give at least 1 file")
+    for path in inputs:
+        files = files_under(path)
+        for start in range(0, len(files), count):
+            yield files[start:start + count]
+
+
+def _pandas() -> ModuleType:
+    try:
+        import pandas
+    except ImportError:
+        raise SystemExit("a tabular input is handed to run() as a pandas DataFrame: install "
+                         "pandas in the step's environment") from None
+    return pandas
+
+
+def _read_table(path: str) -> Any:
+    pandas = _pandas()
+    if path.endswith(".parquet"):
+        return pandas.read_parquet(path)
+    return pandas.read_csv(path, sep="\t" if path.endswith(".tsv") else ",")
+
+
+def tabular_mini_batches(inputs: List[str], size: str) -> Iterator[Any]:
+    """DataFrames of about ``size`` bytes of each input file's rows (one row at least)."""
+    wanted = size_in_bytes(size)
+    for path in inputs:
+        for table_file in files_under(path):
+            if not table_file.endswith(TABULAR_SUFFIXES):
+                continue
+            table = _read_table(table_file)
+            row_bytes = os.path.getsize(table_file) / max(1, len(table))
+            rows = max(1, int(wanted // max(1.0, row_bytes)))
+            for start in range(0, len(table), rows):
+                yield table.iloc[start:start + rows]
+
+
+def count_mini_batches(inputs: List[str], size: str, kind: str) -> int:
+    forming = tabular_mini_batches if kind == "tabular" else file_mini_batches
+    return sum(1 for _ in forming(inputs, size))
+
+
+# ---------------------------------------------------------------------------------------------
+# The runner's loop
+
+
+def _append_rows(path: str, result: Any) -> None:
+    with open(path, "a", encoding="utf-8") as output:
+        if hasattr(result, "to_csv"):  # a DataFrame: its rows, space-separated, no header
+            output.write(result.to_csv(sep=" ", header=False, index=False))
+        else:
+            for element in result:
+                output.write(f"{element}\n")
+
+
+def run_mini_batches(
+    entry: EntryScript,
+    mini_batches: Iterator[Any],
+    *,
+    error_threshold: int,
+    output_file: Optional[str],
+    limit: Optional[int] = None,
+    on_error: Callable[[BaseException], None] = lambda error: traceback.print_exc(),
+) -> int:
+    """``init()``, ``run()`` per mini-batch (at most ``limit``), ``shutdown()``; the exit status:
+    1 when more items failed than ``error_threshold`` allows (``-1``: any number)."""
+    entry.init()
+    done = succeeded = failed = 0
+    try:
+        for mini_batch in mini_batches:
+            if limit is not None and done >= limit:
+                say(f"stopping after {limit} mini-batch(es) (--mini-batches)")
+                break
+            done += 1
+            items = len(mini_batch)
+            try:
+                result = entry.run(mini_batch)
+            except Exception as error:
+                on_error(error)
+                failed += items
+            else:
+                returned = len(result) if result is not None else 0
+                succeeded += min(items, returned)
+                failed += max(0, items - returned)
+                if output_file is not None and result is not None:
+                    _append_rows(output_file, result)
+            if 0 <= error_threshold < failed:
+                say(f"{failed} item(s) failed, more than error_threshold {error_threshold}: "
+                    "the job stops, as Azure ML stops it")
+                return 1
+    finally:
+        entry.shutdown()
+    say(f"parallel run done: {done} mini-batch(es), {succeeded} item(s) succeeded, "
+        f"{failed} failed")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="parallel_entry.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--entry-script", required=True)
+    parser.add_argument("--input", action="append", default=[], dest="inputs")
+    parser.add_argument("--input-kind", choices=("files", "tabular"), default="files")
+    parser.add_argument("--mini-batch-size", default=None)
+    parser.add_argument("--error-threshold", type=int, default=-1)
+    parser.add_argument("--output-action", choices=("append_row", "summary_only"),
+                        default="append_row")
+    parser.add_argument("--append-row-file-name", default=DEFAULT_APPEND_ROW_FILE_NAME)
+    parser.add_argument("--output", default=None)
+    parser.add_argument("program_arguments", nargs=argparse.REMAINDER)
+    return parser
+
+
+def runner_flags(options: argparse.Namespace) -> List[str]:
+    """The runner's own flags, as Azure ML's runner has them in the worker's ``sys.argv``."""
+    flags = ["--scoring_module_name", os.path.basename(options.entry_script),
+             "--mini_batch_size", str(options.mini_batch_size),
+             "--error_threshold", str(options.error_threshold),
+             "--output_action", options.output_action]
+    if options.output_action == "append_row":
+        flags += ["--append_row_file_name", options.append_row_file_name]
+    if options.output:
+        flags += ["--output", options.output]
+    return flags
+
+
+def parse_options(argv: List[str]) -> argparse.Namespace:
+    options = _parser().parse_args(argv)
+    if options.program_arguments[:1] == ["--"]:
+        options.program_arguments = options.program_arguments[1:]
+    if options.mini_batch_size is None:  # the SDK's defaults
+        options.mini_batch_size = "1MB" if options.input_kind == "tabular" else "10"
+    return options
+
+
+def describe(argv: List[str], limit: Optional[int] = None) -> str:
+    """What the run is, e.g. ``parallel: 3 mini-batch(es) of 2 files, ...`` (a tabular input is
+    counted only where pandas is: on the node)."""
+    options = parse_options(argv)
+    tabular = options.input_kind == "tabular"
+    count = "" if tabular and "pandas" not in sys.modules else (
+        f"{count_mini_batches(options.inputs, options.mini_batch_size, options.input_kind)} ")
+    size = str(options.mini_batch_size)
+    what = (f"about {size + ' bytes' if size.isdigit() else size} of rows" if tabular
+            else f"{size} files")
+    shown = f", the first {limit} run (--mini-batches)" if limit is not None else ""
+    return (f"parallel: {count}mini-batch(es) of {what}, one worker process: init() once, "
+            f"run() per mini-batch, shutdown(){shown}")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    options = parse_options(argv)
+    program_arguments, kind = options.program_arguments, options.input_kind
+    limit_text = os.environ.get(MINI_BATCHES_VARIABLE)
+    limit = int(limit_text) if limit_text else None
+    if kind == "tabular":
+        _pandas()  # loaded now, so the description counts the mini-batches
+    say(describe(argv, limit))
+    output_file = None
+    if options.output_action == "append_row":
+        if not options.output:
+            raise SystemExit("output_action append_row needs an output folder")
+        os.makedirs(options.output, exist_ok=True)
+        output_file = os.path.join(options.output, options.append_row_file_name)
+    sys.argv = [os.path.abspath(options.entry_script), *runner_flags(options), *program_arguments]
+    forming = tabular_mini_batches if kind == "tabular" else file_mini_batches
+    return run_mini_batches(
+        EntryScript(options.entry_script), forming(options.inputs, options.mini_batch_size),
+        error_threshold=options.error_threshold, output_file=output_file, limit=limit,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Imported by Azure ML's runner in place of the user's entry script
+
+
+def _debugged_worker() -> "tuple[Callable[[], bool], EntryScript]":
+    """Start debugpy in this worker (the user's script is not loaded yet); returns the wait
+    for a debugger and the user's entry script."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        from aml_debug_magics.node import bootstrap
+    except ImportError:  # shipped next to aml_debug_bootstrap.py
+        sys.path.insert(0, here)
+        import aml_debug_bootstrap as bootstrap  # type: ignore[no-redef]
+
+    script = os.path.join(here, os.environ["AML_DEBUG_USER_SCRIPT"])
+    say("debug copy of a parallel step: one node, one worker process; init() waits for a "
+        "debugger")
+    wait = bootstrap.debug_in_this_process(
+        os.environ["AML_DEBUG_LISTEN"],
+        script,
+        float(os.environ.get("AML_DEBUG_TIMEOUT", "300")),
+        just_my_code=os.environ.get("AML_DEBUG_JUST_MY_CODE", "1") == "1",
+        source_root=os.environ.get(bootstrap.SOURCE_ROOT_VARIABLE) or here,
+    )
+    return wait, EntryScript(script)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+elif __name__ != "aml_debug_magics.node.parallel_entry" and os.environ.get("AML_DEBUG_LISTEN"):
+    # imported by Azure ML's runner as the step's entry script (never as part of this package)
+    _wait_for_debugger, _user_entry = _debugged_worker()
+
+    def init() -> None:
+        _wait_for_debugger()
+        _user_entry.init()
+
+    def run(mini_batch: Any) -> Any:
+        return _user_entry.run(mini_batch)
+
+    def shutdown() -> None:
+        _user_entry.shutdown()

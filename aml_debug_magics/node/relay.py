@@ -1,0 +1,98 @@
+"""The node's end of the storage relay: a process of its own between two blob chains and the
+debug port on this machine's loopback.
+
+    AML_DEBUG_RELAY_UP=<chain> AML_DEBUG_RELAY_DOWN=<chain> \\
+        python aml_debug_relay.py --port P [--host 127.0.0.1] [--stop-file PATH]
+
+In: frames read from the "down" chain (the node's read-only SAS): on ``OPEN`` it connects to
+HOST:PORT (the gate in front of debugpy), ``DATA`` goes to that connection, ``CLOSE`` closes it.
+Out: what the debugger writes, as frames appended to the "up" chain (add-only SAS). Chains and
+frames are ``relay_wire.py``'s. A process of its own, so debugpy never traces or suspends it.
+
+It ends when its standard input closes (the bootstrap ends, or tells it nobody attached) once
+no connection is open (or :data:`DRAIN_LIMIT` seconds later), when ``--stop-file`` appears, or
+when storage fails for good. Its log names the blobs, never their signatures. Standard library
+only: this file travels into a run's snapshot as ``aml_debug_relay.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import threading
+import time
+
+try:
+    from aml_debug_magics.node import relay_wire
+    from aml_debug_magics.node.options import RELAY_DOWN_VARIABLE, RELAY_UP_VARIABLE
+except ImportError:  # shipped into a run's snapshot beside this file
+    import aml_debug_relay_wire as relay_wire  # type: ignore[no-redef]
+    from aml_debug_options import (  # type: ignore[no-redef]
+        RELAY_DOWN_VARIABLE,
+        RELAY_UP_VARIABLE,
+    )
+
+DRAIN_LIMIT = 30.0  # after the bootstrap ends, open debug sessions get this long to finish
+CONNECT_TIMEOUT = 5.0
+
+
+def say(message: str) -> None:
+    print(f"aml-debug: relay: {message}", flush=True)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="aml_debug_relay.py")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--stop-file", default=None)
+    args = parser.parse_args(argv)
+    up, down = os.environ.get(RELAY_UP_VARIABLE, ""), os.environ.get(RELAY_DOWN_VARIABLE, "")
+    if not up.strip() or not down.strip():
+        say(f"${RELAY_UP_VARIABLE} and ${RELAY_DOWN_VARIABLE} must hold the blob URLs")
+        return 2
+
+    def connect(channel: int) -> socket.socket | None:
+        try:
+            connection = socket.create_connection((args.host, args.port), CONNECT_TIMEOUT)
+        except OSError as error:
+            say(f"channel {channel}: the debug port refused ({error.strerror})")
+            return None
+        connection.settimeout(None)
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return connection
+
+    tunnel = relay_wire.Tunnel(up, down, on_open=connect)
+    parent_gone = threading.Event()
+    gone_since: list[float] = []
+
+    def watch_parent() -> None:
+        while sys.stdin.buffer.read(4096):
+            pass
+        gone_since.append(time.monotonic())
+        parent_gone.set()
+        tunnel.wake()
+
+    threading.Thread(target=watch_parent, name="relay-parent", daemon=True).start()
+    say(f"up {tunnel.writer.blob.name}, down {tunnel.reader.blob.name}; "
+        f"debug port {args.host}:{args.port}")
+
+    def done() -> bool:
+        if args.stop_file and os.path.exists(args.stop_file):
+            return True
+        if not parent_gone.is_set():
+            return False
+        return tunnel.channels == 0 or time.monotonic() - gone_since[0] > DRAIN_LIMIT
+
+    tunnel.run_until(done)
+    tunnel.close()
+    if tunnel.error is not None:
+        say(f"stopped: {tunnel.error}")
+        return 1
+    say(f"ended ({tunnel.requests} storage requests)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,580 @@
+"""The storage relay's wire: debugger bytes carried through append blobs, one source of truth for
+both ends (the node's ``relay.py`` and the notebook's ``aml_debug_magics/relay.py``).
+
+What flows: TCP bytes in, frames out, appended to a blob; on the other side, new bytes read with
+``Range: bytes=<offset>-`` from the last offset, frames parsed, TCP bytes out. Two directions,
+each its own chain of append blobs:
+
+* **up** (node -> notebook): the node holds an add-only SAS (``a``) on each of its blobs, the
+  notebook a read SAS;
+* **down** (notebook -> node): the notebook holds create/write/delete (``cwd``), the node read
+  (``r``). Only the notebook can write what reaches the debugger.
+
+**Rotation and naming.** An append blob takes at most 50,000 appends. Each direction is a chain
+of blobs named ``<name>``, ``<name>.1``, ``<name>.2`` ... ``<name>.<K-1>`` (:func:`chain_names`),
+every one signed with its own blob-scoped SAS (``sr=b``): a SAS is valid for one blob name only,
+and the node's ``a`` token cannot create a blob. So the notebook creates all K append blobs of
+both chains before it submits, and hands each side a *chain*: the K blob URLs (each with its SAS
+query) in order, separated by single spaces - one string, the value of ``AML_DEBUG_RELAY_UP``
+/ ``AML_DEBUG_RELAY_DOWN`` on the node and the ``up_url`` / ``down_url`` arguments of the
+notebook's ``StorageRelay``. A chain of one URL is allowed (no rotation possible). A writer
+moves on after :data:`APPENDS_PER_BLOB` appends (well before 50,000): it appends a ``ROTATE``
+frame, then continues at offset 0 of the next blob; the reader follows the ``ROTATE`` frame.
+With the default ``K = CHAIN_LENGTH = 8`` a direction holds 8 x 40,000 appends; at the
+relay's batching that is days of stepping, and the SAS expires long before.
+
+**Frames** multiplex several TCP connections (VS Code's main session and each child process's
+``debugpyAttach`` session) in one stream: a 9-byte header (kind: 1 byte, channel: 4 bytes,
+payload length: 4 bytes, big-endian) then the payload. ``OPEN`` and ``CLOSE`` carry no payload;
+the notebook numbers channels from 1, one per accepted connection. A child process's
+``debugpyAttach`` event repeats the parent's attach ``connect`` (the notebook's port), so the
+child's session arrives as one more connection there.
+
+**Retries.** Every append carries ``x-ms-blob-condition-appendpos`` (the writer's own offset), so
+an append retried after a dropped connection never lands twice: a 412 on a retry means the first
+try landed. A 412 on a first try means someone else appended (anyone holding the node's add-only
+token can): :class:`StreamTampered`. Reads are idempotent. A network failure is retried with a
+growing pause until :data:`GIVE_UP_AFTER` seconds pass without one success.
+
+**Cost.** Polling is adaptive (:class:`Backoff`): every 5 ms while bytes flow and for a second
+after, then doubling to 1.2 s when idle; a side that just wrote polls fast again (an answer is
+due). Writes batch: a write waits 2 ms for more (debugpy writes a message's header and body
+apart), and whatever queued while the last append was in flight goes in the next one. Idle,
+each end makes about 50 reads a minute (100 for both).
+
+Failure kinds are small named exceptions; a signature never appears in a message
+(:func:`redacted` gives a URL without its query). Standard library only, Python 3.8+: this file
+travels into a run's snapshot as ``aml_debug_relay_wire.py``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import struct
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+
+API_VERSION = "2021-08-06"
+APPENDS_PER_BLOB = 40_000  # of the 50,000 an append blob takes: rotate well before
+CHAIN_LENGTH = 8  # blobs per direction the notebook creates and signs
+MAX_APPEND = 4 * 1024 * 1024  # one Append Block's limit
+MAX_PAYLOAD = 1024 * 1024  # per frame; a larger write becomes several DATA frames
+POLL_FASTEST = 0.005  # seconds between reads while bytes flow
+POLL_HOT = 1.0  # ... and for this long after they last moved
+POLL_SLOWEST = 1.2  # idle: about 50 reads a minute per end
+LINGER = 0.002  # a write waits this long for more (debugpy writes a header, then its body)
+GIVE_UP_AFTER = 120.0  # seconds without one successful request before a stream fails
+REQUEST_TIMEOUT = 10.0
+
+OPEN, DATA, CLOSE, ROTATE = 1, 2, 3, 4
+_HEADER = struct.Struct(">BII")
+HEADER_SIZE = _HEADER.size
+
+
+class RelayWireError(Exception):
+    """The relay's storage failed; the message names the blob, never its signature."""
+
+
+class BlobDenied(RelayWireError):
+    """403: the SAS is wrong, expired, or lacks the permission (``a`` up, ``r`` down)."""
+
+
+class BlobMissing(RelayWireError):
+    """404 on an append: the blob was not created (the notebook creates every blob first)."""
+
+
+class StorageUnreachable(RelayWireError):
+    """No request succeeded for :data:`GIVE_UP_AFTER` seconds."""
+
+
+class StreamTampered(RelayWireError):
+    """A blob holds bytes this writer did not append, or bytes that are no frames."""
+
+
+class ChainExhausted(RelayWireError):
+    """The last blob of a chain is full; there is no next one to rotate to."""
+
+
+def redacted(url: str) -> str:
+    """``url`` without its query (the SAS): safe for logs, panels and errors.
+
+    >>> redacted("https://a.blob.core.windows.net/c/up?sv=2021&sig=abc")
+    'https://a.blob.core.windows.net/c/up'
+    """
+    return url.split("?", 1)[0]
+
+
+def blob_name(url: str) -> str:
+    """The blob's name as the node's log shows it: the last part of the path."""
+    return urllib.parse.unquote(redacted(url).rstrip("/").rsplit("/", 1)[-1])
+
+
+def chain_names(name: str, length: int = CHAIN_LENGTH) -> list[str]:
+    """The blob names of one direction's chain, in the order a writer fills them.
+
+    >>> chain_names("s1/up", 3)
+    ['s1/up', 's1/up.1', 's1/up.2']
+    """
+    return [name] + [f"{name}.{index}" for index in range(1, length)]
+
+
+def chain_urls(chain: str) -> list[str]:
+    """The URLs of a chain string (space-separated, as the environment variables hold them)."""
+    urls = chain.split()
+    if not urls:
+        raise RelayWireError("a relay chain needs at least one blob URL")
+    return urls
+
+
+# ---------------------------------------------------------------------------------------------
+# Frames
+
+
+@dataclass(frozen=True)
+class Frame:
+    kind: int  # OPEN, DATA, CLOSE or ROTATE
+    channel: int
+    payload: bytes = b""
+
+
+def encode_frame(channel: int, kind: int, payload: bytes = b"") -> bytes:
+    """One frame's bytes; DATA payloads above :data:`MAX_PAYLOAD` become several frames."""
+    if kind != DATA and payload:
+        raise ValueError("only DATA frames carry a payload")
+    if len(payload) <= MAX_PAYLOAD:
+        return _HEADER.pack(kind, channel, len(payload)) + payload
+    return b"".join(
+        _HEADER.pack(kind, channel, len(part)) + part
+        for part in (payload[i : i + MAX_PAYLOAD] for i in range(0, len(payload), MAX_PAYLOAD))
+    )
+
+
+class FrameReader:
+    """Whole frames out of a byte stream that arrives in arbitrary pieces."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, data: bytes) -> list[Frame]:
+        self._pending += data
+        frames = []
+        while len(self._pending) >= HEADER_SIZE:
+            kind, channel, size = _HEADER.unpack_from(self._pending)
+            if kind not in (OPEN, DATA, CLOSE, ROTATE) or size > MAX_PAYLOAD:
+                raise StreamTampered(f"not a relay frame (kind {kind}, length {size})")
+            if len(self._pending) < HEADER_SIZE + size:
+                break
+            frames.append(Frame(kind, channel, self._pending[HEADER_SIZE : HEADER_SIZE + size]))
+            self._pending = self._pending[HEADER_SIZE + size :]
+        return frames
+
+
+# ---------------------------------------------------------------------------------------------
+# One append blob over HTTP(S), by its SAS URL
+
+
+class AppendBlob:
+    """One append blob reached by its SAS URL, on one kept-alive connection (one thread each).
+
+    >>> blob = AppendBlob("http://127.0.0.1:10000/devstoreaccount1/relay/s1/down?sv=...")
+    >>> blob.append(b"...")   # doctest: +SKIP
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.name = blob_name(url)
+        parts = urllib.parse.urlsplit(url)
+        self._secure = parts.scheme == "https"
+        self._host = parts.netloc
+        self._path, self._sas = parts.path, parts.query
+        self._connection: http.client.HTTPConnection | None = None
+        self.requests = 0  # every request sent, for the cost figures
+        self.position = 0  # bytes this writer has appended (a writer starts on an empty blob)
+
+    def _request(
+        self, method: str, headers: dict[str, str], body: bytes = b"", query: str = ""
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One request (``query`` goes before the SAS); a network failure closes the connection
+        and raises OSError."""
+        if self._connection is None:
+            kind = http.client.HTTPSConnection if self._secure else http.client.HTTPConnection
+            self._connection = kind(self._host, timeout=REQUEST_TIMEOUT)
+        headers = {"x-ms-version": API_VERSION, "Content-Length": str(len(body)), **headers}
+        self.requests += 1
+        try:
+            target = f"{self._path}?{'&'.join(filter(None, (query, self._sas)))}"
+            self._connection.request(method, target, body=body or None, headers=headers)
+            response = self._connection.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException) as error:
+            self.close()
+            raise OSError(f"{method} {self.name}: {type(error).__name__}") from None
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+
+    def _fail(self, status: int, action: str) -> RelayWireError:
+        if status == 403:
+            return BlobDenied(f"storage refused to {action} {self.name} (403: SAS expired, "
+                              "wrong, or without that permission)")
+        if status == 404:
+            return BlobMissing(f"{self.name} does not exist (404): the notebook creates it")
+        return RelayWireError(f"storage answered {status} to {action} {self.name}")
+
+    def create(self) -> None:
+        """Make (or empty) this append blob: needs ``c`` or ``w`` (the notebook's token)."""
+        status, _, _ = self._request("PUT", {"x-ms-blob-type": "AppendBlob"})
+        if status != 201:
+            raise self._fail(status, "create")
+
+    def append(self, data: bytes) -> int:
+        """Append ``data`` at :attr:`position` (this writer's own count of the blob's bytes),
+        retried through network failures; return the appends the blob now holds (-1: unknown).
+
+        A 412 on a retry means the first try landed; on a first try, that someone else wrote.
+        """
+
+        def attempt(number: int) -> int:
+            status, headers, _ = self._request(
+                "PUT", {"x-ms-blob-condition-appendpos": str(self.position)}, data,
+                query="comp=appendblock",
+            )
+            if status == 201:
+                return int(headers.get("x-ms-blob-committed-block-count", "-1"))
+            if status == 412 and number > 0:
+                return -1
+            if status == 412:
+                raise StreamTampered(f"{self.name} holds bytes this relay did not append")
+            raise self._fail(status, "append to")
+
+        count = _retrying(attempt, f"appending to {self.name}")
+        self.position += len(data)
+        return count
+
+    def read_from(self, offset: int) -> bytes:
+        """The bytes past ``offset``; empty when there are none yet (416, or 404 before the
+        blob exists)."""
+        status, _, data = self._request("GET", {"Range": f"bytes={offset}-"})
+        if status in (200, 206):
+            return data if status == 206 or offset == 0 else data[offset:]
+        if status in (416, 404):
+            return b""
+        raise self._fail(status, "read")
+
+    def delete(self) -> None:
+        """Delete the blob; a blob already gone is fine."""
+        status, _, _ = self._request("DELETE", {})
+        if status not in (202, 404):
+            raise self._fail(status, "delete")
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+def _retrying(action: Callable[[int], T], what: str) -> T:
+    """Run ``action(attempt number)`` until it does not raise OSError, pausing longer each
+    time; give up (StorageUnreachable) after :data:`GIVE_UP_AFTER` seconds of failures."""
+    started, attempt, pause = time.monotonic(), 0, 0.05
+    while True:
+        try:
+            return action(attempt)
+        except OSError as error:
+            if time.monotonic() - started > GIVE_UP_AFTER:
+                raise StorageUnreachable(f"{what}: no answer from storage for "
+                                         f"{GIVE_UP_AFTER:g} s ({error})") from None
+            time.sleep(pause)
+            attempt, pause = attempt + 1, min(pause * 2, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# One direction: a chain of blobs, written by one side and read by the other
+
+
+class StreamWriter:
+    """Appends frames to a chain of blobs, rotating after ``appends_per_blob`` appends."""
+
+    def __init__(self, chain: str, *, appends_per_blob: int = APPENDS_PER_BLOB) -> None:
+        self._blobs = [AppendBlob(url) for url in chain_urls(chain)]
+        self._index = 0
+        self._appends = 0
+        self._appends_per_blob = appends_per_blob
+        self.blobs_used = 1
+
+    @property
+    def blob(self) -> AppendBlob:
+        return self._blobs[self._index]
+
+    @property
+    def requests(self) -> int:
+        return sum(blob.requests for blob in self._blobs)
+
+    def write(self, data: bytes) -> None:
+        """Append ``data`` (whole frames) in appends of at most 4 MiB; a rotation comes before
+        it when the blob could not take them all, so no frame is ever split across blobs."""
+        size = MAX_APPEND - HEADER_SIZE
+        pieces = [data[start : start + size] for start in range(0, len(data), size)]
+        if self._appends + len(pieces) >= self._appends_per_blob:  # keep one for ROTATE
+            self._append(encode_frame(0, ROTATE))
+            if self._index + 1 >= len(self._blobs):
+                raise ChainExhausted(f"{self.blob.name} is full and is the chain's last blob")
+            self.blob.close()
+            self._index, self._appends = self._index + 1, 0
+            self.blobs_used += 1
+        for piece in pieces:
+            self._append(piece)
+
+    def _append(self, data: bytes) -> None:
+        self._appends = max(self._appends + 1, self.blob.append(data))
+
+    def close(self) -> None:
+        for blob in self._blobs:
+            blob.close()
+
+
+class StreamReader:
+    """Reads new frames from a chain of blobs, following ``ROTATE`` frames."""
+
+    def __init__(self, chain: str) -> None:
+        self._blobs = [AppendBlob(url) for url in chain_urls(chain)]
+        self._index = 0
+        self._offset = 0
+        self._frames = FrameReader()
+
+    @property
+    def blob(self) -> AppendBlob:
+        return self._blobs[self._index]
+
+    @property
+    def requests(self) -> int:
+        return sum(blob.requests for blob in self._blobs)
+
+    def poll(self) -> list[Frame]:
+        """The frames appended since the last poll (one read; more after a rotation)."""
+        found: list[Frame] = []
+        while True:
+            data = _retrying(lambda _: self.blob.read_from(self._offset),
+                             f"reading {self.blob.name}")
+            self._offset += len(data)
+            frames = self._frames.feed(data)
+            for index, frame in enumerate(frames):
+                if frame.kind == ROTATE:
+                    found += frames[:index]
+                    break
+            else:
+                return found + frames
+            if self._index + 1 >= len(self._blobs):
+                raise ChainExhausted(f"{self.blob.name} rotated past the chain's last blob")
+            self.blob.close()
+            self._index, self._offset, self._frames = self._index + 1, 0, FrameReader()
+
+    def close(self) -> None:
+        for blob in self._blobs:
+            blob.close()
+
+
+class Backoff:
+    """How long to wait before the next poll: ``fastest`` for ``hot`` seconds after bytes last
+    moved (an answer takes a few requests' time to come), then doubling up to ``slowest``."""
+
+    def __init__(
+        self, fastest: float = POLL_FASTEST, slowest: float = POLL_SLOWEST, hot: float = POLL_HOT
+    ) -> None:
+        self.fastest, self.slowest, self.hot = fastest, slowest, hot
+        self.pause = fastest
+        self._busy_at = float("-inf")  # idle until bytes first move
+
+    def busy(self) -> None:
+        """Bytes moved (or an answer is due): poll fast again."""
+        self.pause = self.fastest
+        self._busy_at = time.monotonic()
+
+    def idle(self) -> float:
+        """Nothing new: the pause to wait now; once no longer hot, the next one is longer."""
+        if time.monotonic() - self._busy_at < self.hot:
+            return self.fastest
+        pause = self.pause
+        self.pause = min(self.pause * 2, self.slowest)
+        return pause
+
+
+# ---------------------------------------------------------------------------------------------
+# Both ends: TCP connections on this side, one chain to write and one to read between
+
+
+class Tunnel:
+    """Carries TCP connections over two chains: each connection's bytes become frames on
+    ``write_chain``; frames read from ``read_chain`` go to the connection of their channel.
+
+    The notebook adds the connections it accepts (:meth:`add`, which sends ``OPEN``); the node
+    answers an ``OPEN`` with ``on_open(channel)``, a connected socket or None (then ``CLOSE``).
+    Threads: one writer (batching whatever queued during the last append), one reader
+    (:meth:`run_until`, adaptive polling), one per connection.
+    """
+
+    def __init__(
+        self,
+        write_chain: str,
+        read_chain: str,
+        *,
+        on_open: Callable[[int], socket.socket | None] | None = None,
+    ) -> None:
+        self.writer = StreamWriter(write_chain)
+        self.reader = StreamReader(read_chain)
+        self.backoff = Backoff()
+        self.error: RelayWireError | None = None
+        self._on_open = on_open
+        self._sockets: dict[int, socket.socket] = {}
+        self._outbox: list[bytes] = []
+        self._lock = threading.Condition()
+        self._closing = False
+        self._stopped = threading.Event()
+        self._wake = threading.Event()
+        self._writer_thread = threading.Thread(target=self._write_loop, name="relay-writer",
+                                               daemon=True)
+        self._writer_thread.start()
+
+    @property
+    def channels(self) -> int:
+        """Connections open now."""
+        with self._lock:
+            return len(self._sockets)
+
+    @property
+    def requests(self) -> int:
+        """Storage requests made so far, both chains."""
+        return self.writer.requests + self.reader.requests
+
+    def add(self, channel: int, connection: socket.socket) -> None:
+        """Carry ``connection`` as ``channel``: the other end gets ``OPEN``, then its bytes."""
+        with self._lock:
+            self._sockets[channel] = connection
+        self._send(encode_frame(channel, OPEN))
+        self._pump(channel, connection)
+
+    def wake(self) -> None:
+        """Poll now (something the reader waits for may have happened)."""
+        self._wake.set()
+
+    def run_until(self, done: Callable[[], bool]) -> None:
+        """Read and deliver frames until ``done()`` or a storage failure (kept in ``error``)."""
+        while not self._stopped.is_set() and not done():
+            try:
+                frames = self.reader.poll()
+            except RelayWireError as error:
+                self._fail(error)
+                return
+            if frames:
+                self.backoff.busy()
+            for frame in frames:
+                self._deliver(frame)
+            if self._wake.wait(self.backoff.idle()):
+                self._wake.clear()
+
+    def close(self, *, timeout: float = 10.0) -> None:
+        """Close every connection (the other end gets ``CLOSE``), send what is queued, stop."""
+        with self._lock:
+            channels = list(self._sockets.items())
+            self._sockets.clear()
+        for channel, connection in channels:
+            self._send(encode_frame(channel, CLOSE))
+            _close(connection)
+        with self._lock:
+            self._closing = True
+            self._lock.notify_all()
+        self._writer_thread.join(timeout)
+        self._stopped.set()
+        self.writer.close()
+        self.reader.close()
+
+    def _deliver(self, frame: Frame) -> None:
+        with self._lock:
+            connection = self._sockets.get(frame.channel)
+        if frame.kind == OPEN and connection is None and self._on_open is not None:
+            opened = self._on_open(frame.channel)
+            if opened is None:
+                self._send(encode_frame(frame.channel, CLOSE))
+                return
+            with self._lock:
+                self._sockets[frame.channel] = opened
+            self._pump(frame.channel, opened)
+        elif frame.kind == DATA and connection is not None:
+            try:
+                connection.sendall(frame.payload)
+            except OSError:
+                self._forget(frame.channel, tell=True)
+        elif frame.kind == CLOSE and connection is not None:
+            self._forget(frame.channel, tell=False)
+
+    def _pump(self, channel: int, connection: socket.socket) -> None:
+        def pump() -> None:
+            while True:
+                try:
+                    data = connection.recv(MAX_PAYLOAD)
+                except OSError:
+                    data = b""
+                if not data:
+                    self._forget(channel, tell=True)
+                    return
+                self._send(encode_frame(channel, DATA, data))
+
+        threading.Thread(target=pump, name=f"relay-channel-{channel}", daemon=True).start()
+
+    def _forget(self, channel: int, *, tell: bool) -> None:
+        with self._lock:
+            connection = self._sockets.pop(channel, None)
+        if connection is None:
+            return
+        if tell:
+            self._send(encode_frame(channel, CLOSE))
+        _close(connection)
+        self.wake()
+
+    def _send(self, frame: bytes) -> None:
+        with self._lock:
+            self._outbox.append(frame)
+            self._lock.notify_all()
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._outbox and not self._closing:
+                    self._lock.wait()
+                if not self._outbox:
+                    return
+                if not self._closing:
+                    self._lock.wait(LINGER)  # releases the lock: more may queue meanwhile
+                data, self._outbox = b"".join(self._outbox), []
+            try:
+                self.writer.write(data)
+            except RelayWireError as error:
+                self._fail(error)
+                return
+            self.backoff.busy()  # an answer is due: read fast again
+            self.wake()
+
+    def _fail(self, error: RelayWireError) -> None:
+        self.error = self.error or error
+        self._stopped.set()
+        with self._lock:
+            channels = list(self._sockets.values())
+            self._sockets.clear()
+            self._closing = True
+            self._lock.notify_all()
+        for connection in channels:
+            _close(connection)
+        self.wake()
+
+
+def _close(connection: socket.socket) -> None:
+    try:
+        connection.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    connection.close()

@@ -1,0 +1,113 @@
+"""debugpy in the inference server's worker, started from what ``entry.py`` is given at run time.
+
+In: ``AML_DEBUG_LISTEN`` (no debugger without it: a deployed image never opens a port),
+``AML_DEBUG_USER_SCRIPT`` (relative to this file's folder, or absolute), ``AML_DEBUG_TIMEOUT``,
+``AML_DEBUG_WAIT_IN_INIT``, ``AML_DEBUG_JUST_MY_CODE`` and the source root. Out:
+:func:`debugger_of_this_worker`, the ``wait`` of ``bootstrap.debug_in_this_process`` (None
+without a listen address), which ``entry.py`` calls before the scoring script's ``init()``.
+
+Started where the worker is forked (:func:`start_in_each_worker`, called by ``deploy/serve.py``
+in the server's main process), debugpy's adapter process starts while the worker still imports
+the server, instead of after it (``bench/bench_deploy.py`` measures what that saves). The start
+runs in a thread of its own and traces only that thread; the worker's main thread, which calls
+``init()`` and ``run()``, and every other thread are put under the debugger when the main thread
+picks the result up, after the server's imports, which tracing would slow. Standard library and
+debugpy only: it is shipped into images as ``aml_debug_worker_debugger.py``, where it starts when
+``entry.py`` asks.
+"""
+
+import contextlib
+import os
+import sys
+import threading
+
+_here = os.path.dirname(os.path.abspath(__file__))
+try:
+    from aml_debug_magics.node import bootstrap
+except ImportError:  # shipped next to aml_debug_bootstrap.py
+    sys.path.insert(0, _here)
+    import aml_debug_bootstrap as bootstrap  # type: ignore[no-redef]
+
+_starter = None  # the thread that starts it in a forked worker, if one was forked
+_outcome = []  # [wait] or [the error the start raised], once started
+
+
+def user_script() -> str:
+    return os.path.join(_here, os.environ["AML_DEBUG_USER_SCRIPT"])
+
+
+def _start(beside_the_worker: bool = False) -> None:
+    listen = os.environ["AML_DEBUG_LISTEN"]
+    wait_in_init = os.environ.get("AML_DEBUG_WAIT_IN_INIT") == "1"
+    try:
+        with _tracing_this_thread_only(beside_the_worker):
+            wait = bootstrap.debug_in_this_process(
+                listen,
+                user_script(),
+                float(os.environ.get("AML_DEBUG_TIMEOUT", "300")) if wait_in_init else None,
+                just_my_code=os.environ.get("AML_DEBUG_JUST_MY_CODE", "1") == "1",
+                # the folder the scoring code sits in, for the path mapping: the app root in
+                # an image
+                source_root=os.environ.get(bootstrap.SOURCE_ROOT_VARIABLE)
+                or os.environ.get("AML_APP_ROOT") or _here,
+            )
+        _outcome.append(wait)
+    except BaseException as error:  # raised again in the worker's main thread
+        _outcome.append(error)
+
+
+def start_in_each_worker() -> None:
+    """In the server's main process: start the debugger in every worker it forks, as soon as
+    it is forked (not in processes a worker forks in turn)."""
+    if not os.environ.get("AML_DEBUG_LISTEN"):
+        return
+    server = os.getpid()
+
+    def in_the_worker() -> None:
+        global _starter
+        if os.getppid() == server and _starter is None:
+            _starter = threading.Thread(target=_start, args=(True,), name="aml-debug-start",
+                                        daemon=True)
+            _starter.start()
+
+    os.register_at_fork(after_in_child=in_the_worker)
+
+
+def debugger_of_this_worker():  # type: ignore[no-untyped-def]
+    """The wait for a debugger (call it before ``init()`` to hold it there), once debugpy
+    listens; None when ``AML_DEBUG_LISTEN`` is not set."""
+    if not os.environ.get("AML_DEBUG_LISTEN"):
+        return None
+    if _starter is None:
+        _start()
+    else:
+        _starter.join()
+    outcome = _outcome[0]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    if _starter is not None:  # started beside: now this thread, which scores, and all others
+        import debugpy
+
+        debugpy.debug_this_thread()
+    return outcome
+
+
+@contextlib.contextmanager
+def _tracing_this_thread_only(beside_the_worker: bool):  # type: ignore[no-untyped-def]
+    """Started beside the worker's main thread, debugpy would trace it at once, and with it the
+    rest of the server's imports (slower by more than the early start wins); it traces only the
+    starting thread until ``debugger_of_this_worker`` puts every thread under it."""
+    if not beside_the_worker:
+        yield
+        return
+    bootstrap.import_debugpy()
+    import debugpy.server.api as server
+
+    settrace = server._settrace
+    server._settrace = lambda *args, **kwargs: settrace(
+        *args, **{**kwargs, "trace_only_current_thread": True}
+    )
+    try:
+        yield
+    finally:
+        server._settrace = settrace

@@ -1,0 +1,334 @@
+"""The storage relay's blobs: made in the workspace's default datastore, and signed for each side.
+
+In: the workspace (an SDK v1 ``Workspace`` or an SDK v2 ``MLClient``, through its seam's
+``relay_account()``) and how long the relay may live (the attach window plus the run's time
+limit). Out: :class:`RelayBlobs`, the blob-scoped SAS URLs of both sides and ``delete()``.
+
+The node gets two blob-scoped tokens: add-only (``a``) on each "up" blob and read-only (``r``) on
+each "down" blob; only the notebook holds write on "down". Anyone who can read the run's
+definition can read what the debugger sends and add bytes to "up", but cannot drive the
+debuggee. A direction is a chain of blobs (``up``, ``up.1``...), moved along well before an
+append blob's 50,000 appends (``node/relay_wire.py``: its naming, and the chain's URLs
+space-separated in one variable); a blob-scoped token names one blob, so every blob of both
+chains is made and signed here, before the submit.
+
+Signing: with the datastore's account key when the user may list its secrets, else with a user
+delegation key got with the user's own Azure AD identity; the string-to-sign is the one
+documented for service version ``SAS_VERSION`` ("Create a service SAS", "Create a user
+delegation SAS"), HMAC-SHA256 from the standard library. If neither key can be had, one line
+names the role that is missing. Signatures never appear in what this module says.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import hmac
+import secrets
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass, field
+from typing import Any
+
+from aml_debug_magics.errors import DebugInputError
+from aml_debug_magics.failures import first_line
+from aml_debug_magics.node.options import RELAY_DOWN_VARIABLE, RELAY_UP_VARIABLE
+from aml_debug_magics.node.relay_wire import CHAIN_LENGTH, AppendBlob, chain_names
+
+SAS_VERSION = "2022-11-02"
+PREFIX = "aml-debug-relay"  # the folder of the datastore's container the relay's blobs go in
+CLOCK_SKEW = datetime.timedelta(minutes=5)  # a token is valid from a little before now
+STORAGE_SCOPE = "https://storage.azure.com/.default"
+MISSING_ROLE = "Storage Blob Data Contributor"
+
+# what each side may do: the node appends to up and reads down; the notebook reads up, makes
+# and deletes both, and is the only one that writes down
+NODE_UP, NODE_DOWN = "a", "r"
+NOTEBOOK_UP, NOTEBOOK_DOWN = "rcd", "cwd"
+
+
+@dataclass(frozen=True)
+class UserDelegationKey:
+    """A key Azure Storage hands the user's Azure AD identity to sign SAS tokens with."""
+
+    signed_oid: str
+    signed_tid: str
+    signed_start: str
+    signed_expiry: str
+    signed_service: str
+    signed_version: str
+    value: str
+
+
+@dataclass(frozen=True)
+class StorageAccount:
+    """The container the relay's blobs go in, and what may sign for it.
+
+    ``blob_endpoint`` is the account's blob service URL (``https://ACCOUNT.blob.core.windows.net``;
+    Azurite's is ``http://127.0.0.1:PORT/devstoreaccount1``). One of ``account_key`` (from the
+    datastore's secrets) or ``credential`` (an Azure AD token credential with ``get_token``)
+    signs; ``why_no_key`` says why the account key could not be had.
+    """
+
+    account_name: str
+    container: str
+    blob_endpoint: str
+    account_key: str | None = field(default=None, repr=False)
+    credential: Any = field(default=None, repr=False)
+    why_no_key: str = ""
+
+    def blob_url(self, blob: str) -> str:
+        return f"{self.blob_endpoint.rstrip('/')}/{self.container}/{urllib.parse.quote(blob)}"
+
+
+def sas_token(
+    account: StorageAccount, blob: str, permissions: str, expiry: datetime.datetime,
+    *, start: datetime.datetime | None = None, key: UserDelegationKey | None = None,
+    protocols: str = "https,http",
+) -> str:
+    """A blob-scoped SAS query string (``sr=b``) for ``blob`` in the account's container, signed
+    with the account key, or with ``key`` (a user delegation SAS) when given.
+
+    >>> account = StorageAccount("acct", "c", "https://acct.blob.core.windows.net",
+    ...                          account_key=base64.b64encode(b"k" * 64).decode())
+    >>> at = datetime.datetime(2026, 12, 2, tzinfo=datetime.timezone.utc)
+    >>> sas_token(account, "up", "a", at, start=at).split("&")[:4]
+    ['sv=2022-11-02', 'sp=a', 'st=2026-12-02T00:00:00Z', 'se=2026-12-02T00:00:00Z']
+    """
+    fields = {
+        "sv": SAS_VERSION, "sp": permissions, "st": _iso(start) if start else "",
+        "se": _iso(expiry), "spr": protocols, "sr": "b",
+    }
+    resource = f"/blob/{account.account_name}/{account.container}/{blob}"
+    if key is None:
+        if not account.account_key:
+            raise ValueError("an account key or a user delegation key signs a SAS")
+        middle = [""]  # signedIdentifier: no stored access policy
+        secret = account.account_key
+    else:
+        fields.update(skoid=key.signed_oid, sktid=key.signed_tid, skt=key.signed_start,
+                      ske=key.signed_expiry, sks=key.signed_service, skv=key.signed_version)
+        # the key's six fields, then the authorized / unauthorized object ids and correlation id
+        middle = [key.signed_oid, key.signed_tid, key.signed_start, key.signed_expiry,
+                  key.signed_service, key.signed_version, "", "", ""]
+        secret = key.value
+    string_to_sign = "\n".join([
+        permissions, fields["st"], fields["se"], resource, *middle,
+        "",  # signedIP
+        protocols, SAS_VERSION, "b",
+        "", "",  # snapshot time, encryption scope
+        "", "", "", "", "",  # rscc, rscd, rsce, rscl, rsct
+    ])
+    digest = hmac.new(base64.b64decode(secret), string_to_sign.encode(), hashlib.sha256)
+    fields["sig"] = base64.b64encode(digest.digest()).decode()
+    return urllib.parse.urlencode({k: v for k, v in fields.items() if v}, safe=",:")
+
+
+def user_delegation_key(
+    account: StorageAccount, start: datetime.datetime, expiry: datetime.datetime
+) -> UserDelegationKey:
+    """Ask the account's blob service for a user delegation key with the user's own Azure AD
+    token ("Get User Delegation Key"). Raises ``PermissionError`` when the identity may not."""
+    token = account.credential.get_token(STORAGE_SCOPE).token
+    body = (f"<?xml version=\"1.0\" encoding=\"utf-8\"?><KeyInfo><Start>{_iso(start)}</Start>"
+            f"<Expiry>{_iso(expiry)}</Expiry></KeyInfo>").encode()
+    request = urllib.request.Request(
+        f"{account.blob_endpoint.rstrip('/')}/?restype=service&comp=userdelegationkey",
+        data=body, method="POST",
+        headers={"Authorization": f"Bearer {token}", "x-ms-version": SAS_VERSION,
+                 "Content-Type": "application/xml"},
+    )
+    try:
+        # a context of its own: the machine's trust store as it is now (SSL_CERT_FILE included)
+        context = ssl.create_default_context()
+        with urllib.request.urlopen(request, timeout=30, context=context) as answer:
+            found = ElementTree.fromstring(answer.read())
+    except urllib.error.HTTPError as error:
+        if error.code in (401, 403):
+            raise PermissionError(f"HTTP {error.code}") from None
+        raise
+    text = {child.tag: child.text or "" for child in found}
+    return UserDelegationKey(
+        text["SignedOid"], text["SignedTid"], text["SignedStart"], text["SignedExpiry"],
+        text["SignedService"], text["SignedVersion"], text["Value"],
+    )
+
+
+@dataclass(frozen=True)
+class BlobPair:
+    """One side's URLs for one direction's blobs: the first, then the ones it moves on to."""
+
+    urls: tuple[str, ...]
+
+    @property
+    def first(self) -> str:
+        return self.urls[0]
+
+
+@dataclass
+class RelayBlobs:
+    """The relay's blobs for one debugged step, signed for each side.
+
+    ``node_up`` / ``node_down`` go into the node's environment (:meth:`node_environment`);
+    ``notebook_up`` / ``notebook_down`` stay in the notebook, for ``relay.StorageRelay``.
+    """
+
+    names: tuple[str, ...]  # every blob made, for the log and for delete
+    node_up: BlobPair = field(repr=False)
+    node_down: BlobPair = field(repr=False)
+    notebook_up: BlobPair = field(repr=False)
+    notebook_down: BlobPair = field(repr=False)
+
+    def node_environment(self) -> dict[str, str]:
+        """The variables the node's relay reads: each direction's blob URLs, space-separated
+        (a URL holds no space), the first one first."""
+        return {
+            RELAY_UP_VARIABLE: " ".join(self.node_up.urls),
+            RELAY_DOWN_VARIABLE: " ".join(self.node_down.urls),
+        }
+
+    def notebook_chains(self) -> tuple[str, str]:
+        """The notebook's up and down chains, as ``relay.StorageRelay`` takes them."""
+        return " ".join(self.notebook_up.urls), " ".join(self.notebook_down.urls)
+
+    def delete(self) -> None:
+        """Delete every blob of the relay, best effort (they expire with their tokens anyway)."""
+        for url in (*self.notebook_up.urls, *self.notebook_down.urls):
+            try:
+                AppendBlob(url).delete()
+            except Exception:  # gone already, or storage unreachable: the tokens expire
+                continue
+
+
+def make_relay_blobs(
+    account: StorageAccount, lifetime: float, step: str, *, chain_length: int = CHAIN_LENGTH,
+    now: datetime.datetime | None = None,
+) -> RelayBlobs:
+    """Make the blobs of one step's relay in ``account`` and sign them for ``lifetime`` seconds.
+
+    Raises ``DebugInputError`` naming the missing role when neither the account key nor a user
+    delegation key can sign, or when the blobs cannot be made.
+    """
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    start, expiry = now - CLOCK_SKEW, now + datetime.timedelta(seconds=lifetime)
+    key = None
+    if not account.account_key:
+        key = _delegation_key(account, start, expiry)
+    folder = f"{PREFIX}/{secrets.token_hex(8)}-{_safe(step)}"
+    names_up = chain_names(f"{folder}/up", chain_length)
+    names_down = chain_names(f"{folder}/down", chain_length)
+
+    def pair(names: list[str], permissions: str) -> BlobPair:
+        return BlobPair(tuple(
+            f"{account.blob_url(name)}?"
+            f"{sas_token(account, name, permissions, expiry, start=start, key=key)}"
+            for name in names
+        ))
+
+    blobs = RelayBlobs(
+        names=(*names_up, *names_down),
+        node_up=pair(names_up, NODE_UP), node_down=pair(names_down, NODE_DOWN),
+        notebook_up=pair(names_up, NOTEBOOK_UP), notebook_down=pair(names_down, NOTEBOOK_DOWN),
+    )
+    try:
+        for url in (*blobs.notebook_up.urls, *blobs.notebook_down.urls):
+            AppendBlob(url).create()
+    except Exception as error:
+        blobs.delete()
+        raise DebugInputError(
+            f"cannot make the relay's blobs in {account.account_name}/{account.container} "
+            f"({first_line(error)}): {_role_needed(account)}"
+        ) from None
+    return blobs
+
+
+def _delegation_key(
+    account: StorageAccount, start: datetime.datetime, expiry: datetime.datetime
+) -> UserDelegationKey:
+    """The user delegation key, or one line naming the role that is missing."""
+    if account.credential is None:
+        raise DebugInputError(
+            f"--via storage cannot sign for {account.account_name}: "
+            f"{account.why_no_key or 'no account key'}, and no Azure AD identity to ask for a "
+            f"user delegation key; {_role_needed(account)}"
+        )
+    try:
+        return user_delegation_key(account, start, expiry)
+    except Exception as error:
+        raise DebugInputError(
+            f"--via storage cannot sign for {account.account_name}: "
+            f"{account.why_no_key or 'no account key'}, and no user delegation key "
+            f"({first_line(error)}); {_role_needed(account)}"
+        ) from None
+
+
+def _role_needed(account: StorageAccount) -> str:
+    return (f"ask for the {MISSING_ROLE} role on storage account {account.account_name} "
+            "(or the right to list the workspace's datastore secrets)")
+
+
+def _iso(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _safe(step: str) -> str:
+    """A step's name as a blob name part: letters, digits, ``-`` and ``_`` only."""
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in step)[:40] or "step"
+
+
+# ---------------------------------------------------------------------------------------------
+# The workspace's default datastore, by SDK
+
+
+def account_of_v1(workspace: Any) -> StorageAccount:
+    """The default datastore of an SDK v1 ``Workspace``, with its account key when the user may
+    list its secrets, else the user's Azure AD identity (``azure.identity``, when installed)."""
+    datastore = workspace.get_default_datastore()
+    key = getattr(datastore, "account_key", None)
+    return StorageAccount(
+        account_name=datastore.account_name,
+        container=datastore.container_name,
+        blob_endpoint=_endpoint(datastore),
+        account_key=key or None,
+        credential=None if key else _default_credential(),
+        why_no_key="" if key else "the default datastore gave no account key",
+    )
+
+
+def account_of_v2(ml_client: Any) -> StorageAccount:
+    """The default datastore of an SDK v2 ``MLClient``: ``get_default(include_secrets=True)``
+    when the user may list its secrets, else the client's own credential signs."""
+    datastores = ml_client.datastores
+    why = ""
+    try:
+        datastore = datastores.get_default(include_secrets=True)
+    except Exception as error:
+        datastore = datastores.get_default()
+        why = f"its secrets could not be listed ({first_line(error)})"
+    key = getattr(getattr(datastore, "credentials", None), "account_key", None)
+    return StorageAccount(
+        account_name=datastore.account_name,
+        container=datastore.container_name,
+        blob_endpoint=_endpoint(datastore),
+        account_key=key or None,
+        credential=None if key else getattr(ml_client, "_credential", None),
+        why_no_key="" if key else why or "the default datastore gave no account key",
+    )
+
+
+def _endpoint(datastore: Any) -> str:
+    protocol = getattr(datastore, "protocol", None) or "https"
+    suffix = getattr(datastore, "endpoint", None) or "core.windows.net"
+    return f"{protocol}://{datastore.account_name}.blob.{suffix}"
+
+
+def _default_credential() -> Any:
+    try:
+        from azure.identity import DefaultAzureCredential
+    except ImportError:
+        return None
+    return DefaultAzureCredential()

@@ -1,0 +1,126 @@
+"""Pipeline nodes made from ``@mldesigner.command_component`` functions.
+
+The project under ``projects/mldesigner`` has the shape of azureml-examples' pipelines with
+Python function components (a ``components.py`` of decorated functions, and the component
+YAML ``mldesigner compile`` writes, whose command is ``mldesigner execute --source components.py
+--name ... --inputs a='${{inputs.a}}' ... --outputs ...``), with code of our own. The nodes are
+built with azure-ai-ml's own ``load_component`` and ``@dsl.pipeline``. mldesigner cannot be
+installed here: ``stand_ins/mldesigner`` stands in for it (its docstring says what it keeps of
+the published package), with its ``mldesigner`` console script in ``stand_ins/bin`` as pip
+writes one. Local cases attach a real debug-protocol client, which stops in the function body in
+``components.py`` and reads its converted inputs. The azureml case submits through the stand-in
+``MLClient`` of ``test_azureml_v2`` (Azure's control plane is not reachable from here) and runs
+the submitted command through a real ``bash``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import wait_for
+from dap_client import evaluate_at_first_stop
+from IPython.core.error import UsageError
+
+from aml_debug_magics.records import Status
+from aml_debug_magics.session import current_session
+
+pytest.importorskip("azure.ai.ml", reason="azure-ai-ml is the v2 extra (pip install .[v2])")
+
+PROJECT = Path(__file__).parent / "projects" / "mldesigner"
+STAND_INS = Path(__file__).parent / "stand_ins"
+TRAIN_BREAK = 18  # steps = ...: the inputs are converted and the data read
+
+PIPELINE = """
+from azure.ai.ml import Input, dsl, load_component
+
+train_model = load_component(source="mldesigner/train_model.yaml")
+score_data = load_component(source="mldesigner/score_data.yaml")
+
+@dsl.pipeline(compute="cpu-cluster")
+def train_and_score(training_data):
+    train = train_model(training_data=training_data, max_epochs=3)
+    score = score_data(model_input=train.outputs.model_output)
+
+pipeline_job = train_and_score(training_data=Input(type="uri_folder", path="mldesigner/data"))
+"""
+
+
+@pytest.fixture
+def project(ip, tmp_path):
+    shutil.copytree(PROJECT, tmp_path / "mldesigner")
+    assert ip.run_cell(PIPELINE).success
+    return tmp_path / "mldesigner"
+
+
+@pytest.fixture
+def installed(monkeypatch):
+    """mldesigner as pip would leave it: importable, its console script on PATH."""
+    monkeypatch.syspath_prepend(str(STAND_INS))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        filter(None, [str(STAND_INS), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PATH", os.pathsep.join([str(STAND_INS / "bin"), os.environ["PATH"]]))
+
+
+def test_the_function_body_stops_with_its_inputs_converted_as_annotated(ip, project, installed):
+    ip.run_line_magic("aml_debug_job", "pipeline_job --node train --timeout 60")
+    session = current_session("job")
+    row = session.row("train")
+    assert row.script_in_root == "components.py"
+    wait_for(lambda: row.status == Status.WAITING or session.state in ("finished", "failed"),
+             60, "the node to wait")
+    assert row.status == Status.WAITING, "\n".join(row.last_lines)
+    breakpoints = {str(project / "components.py"): [TRAIN_BREAK]}
+    seen = evaluate_at_first_stop(row.attach_config(), breakpoints,
+                                  "(max_epochs, learning_rate, os.path.isdir(training_data))")
+    assert seen == "(3, 0.02, True)"
+    wait_for(lambda: session.state in ("finished", "failed"), 60, "the pipeline to end")
+    assert session.state == "finished", "\n".join(session.row("score").last_lines)
+    assert "trained 9 steps at 0.02" in "\n".join(row.last_lines)
+    assert "scored with ['9', '0.02']" in "\n".join(session.row("score").last_lines)
+
+
+def test_without_mldesigner_the_node_is_refused_in_one_line(ip, project):
+    with pytest.raises(UsageError) as refused:
+        ip.run_line_magic("aml_debug_job", "pipeline_job --node train --timeout 5")
+    assert str(refused.value) == "mldesigner is not installed: pip install mldesigner"
+    assert current_session("job") is None
+
+
+def test_on_azureml_the_node_runs_the_component_command_under_the_bootstrap(
+        ip, project, installed, monkeypatch):
+    """The submitted command runs the node's own ``mldesigner`` under the bootstrap; with the
+    bootstrap's part taken out, the same line run by bash calls the function."""
+    from test_azureml_v2 import StandInMLClient
+
+    from aml_debug_magics.targets import follow
+
+    monkeypatch.setattr(follow, "POLL_FAST", 0.05)
+    monkeypatch.setattr(follow, "POLL_SLOW", 0.05)
+    ip.user_ns["ml_client"] = StandInMLClient()
+    ip.run_line_magic("aml_debug_job", "pipeline_job --node train --target azureml "
+                      "--workspace ml_client")
+    jobs = ip.user_ns["ml_client"].jobs
+    wait_for(lambda: jobs.submitted, 30, "the submit")
+    command = jobs.submitted[0].commands["train"]
+    bootstrap = re.search(r'python ("\$AML_DEBUG_SOURCE_ROOT/aml_debug_bootstrap\.py" .*? -- )'
+                          r'"\$\(command -v mldesigner \|\| echo mldesigner\)" execute --source '
+                          r"components.py --name train_model", command)
+    assert bootstrap, command
+    assert jobs.submitted[0].commands["score"].startswith("mldesigner execute")
+    out = project / "out"
+    line = (command.replace(bootstrap[1], "")
+            .replace("${{inputs.training_data}}", str(project / "data"))
+            .replace("${{inputs.max_epochs}}", "3").replace("${{inputs.learning_rate}}", "0.5")
+            .replace("${{outputs.model_output}}", str(out)))
+    path = os.pathsep.join([str(STAND_INS / "bin"), str(Path(sys.executable).parent), "/usr/bin"])
+    ran = subprocess.run(["bash", "-c", line], cwd=project, capture_output=True, text=True,
+                         env={**os.environ, "PATH": path})
+    assert "trained 9 steps at 0.5" in ran.stdout, ran
+    assert (out / "model.txt").read_text() == "9 0.5\n"
+    current_session("job").stop()

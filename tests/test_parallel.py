@@ -1,0 +1,304 @@
+"""Parallel entry scripts (SDK v1 ``ParallelRunStep``) debugged as users type the magic.
+
+The entry scripts in ``tests/projects/parallel/Code`` take the shape of the published
+parallel-run samples (a file-dataset one whose ``init()`` reads its arguments with argparse,
+a tabular one that gets DataFrames); the steps are built for real with azureml-pipeline-steps.
+On the local target nothing is faked: the runner runs the entry script under the bootstrap and
+a real debug-protocol client attaches. On the azureml target only Azure's control plane is a
+stand-in (the simulated cluster of ``tests/simcluster.py``), and Azure ML's parallel runner,
+which is not published, by ``tests/sim_parallel_runner.py``: it imports the entry script the
+step names in a worker process and calls ``init()`` / ``run()`` / ``shutdown()``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import children_of, need_python_script_step, wait_for
+from dap_client import evaluate_at_first_stop
+from IPython.core.error import UsageError
+from test_system import make_cluster  # noqa: F401  (the simulated cluster's fixture)
+
+from aml_debug_magics.records import Status
+from aml_debug_magics.session import current_session
+
+PROJECT = Path(__file__).parent / "projects" / "parallel"
+DIGITS_BREAK = 20  # label = ...: digit and threshold are known
+IRIS_BREAK = 11  # scored["species"] = ...
+
+FILE_STEP = """
+from azureml.core import Dataset, Environment
+from azureml.pipeline.core import PipelineData
+from azureml.pipeline.steps import ParallelRunConfig, ParallelRunStep
+
+digits = Dataset.File.from_files(path="https://example.invalid/digits/", validate=False)
+output_dir = PipelineData(name="inferences")
+parallel_run_config = ParallelRunConfig(
+    source_directory="Code", entry_script="digit_identification.py", mini_batch_size="2",
+    error_threshold={threshold}, output_action="append_row",
+    append_row_file_name="digit_results.txt", environment=Environment("batch"),
+    compute_target="cpu-cluster", {layout})
+batch_step = ParallelRunStep(
+    name="digit-identification", parallel_run_config=parallel_run_config,
+    inputs=[digits.as_named_input("digits")], output=output_dir,
+    arguments=["--threshold", "7"], allow_reuse=False)
+"""
+
+TWO_BY_TWO = "node_count=2, process_count_per_node=2"
+
+TABULAR_STEP = """
+from azureml.core import Dataset, Environment
+from azureml.pipeline.steps import ParallelRunConfig, ParallelRunStep
+
+iris = Dataset.Tabular.from_delimited_files(
+    path="https://example.invalid/iris.csv", validate=False, infer_column_types=False)
+parallel_run_config = ParallelRunConfig(
+    source_directory="Code", entry_script="iris_score.py", mini_batch_size="200",
+    error_threshold=-1, output_action="summary_only", environment=Environment("batch"),
+    compute_target="cpu-cluster", node_count=1)
+iris_step = ParallelRunStep(
+    name="iris-score", parallel_run_config=parallel_run_config,
+    inputs=[iris.as_named_input("iris")], allow_reuse=False)
+"""
+
+
+V2_PIPELINE = """
+from azure.ai.ml import Input, Output, dsl
+from azure.ai.ml.constants import AssetTypes
+from azure.ai.ml.parallel import RunFunction, parallel_run_function
+
+batch_score = parallel_run_function(
+    name="batch_score",
+    inputs=dict(job_data_path=Input(type=AssetTypes.URI_FOLDER), threshold=Input(type="integer")),
+    outputs=dict(job_output_path=Output(type=AssetTypes.URI_FOLDER)),
+    input_data="${{inputs.job_data_path}}", instance_count=2, max_concurrency_per_instance=2,
+    mini_batch_size="2", error_threshold=10, logging_level="DEBUG",
+    task=RunFunction(
+        code="./Code", entry_script="digit_identification.py",
+        program_arguments="--threshold ${{inputs.threshold}}",
+        append_row_to="${{outputs.job_output_path}}",
+        environment="azureml:AzureML-sklearn-1.0-ubuntu20.04-py38-cpu@latest"))
+
+@dsl.pipeline(default_compute="cpu-cluster")
+def digits_pipeline(digits):
+    scored = batch_score(job_data_path=digits, threshold=7)
+    return {"scores": scored.outputs.job_output_path}
+
+pipeline_job = digits_pipeline(digits=Input(type=AssetTypes.URI_FOLDER, path="./data/digits"))
+"""
+
+
+@pytest.fixture
+def project(ip, tmp_path):
+    need_python_script_step()
+    shutil.copytree(PROJECT, tmp_path, dirs_exist_ok=True)
+    return tmp_path
+
+
+def lines_of(session, step: str) -> list[str]:
+    return list(session.row(step).last_lines)
+
+
+def data_root(session) -> Path:
+    return Path(session.note.split("data passed between steps: ", 1)[1])
+
+
+def test_a_breakpoint_in_run_stops_on_the_first_mini_batch_with_init_arguments_read(
+    ip, project
+):
+    """``init()`` sees the step's arguments through argparse, ``run()`` gets the first two
+    files, and every mini-batch's results are appended to the output file the config names."""
+    assert ip.run_cell(FILE_STEP.format(threshold=10, layout=TWO_BY_TWO)).success
+    ip.run_line_magic("aml_debug_pipeline",
+                      "batch_step --input digits=data/digits --timeout 60")
+    session = current_session("pipeline")
+    step = "digit-identification"
+    wait_for(lambda: session.row(step).status == Status.WAITING
+             or session.state in ("finished", "failed"), 60, "the step to wait")
+    assert session.row(step).status == Status.WAITING, lines_of(session, step)
+    assert any(line.startswith("[aml-debug] parallel: 3 mini-batch(es) of 2 files")
+               for line in lines_of(session, step))
+    breakpoints = {str(project / "Code" / "digit_identification.py"): [DIGITS_BREAK]}
+    seen = evaluate_at_first_stop(session.row(step).attach_config(), breakpoints,
+                                  "([p.rsplit('/', 1)[1] for p in mini_batch], threshold)")
+    assert eval(seen) == (["digit_1.txt", "digit_2.txt"], 7)
+    wait_for(lambda: session.state in ("finished", "failed"), 60, "the step to end")
+    assert session.state == "finished", lines_of(session, step)
+    results = (data_root(session) / "inferences" / "digit_results.txt").read_text().splitlines()
+    assert results == ["digit_1.txt: small", "digit_2.txt: small", "digit_3.txt: small",
+                       "digit_4.txt: big", "digit_5.txt: big"]
+    assert children_of() == []
+
+
+def test_mini_batches_limits_how_many_run(ip, project):
+    assert ip.run_cell(FILE_STEP.format(threshold=10, layout=TWO_BY_TWO)).success
+    ip.run_line_magic("aml_debug_pipeline",
+                      "batch_step --input digits=data/digits --timeout 1 --mini-batches 1")
+    session = current_session("pipeline")
+    wait_for(lambda: session.state in ("finished", "failed"), 60, "the step to end")
+    step = "digit-identification"
+    assert session.state == "finished", lines_of(session, step)
+    results = (data_root(session) / "inferences" / "digit_results.txt").read_text().splitlines()
+    assert results == ["digit_1.txt: small", "digit_2.txt: small"]
+    assert "[aml-debug] stopping after 1 mini-batch(es) (--mini-batches)" in lines_of(
+        session, step)
+
+
+def test_failed_items_past_the_error_threshold_stop_the_step(ip, project):
+    """A file ``run()`` cannot read fails its mini-batch: with error_threshold 1 the two items
+    of that mini-batch are one too many; with -1 every failure is ignored."""
+    (project / "data" / "digits" / "digit_3.txt").write_text("three")
+    assert ip.run_cell(FILE_STEP.format(threshold=1, layout=TWO_BY_TWO)).success
+    ip.run_line_magic("aml_debug_pipeline", "batch_step --input digits=data/digits --timeout 1")
+    session = current_session("pipeline")
+    wait_for(lambda: session.state in ("finished", "failed"), 60, "the step to end")
+    step = "digit-identification"
+    assert session.state == "failed"
+    assert session.row(step).status == Status.FAILED
+    assert any("2 item(s) failed, more than error_threshold 1" in line
+               for line in lines_of(session, step))
+
+    assert ip.run_cell(FILE_STEP.format(threshold=-1, layout=TWO_BY_TWO)).success
+    ip.run_line_magic("aml_debug_pipeline", "batch_step --input digits=data/digits --timeout 1")
+    session = current_session("pipeline")
+    wait_for(lambda: session.state in ("finished", "failed"), 60, "the step to end")
+    assert session.state == "finished", lines_of(session, step)
+    assert ("[aml-debug] parallel run done: 3 mini-batch(es), 3 item(s) succeeded, 2 failed"
+            in lines_of(session, step))
+
+
+def test_mini_batches_is_refused_where_it_cannot_apply(ip, project):
+    assert ip.run_cell(FILE_STEP.format(threshold=10, layout=TWO_BY_TWO)).success
+    with pytest.raises(UsageError) as refused:
+        ip.run_line_magic("aml_debug_pipeline", "batch_step --mini-batches 0")
+    assert str(refused.value) == "--mini-batches 0: give 1 or more"
+    with pytest.raises(UsageError) as refused:
+        ip.run_line_magic("aml_debug_pipeline",
+                          "batch_step --mini-batches 2 --target azureml --workspace ws")
+    assert str(refused.value).startswith("--mini-batches is for the local target")
+    assert ip.run_cell(
+        "from azureml.pipeline.steps import PythonScriptStep\n"
+        "plain = PythonScriptStep(name='plain', script_name='iris_score.py', "
+        "source_directory='Code', compute_target='cpu-cluster')"
+    ).success
+    with pytest.raises(UsageError) as refused:
+        ip.run_line_magic("aml_debug_pipeline", "plain --mini-batches 2")
+    assert str(refused.value) == "--mini-batches is for parallel steps, and none is being run"
+    assert children_of() == []
+
+
+def test_a_tabular_step_gets_dataframes_of_about_the_mini_batch_size(ip, project):
+    """200 bytes of a 730-byte, 40-row CSV: mini-batches of 10 rows, a DataFrame each."""
+    pytest.importorskip("pandas", reason="a tabular input is handed to run() as a DataFrame")
+    assert ip.run_cell(TABULAR_STEP).success
+    ip.run_line_magic("aml_debug_pipeline", "iris_step --input iris=data/iris.csv --timeout 60")
+    session = current_session("pipeline")
+    step = "iris-score"
+    wait_for(lambda: session.row(step).status == Status.WAITING
+             or session.state in ("finished", "failed"), 60, "the step to wait")
+    breakpoints = {str(project / "Code" / "iris_score.py"): [IRIS_BREAK]}
+    seen = evaluate_at_first_stop(session.row(step).attach_config(), breakpoints,
+                                  "(type(input_df).__name__, len(input_df))")
+    assert eval(seen) == ("DataFrame", 10)
+    wait_for(lambda: session.state in ("finished", "failed"), 60, "the step to end")
+    assert session.state == "finished", lines_of(session, step)
+    assert "iris scoring done" in lines_of(session, step)
+
+
+@pytest.mark.parametrize("layout", [TWO_BY_TWO, "node_count=1"])
+def test_on_the_cluster_the_debug_copy_runs_one_worker_and_stops_in_its_run(
+    ip, project, make_cluster, layout  # noqa: F811  (the fixture imported above)
+):
+    """The step asks for 2 nodes x 2 processes, or one worker per core (no
+    process_count_per_node); the debug copy runs one worker, which the shipped shim makes wait
+    in ``init()`` and whose ``run()`` a debugger here stops in."""
+    cluster = make_cluster(datasets={"digits": project / "data" / "digits"})
+    assert ip.run_cell(FILE_STEP.format(threshold=10, layout=layout) + "ws = object()\n").success
+    ip.run_line_magic("aml_debug_pipeline",
+                      "batch_step --target azureml --workspace ws --timeout 90")
+    session = current_session("pipeline")
+    row = session.row("digit-identification")
+    wait_for(lambda: row.status == Status.WAITING or session.state in ("finished", "failed"),
+             90, "the worker to announce itself")
+    assert row.status == Status.WAITING, list(row.last_lines)
+    assert row.address.split(":")[0] == cluster.nodes[0].address
+    assert "digit-identification: the debug copy runs on 1 node with 1 worker process" in (
+        session.note)
+    breakpoints = {str(project / "Code" / "digit_identification.py"): [DIGITS_BREAK]}
+    seen = evaluate_at_first_stop(row.attach_config(), breakpoints,
+                                  "([p.rsplit('/', 1)[1] for p in mini_batch], threshold)")
+    assert eval(seen) == (["digit_1.txt", "digit_2.txt"], 7)
+    assert session.wait(60) == "finished", list(row.last_lines)
+    workers = [line for line in row.last_lines if line.startswith("sim runner: worker")]
+    assert len(workers) == 1 and workers[0].startswith("sim runner: worker 0 of 1"), workers
+    results = (cluster.root / "data" / "inferences" / "digit_results.txt").read_text()
+    assert results.splitlines() == ["digit_1.txt: small", "digit_2.txt: small",
+                                    "digit_3.txt: small", "digit_4.txt: big", "digit_5.txt: big"]
+    step = ip.user_ns["batch_step"]  # the user's step is as it was
+    assert step._script_name == "digit_identification.py"
+    assert step._process_count_per_node == (2 if layout == TWO_BY_TWO else None)
+    assert sorted(p.name for p in (project / "Code").iterdir()) == [
+        "digit_identification.py", "iris_score.py"]
+
+
+def test_an_sdk_v2_parallel_node_runs_its_mini_batches_under_the_debugger(ip, tmp_path):
+    """``parallel_run_function``'s node in a ``@dsl.pipeline``: its ``uri_folder`` input in
+    mini-batches of 2 files, ``program_arguments`` with their placeholders filled in for
+    ``init()``'s argparse, ``append_row_to`` an output folder."""
+    shutil.copytree(PROJECT, tmp_path, dirs_exist_ok=True)
+    assert ip.run_cell(V2_PIPELINE).success
+    ip.run_line_magic("aml_debug_job", "pipeline_job --timeout 60")
+    session = current_session("job")
+    row = session.row("batch_score")
+    wait_for(lambda: row.status == Status.WAITING or session.state in ("finished", "failed"),
+             60, "the node to wait")
+    assert row.status == Status.WAITING, list(row.last_lines)
+    assert any(line.startswith("[aml-debug] parallel: 3 mini-batch(es) of 2 files")
+               for line in row.last_lines)
+    breakpoints = {str(tmp_path / "Code" / "digit_identification.py"): [DIGITS_BREAK]}
+    seen = evaluate_at_first_stop(row.attach_config(), breakpoints,
+                                  "([p.rsplit('/', 1)[1] for p in mini_batch], threshold)")
+    assert eval(seen) == (["digit_1.txt", "digit_2.txt"], 7)
+    assert session.wait(60) == "finished", list(row.last_lines)
+    output = data_root(session) / "batch_score.job_output_path" / "parallel_run_step.txt"
+    assert output.read_text().splitlines() == [
+        "digit_1.txt: small", "digit_2.txt: small", "digit_3.txt: small", "digit_4.txt: big",
+        "digit_5.txt: big"]
+
+
+def test_on_the_cluster_an_sdk_v2_parallel_node_runs_one_worker_and_stops_in_its_run(
+    ip, tmp_path, make_cluster, monkeypatch  # noqa: F811  (the fixture imported above)
+):
+    """SDK v2: the pipeline job's copy is submitted (``MLClient.jobs.create_or_update`` is the
+    seam the cluster replaces) with the parallel node on 1 instance x 1 worker and the shim as
+    its entry script; the user's job is as it was afterwards."""
+    from aml_debug_magics.targets import azureml_v2
+
+    shutil.copytree(PROJECT, tmp_path, dirs_exist_ok=True)
+    cluster = make_cluster()
+    monkeypatch.setattr(azureml_v2, "V2Workspace", lambda ml_client: cluster)
+    assert ip.run_cell(V2_PIPELINE + "ml_client = object()\n").success
+    ip.run_line_magic("aml_debug_job",
+                      "pipeline_job --target azureml --workspace ml_client --timeout 90")
+    session = current_session("job")
+    row = session.row("batch_score")
+    wait_for(lambda: row.status == Status.WAITING or session.state in ("finished", "failed"),
+             90, "the worker to announce itself")
+    assert row.status == Status.WAITING, list(row.last_lines)
+    assert row.address.split(":")[0] == cluster.nodes[0].address
+    assert "batch_score: the debug copy runs on 1 instance with 1 worker process" in session.note
+    breakpoints = {str(tmp_path / "Code" / "digit_identification.py"): [DIGITS_BREAK]}
+    seen = evaluate_at_first_stop(row.attach_config(), breakpoints,
+                                  "([p.rsplit('/', 1)[1] for p in mini_batch], threshold)")
+    assert eval(seen) == (["digit_1.txt", "digit_2.txt"], 7)
+    assert session.wait(60) == "finished", list(row.last_lines)
+    assert cluster.parallel_layouts == [("batch_score", 1, 1)]
+    workers = [line for line in row.last_lines if line.startswith("sim runner: worker")]
+    assert workers == [workers[0]] and workers[0].startswith("sim runner: worker 0 of 1")
+    node = ip.user_ns["pipeline_job"].jobs["batch_score"]
+    assert node.task.entry_script == "digit_identification.py"
+    assert (node.resources.instance_count, node.max_concurrency_per_instance) == (2, 2)
+    assert sorted(p.name for p in (tmp_path / "Code").iterdir()) == [
+        "digit_identification.py", "iris_score.py"]
