@@ -63,10 +63,13 @@ def session_options(magic: Callable[..., Any]) -> Callable[..., Any]:
                  "itself; any: everyone who reaches it)"),
         argument("--ranks", default="0", help="which ranks of a distributed step wait for a "
                  "debugger: 0 (default), all, or 0,2"),
-        argument("--via", choices=VIA, default="listen", help="azureml target: how the "
-                 "debugger reaches the node: listen (its port, the default), storage (through "
-                 "the workspace's default blob storage: no network path to the node needed), "
-                 "auto (the port if reachable from here, else storage)"),
+        argument("--via", choices=VIA, help="azureml target: how the debugger reaches the "
+                 "node: listen (its port), storage (through the workspace's default blob "
+                 "storage: no network path to the node needed), auto (the port if reachable "
+                 "from here, else storage). Default: AmlDebugMagics.via, auto; where the "
+                 "relay's blobs cannot be made (no role on the storage account), for several "
+                 "ranks, a parallel step or --connect, the default listens and the panel says "
+                 "why"),
         argument("--write-launch-json", action="store_true", help="write each attach config "
                  "into .vscode/launch.json as soon as it is known (a backup is kept)"),
         argument("--debug-here", action="store_true", help="open the debugger in this "
@@ -92,6 +95,11 @@ class AmlDebugMagics(Magics):
     view = Enum(
         ("auto", "widgets", "text"), default_value="auto",
         help="How sessions show: widgets in notebooks, text in a terminal (auto).",
+    ).tag(config=True)
+    via = Enum(
+        VIA, default_value="auto",
+        help="How the debugger reaches an Azure ML node when no --via is typed (auto: its port "
+        "if reachable, else the storage relay; listen where the relay cannot be made).",
     ).tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
@@ -423,6 +431,13 @@ class AmlDebugMagics(Magics):
     def _target(self, args: argparse.Namespace) -> str:
         return args.target or self.target
 
+    def _via(self, args: argparse.Namespace, kind: str) -> str:
+        """``--via`` as typed, else ``AmlDebugMagics.via`` on Azure ML (no relay elsewhere)."""
+        typed = getattr(args, "via", None)
+        if typed is not None:
+            return typed
+        return self.via if self._target(args) == "azureml" and kind != "deploy" else "listen"
+
     def _stop(self, kind: str) -> None:
         from aml_debug_magics.session import stop_session
 
@@ -470,7 +485,8 @@ class AmlDebugMagics(Magics):
             write_launch_json=args.write_launch_json,
             input_paths=input_paths,
             allow=getattr(args, "allow", "auto"),
-            via=getattr(args, "via", "listen"),
+            via=self._via(args, kind),
+            via_default=getattr(args, "via", None) is None and self._via(args, kind) == "auto",
             debug_here=args.debug_here,
             **extra,
         )

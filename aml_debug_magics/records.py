@@ -134,6 +134,7 @@ class DebugRequest:
     write_launch_json: bool = False
     allow: str = "auto"  # who the node lets attach: auto (this machine), any, or a list
     via: str = "listen"  # how the debugger's bytes travel: listen (the node's port), storage, auto
+    via_default: bool = False  # no --via typed: listen wherever the relay cannot be made
     sdk: str = "v1"  # which Azure ML SDK built the steps: v1, or v2 (azure-ai-ml)
     submitted: Any = None  # SDK v2: the job to submit as a whole (a PipelineJob, a command job)
     workspace: Any = None  # for the azureml target: where to submit (an SdkWorkspace)

@@ -25,6 +25,7 @@ from aml_debug_magics.node.announce import Announcement, AttachOutcome, PortClos
 from aml_debug_magics.ports import check_port_free, free_port
 from aml_debug_magics.records import ENDED, DebugRequest, ServiceInfo, Status
 from aml_debug_magics.redaction import redact
+from aml_debug_magics.sources.parallel import check_worker_listens
 
 LINES_SHOWN = 40
 
@@ -379,6 +380,7 @@ def check_request(request: DebugRequest) -> None:
     if not any(s.debug for s in request.steps):
         raise DebugInputError("no step to debug: name one with --step")
     check_via(request)
+    check_worker_listens(request)
     if request.connect is None:
         return
     host, _, port = request.connect.rpartition(":")
@@ -390,8 +392,9 @@ def check_request(request: DebugRequest) -> None:
 
 
 def check_via(request: DebugRequest) -> None:
-    """``--via storage`` and ``auto`` relay one process per step, on Azure ML, to a listener."""
-    if request.via == "listen":
+    """``--via storage`` and ``auto`` relay one process per step, on Azure ML, to a listener.
+    The default ``auto`` listens instead where it cannot relay (``relay_path.choose_paths``)."""
+    if request.via == "listen" or request.via_default:
         return
     if request.target != "azureml":
         raise DebugInputError(f"--via {request.via} is for --target azureml: on this machine "

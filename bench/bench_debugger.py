@@ -11,6 +11,10 @@
    client attached to ``python -m debugpy --listen --wait-for-client`` (``next``, then the
    ``stopped`` event, ``stackTrace``, ``scopes`` and the first scope's ``variables``: what a view
    needs to show a stop), in the same rounds. The ratio is the view's p95 over the anchor's.
+   The anchor keeps debugpy's defaults, pydevd's socket with Nagle's algorithm (each request
+   waits out a 40 ms delayed acknowledgement); the bootstrap (node/debugger.py) turns it off,
+   and pydevd's 0.2 s poll in a stopped thread (which the bootstrap's threads made every step
+   wait out) down to 20 ms, and the gate acknowledges at once.
 3. The page's own share of that: the bundle alone in Chromium on a static page with a stand-in
    model, a stop's state (12 frames, 40 variables, a 400-line source) set, until the next frame
    is painted with the line mark moved (p50/p95).

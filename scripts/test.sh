@@ -10,6 +10,11 @@ if [ ! -x .azurite/node_modules/.bin/azurite-blob ]; then
     command -v npm >/dev/null || { echo "aml-debug: error: the tests need npm (Node.js) for Azurite" >&2; exit 2; }
     npm install --prefix .azurite --no-audit --no-fund --silent azurite@3.37 >/dev/null
 fi
+# the in-notebook debugger's pinned bundler, so a test can rebuild ui/debugger.js and compare
+if [ ! -x aml_debug_magics/ui/debugger_src/node_modules/.bin/esbuild ]; then
+    npm ci --prefix aml_debug_magics/ui/debugger_src --no-audit --no-fund --silent >/dev/null \
+        || echo "aml-debug: warning: npm ci failed in aml_debug_magics/ui/debugger_src: the bundle check will skip" >&2
+fi
 if [ ! -x /usr/bin/chromium ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         { apt-get update -qq && apt-get install -y -qq chromium; } >/dev/null \

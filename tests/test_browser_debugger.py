@@ -11,10 +11,12 @@ a user with no VS Code would: run the tutorial, click **Debug here** on the scri
 breakpoint in the gutter at the stop before the first line, continue, see the stop and the line
 mark, open a nested variable, evaluate an expression (and a failing one, and one whose value is
 shortened, then shown in full), step over with the button and with F10 (the mark moves), clear
-the breakpoint, continue to the end and read the script's output file; then on the scoring script's gunicorn worker through **Send test
-request**. Nothing is faked: the script and the inference server run under real debugpy, and
-each test ends its kernel (and with it what the kernel started). The view's screenshot is kept
-in the test's folder (and written to $AML_DEBUG_SCREENSHOT when set, for docs/debugger.png).
+the breakpoint, continue to the end and read the script's output file; then on the scoring
+script's gunicorn worker through **Send test request**, with score.py shown (no current line)
+until the worker stops in it. Nothing is faked: the script and the inference server run under
+real debugpy, and each test ends its kernel (and with it what the kernel started). The view's
+screenshot is kept in the test's folder (and written to $AML_DEBUG_SCREENSHOT when set, for
+docs/debugger.png).
 """
 
 from __future__ import annotations

@@ -19,7 +19,9 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 def test_tutorial_runs_top_to_bottom(notebook, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    if "pipeline" in notebook.read_text() and "PythonScriptStep" in notebook.read_text():
+    if "pipeline" in notebook.read_text() and (
+        "PythonScriptStep" in notebook.read_text() or "ParallelRunStep" in notebook.read_text()
+    ):
         need_python_script_step()
     if "azure.ai.ml" in notebook.read_text():
         pytest.importorskip("azure.ai.ml", reason="azure-ai-ml is the v2 extra")
@@ -77,6 +79,11 @@ def test_tutorial_runs_top_to_bottom(notebook, tmp_path, monkeypatch):
         assert 'HTTP 200: {"prediction": [4.5, 9.5]}' in joined
     if notebook.stem.startswith("5_"):  # the v2 deployment, with its environment variables
         assert 'HTTP 200: {"predictions": [14.5, 14.0]}' in joined
+        # the parallel step: 2 of its 3 mini-batches (--mini-batches 2), init() read --limit
+        assert "finished\ndata passed between steps: " in joined
+        assert ("sensor_1.txt 12.5 ok\nsensor_2.txt 48.0 alert\n"
+                "sensor_3.txt 7.25 ok\nsensor_4.txt 51.5 alert\n\n") in joined
+        assert "sensor_5.txt" not in joined
     if notebook.stem.startswith("3_"):
         assert "No workspace configured" in joined
         assert not any(text.strip().isdigit() for text in texts)  # no stray write_text count

@@ -302,3 +302,53 @@ def test_on_the_cluster_an_sdk_v2_parallel_node_runs_one_worker_and_stops_in_its
     assert (node.resources.instance_count, node.max_concurrency_per_instance) == (2, 2)
     assert sorted(p.name for p in (tmp_path / "Code").iterdir()) == [
         "digit_identification.py", "iris_score.py"]
+
+
+@pytest.mark.parametrize(("options", "refusal"), [
+    ("--connect 127.0.0.1:5678",
+     "--connect: 'digit-identification' is a parallel step, whose worker on Azure ML listens "
+     "for the debugger: drop --connect and attach to the port the panel shows"),
+    ("--via storage",
+     "--via storage: 'digit-identification' is a parallel step, whose worker on Azure ML only "
+     "listens for the debugger: use --via listen"),
+    ("--via auto",
+     "--via auto: 'digit-identification' is a parallel step, whose worker on Azure ML only "
+     "listens for the debugger: use --via listen"),
+])
+def test_on_the_cluster_a_parallel_step_refuses_what_its_worker_cannot_do_before_a_submit(
+    ip, project, make_cluster, options, refusal  # noqa: F811  (the fixture imported above)
+):
+    """The shipped shim's worker listens; it neither connects out nor relays through storage.
+    The magic says so in one line and submits nothing to the simulated cluster (before, the
+    row said "submit failed" after a call to the control plane, or the step listened although
+    storage was asked for)."""
+    cluster = make_cluster(datasets={"digits": project / "data" / "digits"})
+    assert ip.run_cell(FILE_STEP.format(threshold=10, layout=TWO_BY_TWO) + "ws = object()\n"
+                       ).success
+    with pytest.raises(UsageError) as refused:
+        ip.run_line_magic("aml_debug_pipeline",
+                          f"batch_step --target azureml --workspace ws --timeout 30 {options}")
+    assert str(refused.value) == refusal
+    assert cluster.submitted == [] and current_session("pipeline") is None
+    assert children_of() == []
+
+
+def test_on_the_cluster_an_sdk_v2_parallel_node_refuses_connect_before_a_submit(
+    ip, tmp_path, make_cluster, monkeypatch  # noqa: F811  (the fixture imported above)
+):
+    """As for SDK v1: ``MLClient.jobs.create_or_update`` (the seam the cluster replaces) is
+    never called."""
+    from aml_debug_magics.targets import azureml_v2
+
+    shutil.copytree(PROJECT, tmp_path, dirs_exist_ok=True)
+    cluster = make_cluster()
+    monkeypatch.setattr(azureml_v2, "V2Workspace", lambda ml_client: cluster)
+    assert ip.run_cell(V2_PIPELINE + "ml_client = object()\n").success
+    with pytest.raises(UsageError) as refused:
+        ip.run_line_magic("aml_debug_job", "pipeline_job --target azureml --workspace ml_client "
+                          "--connect 127.0.0.1:5678")
+    assert str(refused.value) == (
+        "--connect: 'batch_score' is a parallel step, whose worker on Azure ML listens for the "
+        "debugger: drop --connect and attach to the port the panel shows")
+    assert cluster.submitted == [] and current_session("job") is None
+    assert children_of() == []

@@ -110,12 +110,12 @@ def attach_and_read(row, script: Path, line: int, expression: str) -> str:
     return evaluate_at_first_stop(row.attach_config(), {str(script): [line]}, expression)
 
 
-def debug_train(ip, timeout: float = 120):
-    """``%aml_debug_pipeline`` on PIPELINE's train step on the cluster, as a user types it;
-    the session and train's row."""
+def debug_train(ip, timeout: float = 120, options: str = ""):
+    """``%aml_debug_pipeline`` on PIPELINE's train step on the cluster, as a user types it
+    (with ``options`` after it); the session and train's row."""
     assert ip.run_cell(PIPELINE).success
-    ip.run_line_magic("aml_debug_pipeline",
-                      f"steps --step train --target azureml --workspace ws --timeout {timeout:g}")
+    ip.run_line_magic("aml_debug_pipeline", f"steps --step train --target azureml --workspace ws "
+                      f"--timeout {timeout:g} {options}")
     session = current_session("pipeline")
     return session, session.row("train")
 
@@ -173,7 +173,7 @@ def test_an_unreachable_node_says_timed_out_with_the_tunnel_and_a_refused_one_sa
     assert "refused the connection" in reachability.reachability(
         Announcement((node.address,), free_port()))  # nothing listens there on the node
     drop_all_traffic_to(node)
-    session, train = debug_train(ip, timeout=60)
+    session, train = debug_train(ip, timeout=60, options="--via listen")  # no storage fallback
     wait_for(lambda: train.reachability, 120, "the probe's verdict")
     assert f"{node.address}:" in train.reachability and "timed out from here" in train.reachability
     assert "same virtual network" in train.reachability

@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+import types
 import urllib.parse
 
 import pytest
@@ -209,8 +210,9 @@ def drop_traffic_to_port(node, port: int) -> None:
         subprocess.run(["tc", *command], check=True, capture_output=True)
 
 
+@pytest.mark.parametrize("via", ["--via auto", ""])  # typed, and the azureml default
 def test_auto_falls_back_to_storage_where_the_node_cannot_be_reached(
-    ip, project, cluster  # noqa: F811
+    ip, project, cluster, via  # noqa: F811
 ):
     """No new submit: the node offered both paths, the notebook's probe of its port timed out,
     and the row moves to the relay."""
@@ -218,7 +220,7 @@ def test_auto_falls_back_to_storage_where_the_node_cannot_be_reached(
     drop_traffic_to_port(node, 5678)
     assert ip.run_cell(PIPELINE).success
     ip.run_line_magic("aml_debug_pipeline", "steps --step train --target azureml --workspace ws "
-                      "--timeout 120 --via auto")
+                      f"--timeout 120 {via}")
     session = current_session("pipeline")
     train = session.row("train")
     wait_for(lambda: train.status == Status.WAITING and train.path, 90, "the path to be chosen")
@@ -256,6 +258,7 @@ def test_without_a_way_to_sign_the_rows_say_which_role_is_missing_and_nothing_is
 @pytest.mark.parametrize("options, said", [
     ("--via storage", "--via storage is for --target azureml"),
     ("--target azureml --workspace ws --via storage --ranks all", "one rank per step"),
+    ("--target azureml --workspace ws --via auto --ranks all", "one rank per step"),
     ("--target azureml --workspace ws --via auto --connect 127.0.0.1:5678", "drop --connect"),
     ("--via elsewhere", "invalid choice: 'elsewhere'"),
 ])
@@ -266,3 +269,184 @@ def test_a_via_that_cannot_work_is_one_line(ip, project, options, said):  # noqa
         ip.run_line_magic("aml_debug_pipeline", f"steps --step train {options}")
     assert said in str(refused.value) and "\n" not in str(refused.value)
     assert current_session("pipeline") is None
+
+
+# -- the azureml default: auto where the relay's blobs can be made, else listen with one line ---
+
+NO_SECRETS = "its secrets could not be listed (AuthorizationFailed)"
+
+
+def unsigned_account():
+    """The control plane's answer for a user who may not list the datastore's secrets, with no
+    Azure AD identity to ask for a user delegation key."""
+    from aml_debug_magics.targets.relay_blobs import StorageAccount
+
+    return StorageAccount("wsstore", "azureml-blobstore-1", "https://wsstore.blob.core.windows.net",
+                          why_no_key=NO_SECRETS)
+
+
+def file_share_account():
+    """SDK v1's answer where the workspace's default datastore is a file share."""
+    from azureml.data.azure_storage_datastore import AzureFileDatastore
+
+    from aml_debug_magics.targets.relay_blobs import account_of_v1
+
+    share = AzureFileDatastore(None, "workspacefilestore", "code-391ff5ac", "wsstore",
+                               account_key="a2V5")
+    return account_of_v1(types.SimpleNamespace(get_default_datastore=lambda: share))
+
+
+@pytest.mark.parametrize("account, why, remedy", [
+    (unsigned_account,
+     f"cannot sign for wsstore: {NO_SECRETS}, and no Azure AD identity to ask for a user "
+     "delegation key",
+     "ask for the Storage Blob Data Contributor role on storage account wsstore"),
+    (file_share_account,
+     "the workspace's default datastore workspacefilestore is AzureFile, not blob storage",
+     "make a blob datastore the workspace's default"),
+])
+def test_by_default_a_relay_that_cannot_be_made_listens_and_the_panel_says_why(
+    ip, project, cluster, monkeypatch, account, why, remedy  # noqa: F811
+):
+    """No ``--via``: the submit goes on with the node listening on its port (no relay options
+    or blob URLs for it), and the panel's one line names why and what would give the storage
+    fallback. The cluster's default datastore answer is the only stand-in."""
+    monkeypatch.setattr(cluster, "relay_account", account)
+    assert ip.run_cell(PIPELINE).success
+    ip.run_line_magic("aml_debug_pipeline", "steps --step train --target azureml --workspace ws "
+                      "--timeout 120")
+    session = current_session("pipeline")
+    train = session.row("train")
+    wait_for(lambda: train.status == Status.WAITING and train.reachability, 90,
+             "train to announce itself")
+    assert train.path == "" and train.address.split(":")[0] == cluster.nodes[0].address
+    assert train.reachability.endswith("is reachable from this machine")
+    assert f"--via listen: the storage relay cannot be made ({why}); {remedy}" in session.note
+    assert "\n" not in session.note
+    assert "AML_DEBUG_RELAY_UP" not in cluster.seen_variables[0]["train"]
+    assert attach_and_read(train, project / "train" / "train.py", TRAIN_BREAK, "numbers") == (
+        "[3, 1, 4, 1, 5]")
+    assert session.wait(60) == "finished"
+
+
+def test_a_typed_via_storage_on_a_file_share_fails_in_one_line(
+    ip, project, cluster, monkeypatch  # noqa: F811
+):
+    monkeypatch.setattr(cluster, "relay_account", file_share_account)
+    assert ip.run_cell(PIPELINE).success
+    ip.run_line_magic("aml_debug_pipeline", "steps --step train --target azureml --workspace ws "
+                      "--timeout 120 --via storage")
+    session = current_session("pipeline")
+    assert session.wait(30) == "failed"
+    assert session.row("train").detail == (
+        "submit failed: --via storage cannot relay: the workspace's default datastore "
+        "workspacefilestore is AzureFile, not blob storage; make a blob datastore the "
+        "workspace's default (workspaceblobstore is one) for the storage relay")
+    assert cluster.submitted == []
+
+
+def test_by_default_the_node_offers_both_paths_and_is_attached_directly(
+    ip, project, cluster  # noqa: F811
+):
+    """Where the relay's blobs can be made, the default is ``auto``: the node gets the blob
+    URLs, and the notebook, reaching its port, attaches to it."""
+    assert ip.run_cell(PIPELINE).success
+    ip.run_line_magic("aml_debug_pipeline", "steps --step train --target azureml --workspace ws "
+                      "--timeout 120")
+    session = current_session("pipeline")
+    train = session.row("train")
+    wait_for(lambda: train.status == Status.WAITING and train.path, 90, "the path to be chosen")
+    assert train.path == "direct" and train.address.split(":")[0] == cluster.nodes[0].address
+    assert set(cluster.seen_variables[0]["train"]) >= {"AML_DEBUG_RELAY_UP",
+                                                       "AML_DEBUG_RELAY_DOWN"}
+    assert attach_and_read(train, project / "train" / "train.py", TRAIN_BREAK, "numbers") == (
+        "[3, 1, 4, 1, 5]")
+    assert session.wait(60) == "finished"
+
+
+def test_by_default_several_ranks_listen_and_the_panel_says_so(
+    ip, project, cluster  # noqa: F811
+):
+    """Where a typed ``--via auto --ranks all`` is refused, the default listens instead."""
+    assert ip.run_cell(PIPELINE).success
+    ip.run_line_magic("aml_debug_pipeline", "steps --step train --target azureml --workspace ws "
+                      "--timeout 120 --ranks all")
+    session = current_session("pipeline")
+    train = session.row("train")
+    wait_for(lambda: train.status == Status.WAITING and train.reachability, 90,
+             "train to announce itself")
+    assert train.path == "" and train.address.split(":")[0] == cluster.nodes[0].address
+    assert ("--via listen: --ranks all makes several ranks wait and the storage relay carries "
+            "one per step") in session.note
+    assert "AML_DEBUG_RELAY_UP" not in cluster.seen_variables[0]["train"]
+    ip.run_line_magic("aml_debug_pipeline", "--stop")
+
+
+def test_config_via_sets_the_default_and_the_local_target_never_relays(
+    ip, project, cluster  # noqa: F811
+):
+    """``%config AmlDebugMagics.via``: ``listen`` makes the node listen with no blobs made;
+    ``storage`` as the default does not reach the local target, which has no relay."""
+    assert ip.run_cell(PIPELINE).success
+    ip.run_line_magic("config", "AmlDebugMagics.via = 'listen'")
+    ip.run_line_magic("aml_debug_pipeline", "steps --step train --target azureml --workspace ws "
+                      "--timeout 120")
+    session = current_session("pipeline")
+    train = session.row("train")
+    wait_for(lambda: train.status == Status.WAITING and train.reachability, 90,
+             "train to announce itself")
+    assert train.path == "" and session._target.paths is None
+    assert "AML_DEBUG_RELAY_UP" not in cluster.seen_variables[0]["train"]
+    assert "--via listen" not in session.note  # the user's own choice: nothing to explain
+    ip.run_line_magic("aml_debug_pipeline", "--stop")
+
+    ip.run_line_magic("config", "AmlDebugMagics.via = 'storage'")
+    ip.run_line_magic("aml_debug_pipeline", "steps --step train --timeout 1")
+    session = current_session("pipeline")
+    assert session.wait(90) == "finished"
+    assert session.row("train").status == Status.FINISHED
+
+
+def test_by_default_an_sdk_v2_job_listens_where_its_datastore_secrets_are_refused(
+    ip, project, make_cluster, monkeypatch  # noqa: F811
+):
+    """``datastores.get_default(include_secrets=True)`` refused and no credential to ask for a
+    user delegation key: the job's node gets no ``--via`` and no blob URLs, the panel names the
+    role. The control plane's datastore answer (as SDK v2 shapes it) is the only stand-in."""
+    pytest.importorskip("azure.ai.ml", reason="azure-ai-ml is the v2 extra")
+    from aml_debug_magics.targets import azureml_v2
+    from aml_debug_magics.targets.relay_blobs import account_of_v2
+
+    class Datastores:
+        def get_default(self, include_secrets=False):
+            if include_secrets:
+                raise PermissionError("AuthorizationFailed: listSecrets")
+            return types.SimpleNamespace(name="workspaceblobstore", type="AzureBlob",
+                                         account_name="wsstore", container_name="c",
+                                         credentials=None)
+
+    refusing = types.SimpleNamespace(datastores=Datastores(), _credential=None)
+    cluster = make_cluster()
+    monkeypatch.setattr(azureml_v2, "V2Workspace", lambda ml_client: cluster)
+    monkeypatch.setattr(cluster, "relay_account", lambda: account_of_v2(refusing))
+    (project / "numbers").mkdir()
+    (project / "numbers" / "numbers.txt").write_text("2 7 1")
+    assert ip.run_cell(COMMAND_JOB).success
+    ip.run_line_magic("aml_debug_job", "train_job --target azureml --workspace ml_client "
+                      "--timeout 120")
+    session = current_session("job")
+    row = session.row("train_job")
+    wait_for(lambda: row.status == Status.WAITING and row.reachability, 90,
+             "the job to announce itself")
+    assert row.path == "" and row.address.split(":")[0] == cluster.nodes[0].address
+    assert ("--via listen: the storage relay cannot be made (cannot sign for wsstore: its "
+            "secrets could not be listed (AuthorizationFailed: listSecrets), and no Azure AD "
+            "identity to ask for a user delegation key); ask for the Storage Blob Data "
+            "Contributor role on storage account wsstore") in session.note
+    [(command, _)] = cluster.seen_nodes[0].values()
+    assert " --via " not in command and " -- train.py " in command
+    [variables] = cluster.seen_variables[0].values()
+    assert "AML_DEBUG_RELAY_UP" not in variables
+    assert attach_and_read(row, project / "train" / "train.py", TRAIN_BREAK, "numbers") == (
+        "[2, 7, 1]")
+    assert session.wait(60) == "finished"

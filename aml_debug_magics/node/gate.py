@@ -39,6 +39,7 @@ EXIT_GRACE = 5.0  # after the script ends, open debug sessions get this long to 
 ADAPTER_MARKER = "AML_DEBUG_ADAPTER_OF"  # set in the adapter's environment only
 REFUSAL_LOG_EVERY = 30.0
 DEFAULT_REATTACH_WINDOW = 60.0
+QUICK_ACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 
 def say(message: str) -> None:
@@ -261,6 +262,11 @@ class DebugGate:
             conn.close()
             return
         say(f"debugger connected from {who}")
+        for end in (conn, upstream):  # each message on at once, as the ends write it
+            try:
+                end.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
         self._reattach_until = None
         self._peers[conn], self._peers[upstream] = upstream, conn
         self._selector.register(conn, selectors.EVENT_READ)
@@ -286,8 +292,14 @@ class DebugGate:
 
     @staticmethod
     def _recv(sock: socket.socket) -> bytes:
+        """The bytes waiting on ``sock``, acknowledged at once (Linux): debugpy's adapter sends
+        ``continued`` and ``stopped`` back to back, and with Nagle's algorithm on its side the
+        second waited for our delayed acknowledgement of the first, 40 ms, on every step."""
         try:
-            return sock.recv(65536)
+            data = sock.recv(65536)
+            if QUICK_ACK is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, QUICK_ACK, 1)
+            return data
         except OSError:
             return b""
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from aml_debug_magics.errors import DebugInputError
-from aml_debug_magics.records import Argument, DataFolder, ExternalInput, StepSpec
+from aml_debug_magics.records import Argument, DataFolder, DebugRequest, ExternalInput, StepSpec
 
 RUNNER = Path(__file__).resolve().parents[1] / "node" / "parallel_entry.py"
 SHIPPED_NAMES = {"parallel_entry.py": "aml_debug_parallel_entry.py"}  # node file -> snapshot
@@ -103,6 +103,27 @@ def read_parallel_step(
         sdk_object=step,
         base_directory=base_directory,
     )
+
+
+def check_worker_listens(request: DebugRequest) -> None:
+    """On Azure ML a debugged parallel step's worker listens for the debugger (the shipped
+    shim): ``--connect``, and ``--via storage`` / ``auto`` typed, are refused before a submit."""
+    if request.target != "azureml":
+        return
+    found = next((spec.name for spec in request.steps if spec.debug and (
+        is_parallel_step(spec.sdk_object) or is_parallel_node(spec.sdk_object))), None)
+    if found is None:
+        return
+    if request.connect is not None:
+        raise DebugInputError(
+            f"--connect: {found!r} is a parallel step, whose worker on Azure ML listens for the "
+            "debugger: drop --connect and attach to the port the panel shows"
+        )
+    if request.via != "listen" and not request.via_default:
+        raise DebugInputError(
+            f"--via {request.via}: {found!r} is a parallel step, whose worker on Azure ML only "
+            "listens for the debugger: use --via listen"
+        )
 
 
 def check_mini_batches(specs: list[StepSpec], mini_batches: int | None, target: str) -> int | None:

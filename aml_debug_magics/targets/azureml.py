@@ -18,7 +18,7 @@ from aml_debug_magics.node.gate import admits_everyone
 from aml_debug_magics.records import Status
 from aml_debug_magics.targets.follow import RunFollower
 from aml_debug_magics.targets.reachability import probe
-from aml_debug_magics.targets.relay_path import RelayPaths
+from aml_debug_magics.targets.relay_path import RelayPaths, choose_paths
 from aml_debug_magics.targets.runconfig import debug_ready
 from aml_debug_magics.targets.statuses import going_on_statuses
 
@@ -96,10 +96,9 @@ class AzureMLTarget:
             events.step_status(spec.name, Status.QUEUED, "submitting to Azure ML")
         try:
             going_on = going_on_statuses(self.request.sdk)
-            variables: dict[str, dict[str, str]] = {}
-            if self.request.via != "listen":  # the relay's blobs, made and signed before
-                self.paths = RelayPaths(self.workspace.relay_account, self.request.timeout)
-                variables = self.paths.prepare(specs)
+            # the relay's blobs, made and signed before; the default listens where it cannot
+            self.request, self.paths, variables = choose_paths(
+                self.request, lambda: self.workspace.relay_account(), self.notes)
             if self.request.sdk == "v2":
                 from aml_debug_magics.targets.azureml_v2 import debug_ready_v2
                 from aml_debug_magics.targets.azureml_v2 import is_pipeline as is_pipeline_job

@@ -153,9 +153,6 @@ def debug_parallel_node(name: str, node: Any, request: DebugRequest, notes: list
     """The copy's parallel node made to run on one instance with one worker process, the
     shipped shim as its entry script (it starts debugpy in the worker and hands each call to
     the user's entry script, named in the node's environment variables)."""
-    if request.connect:
-        raise DebugInputError(f"node {name!r} is a parallel node: its worker listens for the "
-                              "debugger; --connect is not available for it yet")
     task = copy.copy(node.task)
     entry_script, task.entry_script = task.entry_script, parallel.SHIM
     node.task = task

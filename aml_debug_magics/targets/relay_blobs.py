@@ -51,6 +51,15 @@ NODE_UP, NODE_DOWN = "a", "r"
 NOTEBOOK_UP, NOTEBOOK_DOWN = "rcd", "cwd"
 
 
+class RelayUnavailable(DebugInputError):
+    """The relay's blobs cannot be made here: ``reason`` says why, ``remedy`` what would allow
+    it (a role, a blob datastore); the message is the line ``--via storage`` fails with."""
+
+    def __init__(self, message: str, reason: str, remedy: str) -> None:
+        super().__init__(message)
+        self.reason, self.remedy = reason, remedy
+
+
 @dataclass(frozen=True)
 class UserDelegationKey:
     """A key Azure Storage hands the user's Azure AD identity to sign SAS tokens with."""
@@ -239,10 +248,10 @@ def make_relay_blobs(
             AppendBlob(url).create()
     except Exception as error:
         blobs.delete()
-        raise DebugInputError(
-            f"cannot make the relay's blobs in {account.account_name}/{account.container} "
-            f"({first_line(error)}): {_role_needed(account)}"
-        ) from None
+        reason = (f"cannot make the relay's blobs in {account.account_name}/{account.container} "
+                  f"({first_line(error)})")
+        raise RelayUnavailable(f"{reason}: {_role_needed(account)}", reason,
+                               _role_needed(account)) from None
     return blobs
 
 
@@ -251,19 +260,19 @@ def _delegation_key(
 ) -> UserDelegationKey:
     """The user delegation key, or one line naming the role that is missing."""
     if account.credential is None:
-        raise DebugInputError(
-            f"--via storage cannot sign for {account.account_name}: "
-            f"{account.why_no_key or 'no account key'}, and no Azure AD identity to ask for a "
-            f"user delegation key; {_role_needed(account)}"
-        )
+        reason = (f"cannot sign for {account.account_name}: "
+                  f"{account.why_no_key or 'no account key'}, and no Azure AD identity to ask "
+                  "for a user delegation key")
+        raise RelayUnavailable(f"--via storage {reason}; {_role_needed(account)}", reason,
+                               _role_needed(account))
     try:
         return user_delegation_key(account, start, expiry)
     except Exception as error:
-        raise DebugInputError(
-            f"--via storage cannot sign for {account.account_name}: "
-            f"{account.why_no_key or 'no account key'}, and no user delegation key "
-            f"({first_line(error)}); {_role_needed(account)}"
-        ) from None
+        reason = (f"cannot sign for {account.account_name}: "
+                  f"{account.why_no_key or 'no account key'}, and no user delegation key "
+                  f"({first_line(error)})")
+        raise RelayUnavailable(f"--via storage {reason}; {_role_needed(account)}", reason,
+                               _role_needed(account)) from None
 
 
 def _role_needed(account: StorageAccount) -> str:
@@ -288,6 +297,7 @@ def account_of_v1(workspace: Any) -> StorageAccount:
     """The default datastore of an SDK v1 ``Workspace``, with its account key when the user may
     list its secrets, else the user's Azure AD identity (``azure.identity``, when installed)."""
     datastore = workspace.get_default_datastore()
+    _check_blob(datastore, getattr(datastore, "datastore_type", None))
     key = getattr(datastore, "account_key", None)
     return StorageAccount(
         account_name=datastore.account_name,
@@ -309,6 +319,7 @@ def account_of_v2(ml_client: Any) -> StorageAccount:
     except Exception as error:
         datastore = datastores.get_default()
         why = f"its secrets could not be listed ({first_line(error)})"
+    _check_blob(datastore, getattr(datastore, "type", None))
     key = getattr(getattr(datastore, "credentials", None), "account_key", None)
     return StorageAccount(
         account_name=datastore.account_name,
@@ -318,6 +329,19 @@ def account_of_v2(ml_client: Any) -> StorageAccount:
         credential=None if key else getattr(ml_client, "_credential", None),
         why_no_key="" if key else why or "the default datastore gave no account key",
     )
+
+
+def _check_blob(datastore: Any, kind: Any) -> None:
+    """The relay's append blobs need a blob container: one line when the default datastore is
+    another kind (a file share, a data lake). Both SDKs name a blob datastore's kind
+    ``AzureBlob`` (SDK v2's as an enum's value)."""
+    kind = str(getattr(kind, "value", kind) or "AzureBlob")
+    if kind != "AzureBlob":
+        name = getattr(datastore, "name", "") or "the default datastore"
+        reason = f"the workspace's default datastore {name} is {kind}, not blob storage"
+        remedy = ("make a blob datastore the workspace's default (workspaceblobstore is one) "
+                  "for the storage relay")
+        raise RelayUnavailable(f"--via storage cannot relay: {reason}; {remedy}", reason, remedy)
 
 
 def _endpoint(datastore: Any) -> str:

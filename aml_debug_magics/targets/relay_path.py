@@ -1,14 +1,17 @@
 """Which way the debugger reaches a node (``--via``), and the notebook's end of the storage relay.
 
 In: the request's ``--via``, the workspace's storage account (``relay_blobs.StorageAccount``),
-and the announcements the followed steps make. Before the submit, :meth:`RelayPaths.prepare`
-makes and signs each debugged step's blobs and gives the variables its node reads. When a step
-announces itself, :meth:`RelayPaths.arrived` decides the path: ``storage`` always relays;
-``auto`` probes the node's own address first (``reachability.probe``) and relays only when this
-machine cannot reach it, without a new submit. Relaying serves ``127.0.0.1:<port>`` here
-(``relay.StorageRelay``); out goes the announcement the row shows (the node's own, or that local
-port) and one line saying which path is in use. A missed window, a closed port, the run's end or
-Stop end the step's relay and delete its blobs (their tokens expire anyway).
+and the announcements the followed steps make. Before the submit, :func:`choose_paths` settles
+the ``--via`` the nodes take (the default ``auto`` becomes ``listen``, with one line on the
+panel saying why, where the relay cannot be made or cannot carry the step) and
+:meth:`RelayPaths.prepare` makes and signs each relayed step's blobs and gives the variables its
+node reads. When a step announces itself, :meth:`RelayPaths.arrived` decides the path:
+``storage`` always relays; ``auto`` probes the node's own address first (``reachability.probe``)
+and relays only when this machine cannot reach it, without a new submit. Relaying serves
+``127.0.0.1:<port>`` here (``relay.StorageRelay``); out goes the announcement the row shows (the
+node's own, or that local port) and one line saying which path is in use. A missed window, a
+closed port, the run's end or Stop end the step's relay and delete its blobs (their tokens
+expire anyway).
 """
 
 from __future__ import annotations
@@ -18,17 +21,77 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from aml_debug_magics.failures import first_line
 from aml_debug_magics.node.announce import Announcement
-from aml_debug_magics.targets.relay_blobs import RelayBlobs, StorageAccount, make_relay_blobs
+from aml_debug_magics.sources.parallel import is_parallel_node, is_parallel_step
+from aml_debug_magics.targets.relay_blobs import (
+    MISSING_ROLE,
+    RelayBlobs,
+    RelayUnavailable,
+    StorageAccount,
+    make_relay_blobs,
+)
 
 if TYPE_CHECKING:
-    from aml_debug_magics.records import StepSpec
+    from aml_debug_magics.records import DebugRequest, StepSpec
     from aml_debug_magics.relay import StorageRelay
 
 RUN_LIMIT = 24 * 3600.0  # seconds the tokens outlive the attach window when a run sets no limit
 LONGEST_TOKEN = 7 * 24 * 3600.0  # a user delegation key lives at most 7 days
 VIA_STORAGE = "via storage"
 DIRECT = "direct"
+
+
+def choose_paths(
+    request: DebugRequest, account: Callable[[], StorageAccount], notes: list[str]
+) -> tuple[DebugRequest, RelayPaths | None, dict[str, dict[str, str]]]:
+    """The request as the nodes take it (its ``via`` settled), the relays of its steps, and the
+    variables each relayed step's node reads, by step name.
+
+    A typed ``--via storage`` or ``auto`` relays or fails the submit in one line. The default
+    (``request.via_default``) never fails it: it listens, and adds to ``notes`` one line
+    saying why, for several ranks, ``--connect`` (no note: the user chose it) and when the
+    relay's blobs cannot be made (naming the role that would allow them); a parallel step's
+    worker, which the relay does not reach, listens while the other steps keep ``auto``.
+    """
+    if request.via == "listen":
+        return request, None, {}
+    listening = dataclasses.replace(request, via="listen")
+    relayed = [spec for spec in request.steps if spec.debug]
+    if request.via_default:
+        if request.connect is not None:
+            return listening, None, {}
+        if not request.ranks.isdigit():
+            notes.append(f"--via listen: --ranks {request.ranks} makes several ranks wait and "
+                         "the storage relay carries one per step, so each rank is reached at "
+                         "its own port (--ranks 0 keeps the storage fallback)")
+            return listening, None, {}
+        parallel = [spec.name for spec in relayed if _is_parallel(spec)]
+        if parallel:
+            notes.append(f"{', '.join(parallel)}: --via listen, a parallel step's worker is "
+                         "reached at its own port (the storage relay does not reach it)")
+            relayed = [spec for spec in relayed if not _is_parallel(spec)]
+            if not relayed:
+                return listening, None, {}
+    paths = RelayPaths(account, request.timeout)
+    try:
+        return request, paths, paths.prepare(relayed)
+    except Exception as error:
+        paths.close()
+        if not request.via_default:
+            raise
+        if isinstance(error, RelayUnavailable):
+            reason, remedy = error.reason, error.remedy
+        else:  # the control plane's own refusal, before any storage account was named
+            reason = first_line(error)
+            remedy = f"ask for the {MISSING_ROLE} role on the workspace's default storage account"
+        notes.append(f"--via listen: the storage relay cannot be made ({reason}); {remedy} to "
+                     "have it as the fallback when the node's port cannot be reached")
+        return listening, None, {}
+
+
+def _is_parallel(spec: StepSpec) -> bool:
+    return is_parallel_step(spec.sdk_object) or is_parallel_node(spec.sdk_object)
 
 
 class RelayPaths:
@@ -61,7 +124,7 @@ class RelayPaths:
             host, port = announcement.addresses[0], announcement.port
             verdict = prober(host, port)
             if verdict == "reachable":
-                return announcement, DIRECT, f"{host}:{port} is reachable from here: attach to it"
+                return announcement, DIRECT, f"{host}:{port} is reachable from this machine"
             fell_back = f"{host}:{port} {verdict} from here; "
         port = self._start(step)
         shown = dataclasses.replace(announcement, addresses=("127.0.0.1",), port=port)

@@ -19,7 +19,6 @@ import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from aml_debug_magics.errors import DebugInputError
 from aml_debug_magics.sources import parallel
 from aml_debug_magics.targets.environment import (
     BOOTSTRAP,
@@ -99,11 +98,6 @@ def parallel_debug_copy(step: Any, request: DebugRequest, notes: list[str]) -> d
     """Make a ``ParallelRunStep`` run its debug copy: one node, one worker process, the shipped
     shim as its entry script (it starts debugpy in the worker and hands each call to the
     user's entry script); returns the fields it changed, as they were, to put back."""
-    if request.connect:
-        raise DebugInputError(
-            f"step {step.name!r} is a ParallelRunStep: its worker listens for the debugger; "
-            "--connect is not available for it yet"
-        )
     config = step._parallel_run_config
     fields = ("_script_name", "_arguments", "_runconfig", "_parallel_run_config", "_node_count",
               "_process_count_per_node", "_allow_reuse")

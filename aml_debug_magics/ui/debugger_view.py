@@ -43,10 +43,11 @@ class DebuggerView(anywidget.AnyWidget):
     Front end to kernel (``model.send``): ``{"action": "continue"|"next"|"stepIn"|"stepOut"|
     "pause"|"stop"}``, ``toggle_breakpoint`` (path, line), ``select_frame`` (frame_id),
     ``select_process`` (id), ``variables`` (variables_reference, request_id), ``full_value``
-    (variables_reference, name, request_id), ``evaluate`` (expression, frame_id, request_id),
-    ``exceptions`` (raised). Kernel to front end (``send``): ``{"reply": request_id,
-    "variables": [...]}``, ``{"reply": request_id, "value": str}``, ``{"reply": request_id,
-    "result": Variable | None, "error": str | None}``.
+    (variables_reference, name, request_id; ``variables_reference`` 0 with ``frame_id``: the
+    expression ``name`` evaluated again, for an evaluation's result), ``evaluate``
+    (expression, frame_id, request_id), ``exceptions`` (raised). Kernel to front end
+    (``send``): ``{"reply": request_id, "variables": [...]}``, ``{"reply": request_id,
+    "value": str}``, ``{"reply": request_id, "result": Variable | None, "error": str | None}``.
 
     Beyond the first agreement: ``title`` names the row being debugged ("main.py (main)");
     ``stop`` detaches and lets the script run on, as VS Code's stop does on an attach (the
@@ -54,7 +55,10 @@ class DebuggerView(anywidget.AnyWidget):
     side could not answer still gets its reply, with ``"error": str`` beside it. Opened on a
     script that still waits for its debugger, the view first stops before the script's first
     statement (``stopped.reason`` ``"entry"``), so breakpoints can be set before it runs on;
-    until a stop, ``source`` may be that script with ``line`` 0 (no current line).
+    while nothing is stopped, ``source`` is the row's script with ``line`` 0 (no current line),
+    a scoring script too, so its gutter takes breakpoints before the server's worker runs it.
+    ``frames`` leave out the bootstrap's own (the files that start the script under the
+    debugger).
     A stop comes as two snapshots: first the stack and the source (``scopes`` empty), so the
     line mark moves at once, then the same with the scopes (debugpy takes about 45 ms for each
     of ``scopes`` and ``variables``). ``message`` is empty while stopped unless something went
