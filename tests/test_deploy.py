@@ -95,6 +95,8 @@ def test_a_request_stops_in_run_and_gets_its_prediction(ip, app):
                        "prediction") == ["[[2, 3]]", "{'w': [0.5, 2.0]}", "[7.0]"]
     assert session.service.response == 'HTTP 200: {"prediction": [7.0]}'
     assert row.status == Status.ATTACHED and row.attached  # the row says so, not only Output
+    # the first debugger detached: a second one attaches to the same worker and stops again
+    assert read_in_run(session, app / "app" / "score.py", RUN_BREAK, "prediction") == ["[7.0]"]
     port = int(session.service.scoring_url.split(":")[2].split("/")[0])
     debug_port = row.announcement.port
     ip.run_line_magic("aml_debug_deploy", "--stop")
@@ -310,3 +312,53 @@ def test_get_model_path_finds_the_model_laid_out_as_azure_ml_does(ip, app):
     ip.run_line_magic("aml_debug_deploy", "--stop")
     assert sorted(p.name for p in (app / "app").iterdir()) == ["score.py"]
     assert (app / "model" / "weights.json").is_file()
+
+
+CHILD_SCORE = textwrap.dedent(
+    """\
+    import json
+    import subprocess
+    import sys
+
+    def init():
+        pass
+
+    def run(raw_data):
+        child = subprocess.run([sys.executable, "-c", "print(6 * 7)"], capture_output=True)
+        return {"child": child.stdout.decode().strip()}
+    """
+)
+
+
+@pytest.mark.parametrize("follow", [False, True])
+def test_processes_score_py_starts_are_debugged_when_asked(ip, app, monkeypatch, follow):
+    """By default debugpy answers from the worker (it serves sooner) and a process score.py
+    starts runs undebugged; AML_DEBUG_FOLLOW_CHILDREN=1 brings debugpy's adapter back, which
+    offers that process to the debugger (``debugpyAttach``, the event VS Code attaches on) and
+    holds it until a debugger attaches to it."""
+    (app / "app" / "score.py").write_text(CHILD_SCORE)
+    if follow:
+        monkeypatch.setenv("AML_DEBUG_FOLLOW_CHILDREN", "1")
+    session = deploy(ip)
+    row = session.rows[0]
+    wait_for(lambda: row.announcement, 60, "the worker to announce the debugger")
+    client = attach(row, {})
+    child = None
+    try:
+        sender = session.send_test_request()
+        if follow:
+            offered = client.event("debugpyAttach", 60)
+            assert offered["subProcessId"] != row.announcement.pid
+            child = DapClient.connect(offered["connect"]["host"], offered["connect"]["port"])
+            child.attach(offered, {})
+        sender.join(60)
+        assert session.service.response == 'HTTP 200: {"child": "42"}'
+        if not follow:
+            with pytest.raises(AssertionError):
+                client.event("debugpyAttach", 0)  # the child has run and ended: none came
+    finally:
+        for each in (child, client):
+            if each is not None:
+                each.close()
+        ip.run_line_magic("aml_debug_deploy", "--stop")
+    assert children_of() == []

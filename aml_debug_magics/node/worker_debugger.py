@@ -2,13 +2,17 @@
 
 In: ``AML_DEBUG_LISTEN`` (no debugger without it: a deployed image never opens a port),
 ``AML_DEBUG_USER_SCRIPT`` (relative to this file's folder, or absolute), ``AML_DEBUG_TIMEOUT``,
-``AML_DEBUG_WAIT_IN_INIT``, ``AML_DEBUG_JUST_MY_CODE`` and the source root. Out:
-:func:`debugger_of_this_worker`, the ``wait`` of ``bootstrap.debug_in_this_process`` (None
-without a listen address), which ``entry.py`` calls before the scoring script's ``init()``.
+``AML_DEBUG_WAIT_IN_INIT``, ``AML_DEBUG_JUST_MY_CODE``, ``AML_DEBUG_FOLLOW_CHILDREN`` and the
+source root. Out: :func:`debugger_of_this_worker`, the ``wait`` of
+``bootstrap.debug_in_this_process`` (None without a listen address), which ``entry.py`` calls
+before the scoring script's ``init()``.
 
-Started where the worker is forked (:func:`start_in_each_worker`, called by ``deploy/serve.py``
-in the server's main process), debugpy's adapter process starts while the worker still imports
-the server, instead of after it (``bench/bench_deploy.py`` measures what that saves). The start
+debugpy answers debuggers from the worker itself (with debugpy 1.8.22 or later), without the
+adapter process it would otherwise spawn and wait for, unless ``AML_DEBUG_FOLLOW_CHILDREN=1``
+asks for processes the scoring script starts to be debugged too. Started where the worker is
+forked (:func:`start_in_each_worker`, called by ``deploy/serve.py`` in the server's main
+process), debugpy is imported and listening while the worker still imports the server, instead
+of after it (``bench/bench_deploy.py`` measures what that saves). The start
 runs in a thread of its own and traces only that thread; the worker's main thread, which calls
 ``init()`` and ``run()``, and every other thread are put under the debugger when the main thread
 picks the result up, after the server's imports, which tracing would slow. Standard library and
@@ -28,6 +32,7 @@ except ImportError:  # shipped next to aml_debug_bootstrap.py
     sys.path.insert(0, _here)
     import aml_debug_bootstrap as bootstrap  # type: ignore[no-redef]
 
+FOLLOW_CHILDREN = "AML_DEBUG_FOLLOW_CHILDREN"  # "1": debug what score.py starts, slower start
 _starter = None  # the thread that starts it in a forked worker, if one was forked
 _outcome = []  # [wait] or [the error the start raised], once started
 
@@ -50,6 +55,9 @@ def _start(beside_the_worker: bool = False) -> None:
                 # an image
                 source_root=os.environ.get(bootstrap.SOURCE_ROOT_VARIABLE)
                 or os.environ.get("AML_APP_ROOT") or _here,
+                # debugpy answers from the worker, which then serves sooner, unless processes
+                # the scoring script starts are to be debugged too
+                follow_children=os.environ.get(FOLLOW_CHILDREN) == "1",
             )
         _outcome.append(wait)
     except BaseException as error:  # raised again in the worker's main thread
