@@ -19,6 +19,7 @@ import pytest
 from conftest import children_of, need_python_script_step, wait_for
 from dap_client import evaluate_at_first_stop
 from IPython.core.error import UsageError
+from test_bootstrap_attach import dap_answers
 from test_system import make_cluster  # noqa: F401  (the simulated cluster's fixture)
 
 from aml_debug_magics.records import Status
@@ -352,3 +353,27 @@ def test_on_the_cluster_an_sdk_v2_parallel_node_refuses_connect_before_a_submit(
         "debugger: drop --connect and attach to the port the panel shows")
     assert cluster.submitted == [] and current_session("job") is None
     assert children_of() == []
+
+
+def test_on_the_cluster_the_workers_port_admits_only_what_allow_names(
+    ip, project, make_cluster  # noqa: F811  (the fixture imported above)
+):
+    """``--allow`` reaches the worker's gate as it reaches any step's: a network this machine
+    is not on is refused before debugpy sees the connection, in one line of the node's log
+    (the tests above attach through the default, this machine)."""
+    make_cluster(datasets={"digits": project / "data" / "digits"})
+    assert ip.run_cell(FILE_STEP.format(threshold=10, layout=TWO_BY_TWO) + "ws = object()\n"
+                       ).success
+    ip.run_line_magic("aml_debug_pipeline", "batch_step --target azureml --workspace ws "
+                      "--timeout 90 --allow 10.99.99.0/24")
+    session = current_session("pipeline")
+    row = session.row("digit-identification")
+    wait_for(lambda: row.status == Status.WAITING or session.state in ("finished", "failed"),
+             90, "the worker to announce itself")
+    assert row.status == Status.WAITING, list(row.last_lines)
+    config = row.attach_config()
+    assert not dap_answers(config["connect"]["host"], config["connect"]["port"])
+    wait_for(lambda: any("refused 1 connection(s) from addresses not allowed" in line
+                         for line in row.last_lines), 30, "the refusal in the node's log")
+    session.stop()
+    assert session.state == "stopped"

@@ -287,19 +287,20 @@ _GATES_OF_THIS_PROCESS: list[GateHandle] = []
 
 def debug_in_this_process(
     listen: str, script: str, timeout: float | None, *, just_my_code: bool = True,
-    source_root: str | None = None, follow_children: bool = True,
+    source_root: str | None = None, follow_children: bool = True, allow: str = "any",
 ) -> Callable[[], bool]:
     """Start debugpy in this process behind the gate and announce it, for code the bootstrap
     does not run itself (a scoring script inside the inference server's worker).
 
     Returns ``wait``: it waits for a debugger until ``timeout`` runs out and says whether one
     came. The port stays open for the life of the process either way, so a debugger can attach
-    later; the gate ends debugpy's adapter when the process ends. Without ``follow_children``
+    later; the gate ends debugpy's adapter when the process ends, and admits the sources
+    ``allow`` names (``--allow``'s form). Without ``follow_children``
     debugpy answers from this process, which then starts sooner (``listen_on_loopback``).
     """
     address = parse_address(listen, "--listen")
     deadline = time.time() + timeout if timeout else None
-    gate_handle = GateHandle(bind_public_port(address))
+    gate_handle = GateHandle(bind_public_port(address), allow=allow)
     _GATES_OF_THIS_PROCESS.append(gate_handle)  # its control socket must live as long as we do
     debugger = Debugger()
     upstream, adapter_marker = debugger.listen_on_loopback(in_process=not follow_children)

@@ -313,6 +313,7 @@ def _debugged_worker() -> "tuple[Callable[[], bool], EntryScript]":
         float(os.environ.get("AML_DEBUG_TIMEOUT", "300")),
         just_my_code=os.environ.get("AML_DEBUG_JUST_MY_CODE", "1") == "1",
         source_root=os.environ.get(bootstrap.SOURCE_ROOT_VARIABLE) or here,
+        allow=os.environ.get("AML_DEBUG_ALLOW", "any"),  # who may attach, as for any step
     )
     return wait, EntryScript(script)
 

@@ -31,8 +31,8 @@ from aml_debug_magics.records import ShellCommand
 from aml_debug_magics.sources import parallel
 from aml_debug_magics.targets.environment import (
     BOOTSTRAP,
-    DEFAULT_PORT,
     bootstrap_options,
+    parallel_worker_environment,
     shipped_bootstrap,
     shipped_debugpy_note,
 )
@@ -160,10 +160,7 @@ def debug_parallel_node(name: str, node: Any, request: DebugRequest, notes: list
         node.component.task = task
     node.environment_variables = {
         **(node.environment_variables or {}),
-        "AML_DEBUG_LISTEN": f"0.0.0.0:{request.port or DEFAULT_PORT}",
-        "AML_DEBUG_USER_SCRIPT": entry_script,
-        "AML_DEBUG_TIMEOUT": f"{request.timeout:g}",
-        "AML_DEBUG_JUST_MY_CODE": "1" if request.just_my_code else "0",
+        **parallel_worker_environment(request, entry_script),
     }
     asked = (getattr(node.resources, "instance_count", None) or 1,
              node.max_concurrency_per_instance or 1)
@@ -171,8 +168,7 @@ def debug_parallel_node(name: str, node: Any, request: DebugRequest, notes: list
         node.resources.instance_count = 1
     node.max_concurrency_per_instance = 1
     notes.append(f"{name}: the debug copy runs on 1 instance with 1 worker process (the node "
-                 f"asks for {asked[0]} x {asked[1]}); the worker's debug port admits anyone who "
-                 "reaches it")
+                 f"asks for {asked[0]} x {asked[1]})")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -194,6 +194,18 @@ def bootstrap_options(request: DebugRequest) -> list[str]:
     ]
 
 
+def parallel_worker_environment(request: DebugRequest, entry_script: str) -> dict[str, str]:
+    """What the shipped parallel shim reads in the runner's worker (``node/parallel_entry.py``):
+    where to listen, the user's entry script, the window, and who may attach, as for any step."""
+    return {
+        "AML_DEBUG_LISTEN": f"0.0.0.0:{request.port or DEFAULT_PORT}",
+        "AML_DEBUG_USER_SCRIPT": entry_script,
+        "AML_DEBUG_TIMEOUT": f"{request.timeout:g}",
+        "AML_DEBUG_JUST_MY_CODE": "1" if request.just_my_code else "0",
+        "AML_DEBUG_ALLOW": allowed_sources(request.allow),
+    }
+
+
 def allowed_sources(choice: str) -> str:
     """Who the node's gate lets attach: by default this machine only (its own addresses) and
     the node itself (loopback, and its own addresses: an SSH tunnel through the node's sshd

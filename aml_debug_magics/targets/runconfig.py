@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 from aml_debug_magics.sources import parallel
 from aml_debug_magics.targets.environment import (
     BOOTSTRAP,
-    DEFAULT_PORT,
     bootstrap_options,
+    parallel_worker_environment,
     shipped_bootstrap,
     shipped_debugpy_note,
 )
@@ -113,10 +113,7 @@ def parallel_debug_copy(step: Any, request: DebugRequest, notes: list[str]) -> d
     runconfig.node_count = 1
     runconfig.environment_variables = {
         **(runconfig.environment_variables or {}),
-        "AML_DEBUG_LISTEN": f"0.0.0.0:{request.port or DEFAULT_PORT}",
-        "AML_DEBUG_USER_SCRIPT": config.entry_script,
-        "AML_DEBUG_TIMEOUT": f"{request.timeout:g}",
-        "AML_DEBUG_JUST_MY_CODE": "1" if request.just_my_code else "0",
+        **parallel_worker_environment(request, config.entry_script),
     }
     debug_config = copy.copy(config)
     debug_config.entry_script, debug_config.node_count = parallel.SHIM, 1
@@ -126,8 +123,7 @@ def parallel_debug_copy(step: Any, request: DebugRequest, notes: list[str]) -> d
         setattr(step, field, value)
     notes.append(
         f"{step.name}: the debug copy runs on 1 node with 1 worker process (the step asks for "
-        f"{config.node_count} x {config.process_count_per_node or 'one per core'}); the "
-        "worker's debug port admits anyone who reaches it"
+        f"{config.node_count} x {config.process_count_per_node or 'one per core'})"
     )
     return saved
 
