@@ -197,10 +197,12 @@ def idle_requests(endpoint: str, seconds: float) -> tuple[int, int]:
     after 10 s of settling. The node's end is relay.py's own ``Tunnel``, run in a thread here so
     its count can be read mid-run (the process only prints its total at the end)."""
     chains = make_chains(endpoint)
-    node = relay_wire.Tunnel(chains.node_up, chains.node_down, on_open=lambda channel: None)
+    keys = relay_wire.KeyPair()
+    node = relay_wire.Tunnel(chains.node_up, chains.node_down, keys=keys,
+                             on_open=lambda channel: None, silence=relay_wire.SILENCE_LIMIT)
     stop = threading.Event()
     threading.Thread(target=node.run_until, args=(stop.is_set,), daemon=True).start()
-    notebook = StorageRelay(chains.notebook_up, chains.notebook_down)
+    notebook = StorageRelay(chains.notebook_up, chains.notebook_down, keys.encoded)
     notebook.start()
     time.sleep(10)  # settling: the polls back off to their idle pace
     node_before, notebook_before = node.requests, notebook.requests
@@ -238,7 +240,8 @@ def main() -> None:
             relayed = Debuggee(folder, ["--via", "storage"], {
                 "AML_DEBUG_RELAY_UP": chains.node_up, "AML_DEBUG_RELAY_DOWN": chains.node_down})
             assert relayed.announced.wait(60), relayed.lines
-            relay = StorageRelay(chains.notebook_up, chains.notebook_down)
+            relay = StorageRelay(chains.notebook_up, chains.notebook_down,
+                                 relayed.announcement.relay_key)
             port = relay.start()
             relay_rt, relay_steps, stepping_rate = measure_session(
                 folder, lambda: port, args.rounds, args.steps, relay)

@@ -130,6 +130,21 @@ class DapClient:
     def resume(self) -> None:
         self.request("continue", threadId=self.stopped_thread)
 
+    def wait_closed(self, timeout: float = 30.0) -> list[dict[str, Any]]:
+        """Wait until the other end closes the connection; the messages that came first."""
+        seen: list[dict[str, Any]] = []
+
+        def record(message: dict[str, Any]) -> bool:
+            seen.append(message)
+            return False
+
+        try:
+            self._next(record, timeout)
+        except DapError as error:
+            if "closed" not in str(error):
+                raise
+        return seen
+
     def close(self) -> None:
         try:
             self.send("disconnect")

@@ -53,14 +53,26 @@ def storage(tmp_path_factory):
 # The wire
 
 
-def test_frames_rejoin_from_any_split():
-    stream = (relay_wire.encode_frame(1, relay_wire.OPEN)
-              + relay_wire.encode_frame(1, relay_wire.DATA, b"Content-Length: 2\r\n\r\n{}")
-              + relay_wire.encode_frame(2, relay_wire.DATA, b"x" * (relay_wire.MAX_PAYLOAD + 5))
-              + relay_wire.encode_frame(1, relay_wire.CLOSE))
-    reader, frames = relay_wire.FrameReader(), []
+KEY = b"k" * 32
+
+
+def sealed(*frames: tuple[int, int, bytes], key: bytes = KEY) -> bytes:
+    """``frames`` (kind, channel, payload) as one end seals them, numbered from the first."""
+    seal = relay_wire.FrameSeal(key)
+    return b"".join(seal.seal(*frame) for frame in frames)
+
+
+def test_frames_rejoin_from_any_split_and_each_is_checked():
+    stream = sealed((relay_wire.OPEN, 1, b""),
+                    (relay_wire.DATA, 1, b"Content-Length: 2\r\n\r\n{}"),
+                    *((relay_wire.DATA, 2, piece)
+                      for piece in relay_wire.pieces(b"x" * (relay_wire.MAX_PAYLOAD + 5))),
+                    (relay_wire.CLOSE, 1, b""))
+    reader, frames, check = relay_wire.FrameReader(), [], relay_wire.FrameSeal(KEY)
     for start in range(0, len(stream), 7):
         frames += reader.feed(stream[start : start + 7])
+    for frame in frames:
+        check.check(frame)
     assert [(f.kind, f.channel, len(f.payload)) for f in frames] == [
         (relay_wire.OPEN, 1, 0), (relay_wire.DATA, 1, 23),
         (relay_wire.DATA, 2, relay_wire.MAX_PAYLOAD), (relay_wire.DATA, 2, 5),
@@ -68,6 +80,23 @@ def test_frames_rejoin_from_any_split():
     ]
     with pytest.raises(relay_wire.StreamTampered):
         relay_wire.FrameReader().feed(b"\x09" + b"\x00" * 8)
+
+
+def test_a_frame_sealed_with_another_key_changed_or_replayed_is_refused():
+    """The tag covers the frame's number, header and payload: a forged, altered, replayed or
+    reordered frame fails its check."""
+    stream = sealed((relay_wire.DATA, 1, b"one"), (relay_wire.DATA, 1, b"two"))
+    first, second = relay_wire.FrameReader().feed(stream)
+    forged = relay_wire.FrameReader().feed(sealed((relay_wire.DATA, 1, b"one"), key=b"x" * 32))
+    altered = relay_wire.Frame(first.kind, first.channel, b"ONE", first.tag)
+    for frames in ([forged[0]], [altered], [first, first], [second, first]):
+        check = relay_wire.FrameSeal(KEY)
+        with pytest.raises(relay_wire.StreamTampered, match="tampered"):
+            for frame in frames:
+                check.check(frame)
+    check = relay_wire.FrameSeal(KEY)
+    check.check(first)
+    check.check(second)  # in order, as sealed: accepted
 
 
 def test_the_nodes_tokens_append_up_and_read_down_but_cannot_write_down_or_read_up(storage):
@@ -115,9 +144,9 @@ def test_ten_thousand_small_messages_rotate_through_the_chain(storage):
     writer = relay_wire.StreamWriter(chains.node_up, appends_per_blob=500)
     reader = relay_wire.StreamReader(chains.notebook_up)
     received: list[bytes] = []
+    writer.seal, reader.seal = relay_wire.FrameSeal(KEY), relay_wire.FrameSeal(KEY)
     for first in range(0, 10_000, 8):
-        writer.write(b"".join(relay_wire.encode_frame(1, relay_wire.DATA, b"%d" % number)
-                              for number in range(first, first + 8)))
+        writer.write([(relay_wire.DATA, 1, b"%d" % number) for number in range(first, first + 8)])
         if first % 1000 == 992:
             received += [frame.payload for frame in reader.poll()]
     received += [frame.payload for frame in reader.poll()]
@@ -125,10 +154,11 @@ def test_ten_thousand_small_messages_rotate_through_the_chain(storage):
     assert writer.blobs_used == 3
 
     short = make_chains(storage, length=2)
-    writer = relay_wire.StreamWriter(short.node_up, appends_per_blob=3)
+    writer = relay_wire.StreamWriter(short.node_up, appends_per_blob=3,
+                                     seal=relay_wire.FrameSeal(KEY))
     with pytest.raises(relay_wire.ChainExhausted, match="chain's last blob"):
         for _ in range(5):
-            writer.write(relay_wire.encode_frame(1, relay_wire.DATA, b"more"))
+            writer.write([(relay_wire.DATA, 1, b"more")])
 
 
 def test_stop_closes_the_port_and_deletes_the_down_blobs(storage):
@@ -139,7 +169,8 @@ def test_stop_closes_the_port_and_deletes_the_down_blobs(storage):
 
     for attach in (False, True):
         chains = make_chains(storage)
-        relay = StorageRelay(chains.notebook_up, chains.notebook_down)
+        relay = StorageRelay(chains.notebook_up, chains.notebook_down,
+                             relay_wire.KeyPair().encoded)
         port = relay.start()
         attached = socket.create_connection(("127.0.0.1", port), timeout=10) if attach else None
         relay.stop()
@@ -197,17 +228,28 @@ class NodeRun:
     """The bootstrap on the node (shipped files, a node Python), its output read as it comes."""
 
     def __init__(self, node, python: str, folder: Path, chains: Chains, *options: str,
-                 script_args: tuple[str, ...] = ()) -> None:
+                 script_args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
         self.lines: deque[str] = deque(maxlen=400)
         self.announcement: Announcement | None = None
+        self.chains = chains
         env = {"PATH": "/usr/bin:/bin", "AML_DEBUG_RELAY_UP": chains.node_up,
-               "AML_DEBUG_RELAY_DOWN": chains.node_down}
+               "AML_DEBUG_RELAY_DOWN": chains.node_down, **(env or {})}
         self.process = subprocess.Popen(
             [*node.launcher, python, "-u", "aml_debug_bootstrap.py", "--via", "storage",
              *options, "--", "train.py", *script_args],
             cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         threading.Thread(target=self._read, daemon=True).start()
+
+    def relay(self, **options) -> StorageRelay:
+        """The notebook's end, keyed with the node's announced public value."""
+        try:
+            wait_for(lambda: self.announcement, 60, "the announcement")
+        except BaseException:
+            self.process.kill()
+            raise
+        return StorageRelay(self.chains.notebook_up, self.chains.notebook_down,
+                            self.announcement.relay_key, **options)
 
     def _read(self) -> None:
         reader = LogReader()
@@ -253,9 +295,8 @@ def test_a_debugger_attaches_through_storage_steps_and_follows_a_child(
     folder = project(tmp_path)
     chains = make_chains(endpoint)
     run = NodeRun(node, python, folder, chains, "--timeout", "60")
-    relay = StorageRelay(chains.notebook_up, chains.notebook_down)
+    relay = run.relay()
     try:
-        wait_for(lambda: run.announcement, 60, "the announcement")
         assert (run.announcement.via, run.announcement.addresses) == ("storage", ("127.0.0.1",))
         port = relay.start()
         config = {"request": "attach", "connect": {"host": "127.0.0.1", "port": port},
@@ -306,9 +347,8 @@ def test_a_storage_outage_of_five_seconds_is_survived(tmp_path, storage_only_nod
     chains = make_chains(endpoint)
     run = NodeRun(node, node_python("3.13"), folder, chains, "--timeout", "60",
                   script_args=("--no-child",))
-    relay = StorageRelay(chains.notebook_up, chains.notebook_down)
+    relay = run.relay()
     try:
-        wait_for(lambda: run.announcement, 60, "the announcement")
         port = relay.start()
         client = DapClient.connect("127.0.0.1", port, timeout=30)
         client.attach({"request": "attach"},
@@ -436,14 +476,14 @@ def test_auto_offers_the_nodes_own_address_and_the_relay(tmp_path, storage):
          "train.py", "--no-child"],
         cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    reader, found = LogReader(), []
-    relay = StorageRelay(chains.notebook_up, chains.notebook_down)
+    reader, found, relay = LogReader(), [], None
     try:
         for line in process.stdout:
             found += [n for n in reader.feed(line) if isinstance(n, Announcement)]
             if found:
                 break
         announcement = found[0]
+        relay = StorageRelay(chains.notebook_up, chains.notebook_down, announcement.relay_key)
         assert announcement.via == "auto" and announcement.port != 0
         assert announcement.addresses == tuple(node_addresses("0.0.0.0"))
         client = DapClient.connect("127.0.0.1", relay.start(), timeout=30)
@@ -456,6 +496,7 @@ def test_auto_offers_the_nodes_own_address_and_the_relay(tmp_path, storage):
         assert process.wait(60) == 0
         client.close()
     finally:
-        relay.stop()
+        if relay is not None:
+            relay.stop()
         process.kill()
         process.communicate()

@@ -450,3 +450,41 @@ def test_by_default_an_sdk_v2_job_listens_where_its_datastore_secrets_are_refuse
     assert attach_and_read(row, project / "train" / "train.py", TRAIN_BREAK, "numbers") == (
         "[2, 7, 1]")
     assert session.wait(60) == "finished"
+
+
+def test_a_frame_appended_with_the_nodes_token_ends_the_relay_and_the_row_says_so(
+    ip, project, cluster, azurite  # noqa: F811
+):
+    """Anyone who can read the run's definition has the node's add-only token on "up": a frame
+    they append never reaches the debugger. The row says in one line that the relay's stream
+    was tampered with and the relay ended; the node is told, detaches, and the step runs on to
+    its end."""
+    from azure.storage.blob import BlobClient
+
+    assert ip.run_cell(PIPELINE).success
+    ip.run_line_magic("aml_debug_pipeline", "steps --step train --target azureml --workspace ws "
+                      "--timeout 120 --via storage")
+    session = current_session("pipeline")
+    train = session.row("train")
+    wait_for(lambda: train.status == Status.WAITING and train.path, 90, "train to be relayed")
+    host, port = train.address.split(":")
+    client = DapClient.connect(host, int(port))
+    try:
+        client.attach(train.attach_config(), {str(project / "train" / "train.py"): [TRAIN_BREAK]})
+        client.wait_stopped(60)
+        up = cluster.seen_variables[0]["train"]["AML_DEBUG_RELAY_UP"].split()[0]
+        body = (b'{"seq": 900, "type": "event", "event": "output", "body": {"output": '
+                b'"attacker text"}}')
+        frame = b"Content-Length: %d\r\n\r\n" % len(body) + body
+        BlobClient.from_blob_url(up).append_block(
+            bytes([2]) + (1).to_bytes(4, "big") + len(frame).to_bytes(4, "big") + frame)
+        wait_for(lambda: train.port_closed, 30, "the row to say the relay ended")
+        assert train.detail.startswith("the storage relay ended: the relay's stream was "
+                                       "tampered with"), train.detail
+        assert "\n" not in train.detail
+        seen = client.wait_closed(30)
+        assert not any("attacker" in str(message) for message in seen)
+    finally:
+        client.close()
+    assert session.wait(90) == "finished"
+    assert any("trained on [3, 1, 4, 1, 5] total 14" in line for line in train.last_lines)

@@ -63,6 +63,9 @@ class Announcement:
     # "listen": attach to addresses[0]:port; "storage": only through the storage relay (the
     # port is debugpy's on the node's loopback); "auto": either
     via: str = "listen"
+    # the node's relay's public value (relay_wire.KeyPair): the notebook's end keys the relay
+    # with it; only the node writes this line, so no reader of the run can stand in for it
+    relay_key: str | None = None
     source: str = "aml_debug"  # or "guide": read from the guide's human lines
 
     def seconds_left(self, now: float) -> float | None:
@@ -114,6 +117,8 @@ def format_announcement(announcement: Announcement) -> str:
     del body["source"]
     if announcement.via == "listen":  # the line stays as readers before the relay knew it
         del body["via"]
+    if announcement.relay_key is None:
+        del body["relay_key"]
     return f"{PREFIX} v{VERSION} announce {json.dumps(body, sort_keys=True)}"
 
 
@@ -182,6 +187,7 @@ def parse_line(line: str) -> Announcement | AttachOutcome | PortClosed | None:
             just_my_code=bool(body.get("just_my_code", True)),
             source_root=body.get("source_root"),
             via=str(body.get("via", "listen")),
+            relay_key=body.get("relay_key"),
         )
     except (KeyError, TypeError, ValueError):
         return None

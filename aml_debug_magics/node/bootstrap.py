@@ -226,6 +226,7 @@ def debug_and_run(options: Options, rank: Rank) -> int:
                 just_my_code=options.just_my_code,
                 source_root=options.source_root or None,
                 via=options.via,
+                relay_key=relay_handle.public_key if relay_handle is not None else None,
             ),
             options.timeout,
         )

@@ -320,11 +320,16 @@ class RelayHandle:
     """
 
     def __init__(self, gate_address: Address) -> None:
+        keys = relay.relay_wire.KeyPair()
+        self.public_key = keys.encoded  # the announcement carries it: only this node writes that
         self._process = subprocess.Popen(
             [sys.executable, "-u", os.path.abspath(relay.__file__),
              "--host", gate_address.host, "--port", str(gate_address.port)],
             stdin=subprocess.PIPE,
         )
+        with contextlib.suppress(OSError):  # a relay that died at once is told by when_gone
+            self._process.stdin.write(f"{keys.secret:x}\n".encode())  # type: ignore[union-attr]
+            self._process.stdin.flush()  # type: ignore[union-attr]
         self._released = False
 
     def when_gone(self, action: Callable[[], None]) -> None:

@@ -2,17 +2,22 @@
 debug port on this machine's loopback.
 
     AML_DEBUG_RELAY_UP=<chain> AML_DEBUG_RELAY_DOWN=<chain> \\
-        python aml_debug_relay.py --port P [--host 127.0.0.1] [--stop-file PATH]
+        python aml_debug_relay.py --port P [--host 127.0.0.1] [--stop-file PATH] < secret
 
-In: frames read from the "down" chain (the node's read-only SAS): on ``OPEN`` it connects to
-HOST:PORT (the gate in front of debugpy), ``DATA`` goes to that connection, ``CLOSE`` closes it.
-Out: what the debugger writes, as frames appended to the "up" chain (add-only SAS). Chains and
-frames are ``relay_wire.py``'s. A process of its own, so debugpy never traces or suspends it.
+In: the first line of its standard input, this end's Diffie-Hellman secret (hex; the bootstrap
+announces the matching public value in its log, which only the node writes); then frames read
+from the "down" chain (the node's read-only SAS), starting with the notebook's ``KEY``: on
+``OPEN`` it connects to HOST:PORT (the gate in front of debugpy), ``DATA`` goes to that
+connection, ``CLOSE`` closes it. Out: what the debugger writes, as sealed frames appended to the
+"up" chain (add-only SAS). Chains, keys and frames are ``relay_wire.py``'s. A process of its
+own, so debugpy never traces or suspends it.
 
 It ends when its standard input closes (the bootstrap ends, or tells it nobody attached) once
-no connection is open (or :data:`DRAIN_LIMIT` seconds later), when ``--stop-file`` appears, or
-when storage fails for good. Its log names the blobs, never their signatures. Standard library
-only: this file travels into a run's snapshot as ``aml_debug_relay.py``.
+no connection is open (or :data:`DRAIN_LIMIT` seconds later), when ``--stop-file`` appears, when
+the notebook says ``BYE`` or falls silent, or when storage fails for good; every connection to
+the debugger closes then, so a paused debuggee runs on. Exit status: 0, or 1 with one line
+saying why. Its log names the blobs, never their signatures. Standard library only: this file
+travels into a run's snapshot as ``aml_debug_relay.py``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ except ImportError:  # shipped into a run's snapshot beside this file
         RELAY_UP_VARIABLE,
     )
 
+SILENCE_VARIABLE = "AML_DEBUG_RELAY_SILENCE"  # --silence's default, where the bootstrap starts it
 DRAIN_LIMIT = 30.0  # after the bootstrap ends, open debug sessions get this long to finish
 CONNECT_TIMEOUT = 5.0
 
@@ -47,10 +53,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--stop-file", default=None)
+    parser.add_argument(
+        "--silence", type=float,
+        default=float(os.environ.get(SILENCE_VARIABLE) or relay_wire.SILENCE_LIMIT),
+        help="seconds without a frame from the notebook before the debugger is detached")
     args = parser.parse_args(argv)
     up, down = os.environ.get(RELAY_UP_VARIABLE, ""), os.environ.get(RELAY_DOWN_VARIABLE, "")
     if not up.strip() or not down.strip():
         say(f"${RELAY_UP_VARIABLE} and ${RELAY_DOWN_VARIABLE} must hold the blob URLs")
+        return 2
+    # the raw descriptor, never sys.stdin: a thread blocked in a buffered read holds its lock,
+    # and the interpreter's exit then aborts ("could not acquire lock for <stdin>")
+    first, rest = _read_line(0)
+    try:
+        keys = relay_wire.KeyPair(int(first, 16))
+    except ValueError:
+        say("the first line of standard input must be this end's secret (hex)")
         return 2
 
     def connect(channel: int) -> socket.socket | None:
@@ -63,12 +81,13 @@ def main(argv: list[str]) -> int:
         connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return connection
 
-    tunnel = relay_wire.Tunnel(up, down, on_open=connect)
+    tunnel = relay_wire.Tunnel(up, down, keys=keys, on_open=connect,
+                               silence=args.silence)
     parent_gone = threading.Event()
     gone_since: list[float] = []
 
     def watch_parent() -> None:
-        while sys.stdin.buffer.read(4096):
+        while rest and os.read(0, 4096):
             pass
         gone_since.append(time.monotonic())
         parent_gone.set()
@@ -87,11 +106,26 @@ def main(argv: list[str]) -> int:
 
     tunnel.run_until(done)
     tunnel.close()
+    if isinstance(tunnel.error, relay_wire.NotebookSilent):
+        say(f"stopped: {tunnel.error}: the debugger is detached and the script runs on")
+        return 1
     if tunnel.error is not None:
         say(f"stopped: {tunnel.error}")
         return 1
-    say(f"ended ({tunnel.requests} storage requests)")
+    by = "; the notebook ended it" if tunnel.bye_heard.is_set() else ""
+    say(f"ended ({tunnel.requests} storage requests{by})")
     return 0
+
+
+def _read_line(descriptor: int) -> tuple[str, bool]:
+    """The first line of ``descriptor`` and whether more may follow (no end of file yet)."""
+    line = b""
+    while not line.endswith(b"\n"):
+        data = os.read(descriptor, 1)
+        if not data:
+            return line.decode(errors="replace").strip(), False
+        line += data
+    return line.decode(errors="replace").strip(), True
 
 
 if __name__ == "__main__":

@@ -406,8 +406,13 @@ class StepFollower:
     def _relayed(self, paths: RelayPaths, news: Announcement) -> None:
         """The row shows the path the debugger takes: the node's own address, or this
         machine's end of the storage relay."""
+        def ended(reason: str) -> None:
+            self.events.step_news(self.name, PortClosed(
+                f"the storage relay ended: {reason}; the debugger is detached and the script "
+                "runs on", news.rank))
+
         try:
-            shown, path, line = paths.arrived(self.name, news, self.target.prober)
+            shown, path, line = paths.arrived(self.name, news, self.target.prober, ended)
         except Exception as error:
             self.events.step_news(self.name, news)
             self.events.step_reachability(

@@ -1,16 +1,29 @@
-"""The storage relay's blobs: made in the workspace's default datastore, and signed for each side.
+"""The storage relay's blobs: made in the workspace's default datastore, signed for each side,
+deleted when the relay ends, and swept by the next session when they outlived it.
 
 In: the workspace (an SDK v1 ``Workspace`` or an SDK v2 ``MLClient``, through its seam's
 ``relay_account()``) and how long the relay may live (the attach window plus the run's time
-limit). Out: :class:`RelayBlobs`, the blob-scoped SAS URLs of both sides and ``delete()``.
+limit). Out: :class:`RelayBlobs`, the blob-scoped SAS URLs of both sides and ``delete()``; and
+:func:`sweep`, which deletes the folders earlier sessions left once their tokens have expired.
 
-The node gets two blob-scoped tokens: add-only (``a``) on each "up" blob and read-only (``r``) on
-each "down" blob; only the notebook holds write on "down". Anyone who can read the run's
-definition can read what the debugger sends and add bytes to "up", but cannot drive the
-debuggee. A direction is a chain of blobs (``up``, ``up.1``...), moved along well before an
-append blob's 50,000 appends (``node/relay_wire.py``: its naming, and the chain's URLs
-space-separated in one variable); a blob-scoped token names one blob, so every blob of both
-chains is made and signed here, before the submit.
+Tokens. The node gets two blob-scoped tokens: add-only (``a``) on each "up" blob and read-only
+(``r``) on each "down" blob; only the notebook holds write on "down". Anyone who can read the
+run's definition can read what the debugger sends and add bytes to "up", but cannot drive the
+debuggee, and only until the tokens expire, with the attach window plus the run's time limit.
+A token for an ``https`` endpoint travels over HTTPS only (``spr=https``); only a plain ``http``
+endpoint (Azurite's) gets ``https,http``. A direction is a chain of blobs (``up``, ``up.1``...),
+moved along well before an append blob's 50,000 appends (``node/relay_wire.py``: its naming, and
+the chain's URLs space-separated in one variable); a blob-scoped token names one blob, so every
+blob of both chains is made and signed here, before the submit.
+
+Lifetime. A relay's blobs share one folder, ``aml-debug-relay/<expiry>-<random hex>-<step>/``,
+whose name starts with its tokens' expiry (UTC, ``yyyymmddThhmmssZ``). Deleting never uses the
+relay's own tokens, which may have expired: :meth:`RelayBlobs.delete` and :func:`sweep` sign
+fresh ones living :data:`DELETE_TOKEN`, with the account key or a user delegation key asked for
+then. What a killed kernel leaves stays until that expiry; then the next session's sweep deletes
+it (a folder named without its expiry: once its blobs have been unchanged for longer than the
+longest token). A sweep costs one List Blobs (5,000 names a page) and a Delete Blob per expired
+blob.
 
 Signing: with the datastore's account key when the user may list its secrets, else with a user
 delegation key got with the user's own Azure AD identity; the string-to-sign is the one
@@ -23,14 +36,18 @@ from __future__ import annotations
 
 import base64
 import datetime
+import email.utils
 import hashlib
 import hmac
+import http.client
+import re
 import secrets
 import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +59,10 @@ from aml_debug_magics.node.relay_wire import CHAIN_LENGTH, AppendBlob, chain_nam
 SAS_VERSION = "2022-11-02"
 PREFIX = "aml-debug-relay"  # the folder of the datastore's container the relay's blobs go in
 CLOCK_SKEW = datetime.timedelta(minutes=5)  # a token is valid from a little before now
+DELETE_TOKEN = datetime.timedelta(minutes=10)  # the life of a token signed to delete or list
+EXPIRY_IN_NAME = "%Y%m%dT%H%M%SZ"  # how a relay folder's name starts: its tokens' expiry
+LIST_PAGE = 5000  # names per List Blobs answer (the service's most)
+REQUEST_TIMEOUT = 30.0
 STORAGE_SCOPE = "https://storage.azure.com/.default"
 MISSING_ROLE = "Storage Blob Data Contributor"
 
@@ -49,6 +70,10 @@ MISSING_ROLE = "Storage Blob Data Contributor"
 # and deletes both, and is the only one that writes down
 NODE_UP, NODE_DOWN = "a", "r"
 NOTEBOOK_UP, NOTEBOOK_DOWN = "rcd", "cwd"
+
+# a relay folder's name: its tokens' expiry first; before that was in it, a random hex first
+_DATED_FOLDER = re.compile(r"(?P<expiry>\d{8}T\d{6}Z)-[0-9a-f]{16}-[^/]+")
+_UNDATED_FOLDER = re.compile(r"[0-9a-f]{16}-[^/]+")
 
 
 class RelayUnavailable(DebugInputError):
@@ -93,26 +118,48 @@ class StorageAccount:
     def blob_url(self, blob: str) -> str:
         return f"{self.blob_endpoint.rstrip('/')}/{self.container}/{urllib.parse.quote(blob)}"
 
+    @property
+    def where(self) -> str:
+        """The account and container, as lines name them."""
+        return f"{self.account_name}/{self.container}"
+
+
+def allowed_protocols(endpoint: str) -> str:
+    """The protocols a token for ``endpoint`` allows (``spr``): HTTPS only, but for a plain
+    ``http`` endpoint (Azurite's), which HTTPS cannot reach.
+
+    >>> allowed_protocols("https://acct.blob.core.windows.net")
+    'https'
+    >>> allowed_protocols("http://127.0.0.1:10000/devstoreaccount1")
+    'https,http'
+    """
+    return "https,http" if urllib.parse.urlsplit(endpoint).scheme == "http" else "https"
+
 
 def sas_token(
-    account: StorageAccount, blob: str, permissions: str, expiry: datetime.datetime,
+    account: StorageAccount, blob: str | None, permissions: str, expiry: datetime.datetime,
     *, start: datetime.datetime | None = None, key: UserDelegationKey | None = None,
-    protocols: str = "https,http",
 ) -> str:
-    """A blob-scoped SAS query string (``sr=b``) for ``blob`` in the account's container, signed
-    with the account key, or with ``key`` (a user delegation SAS) when given.
+    """A blob-scoped SAS query string (``sr=b``) for ``blob`` in the account's container, or a
+    container-scoped one (``sr=c``) when ``blob`` is None; signed with the account key, or with
+    ``key`` (a user delegation SAS) when given. It allows the endpoint's own protocol
+    (:func:`allowed_protocols`).
 
     >>> account = StorageAccount("acct", "c", "https://acct.blob.core.windows.net",
     ...                          account_key=base64.b64encode(b"k" * 64).decode())
     >>> at = datetime.datetime(2026, 12, 2, tzinfo=datetime.timezone.utc)
-    >>> sas_token(account, "up", "a", at, start=at).split("&")[:4]
-    ['sv=2022-11-02', 'sp=a', 'st=2026-12-02T00:00:00Z', 'se=2026-12-02T00:00:00Z']
+    >>> sas_token(account, "up", "a", at, start=at).split("&")[:5]
+    ['sv=2022-11-02', 'sp=a', 'st=2026-12-02T00:00:00Z', 'se=2026-12-02T00:00:00Z', 'spr=https']
     """
+    scope = "c" if blob is None else "b"
+    protocols = allowed_protocols(account.blob_endpoint)
     fields = {
         "sv": SAS_VERSION, "sp": permissions, "st": _iso(start) if start else "",
-        "se": _iso(expiry), "spr": protocols, "sr": "b",
+        "se": _iso(expiry), "spr": protocols, "sr": scope,
     }
-    resource = f"/blob/{account.account_name}/{account.container}/{blob}"
+    resource = f"/blob/{account.account_name}/{account.container}"
+    if blob is not None:
+        resource = f"{resource}/{blob}"
     if key is None:
         if not account.account_key:
             raise ValueError("an account key or a user delegation key signs a SAS")
@@ -128,7 +175,7 @@ def sas_token(
     string_to_sign = "\n".join([
         permissions, fields["st"], fields["se"], resource, *middle,
         "",  # signedIP
-        protocols, SAS_VERSION, "b",
+        protocols, SAS_VERSION, scope,
         "", "",  # snapshot time, encryption scope
         "", "", "", "", "",  # rscc, rscd, rsce, rscl, rsct
     ])
@@ -154,7 +201,7 @@ def user_delegation_key(
     try:
         # a context of its own: the machine's trust store as it is now (SSL_CERT_FILE included)
         context = ssl.create_default_context()
-        with urllib.request.urlopen(request, timeout=30, context=context) as answer:
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT, context=context) as answer:
             found = ElementTree.fromstring(answer.read())
     except urllib.error.HTTPError as error:
         if error.code in (401, 403):
@@ -184,6 +231,7 @@ class RelayBlobs:
 
     ``node_up`` / ``node_down`` go into the node's environment (:meth:`node_environment`);
     ``notebook_up`` / ``notebook_down`` stay in the notebook, for ``relay.StorageRelay``.
+    ``account`` signs again to delete them; ``expiry`` is when their tokens expire.
     """
 
     names: tuple[str, ...]  # every blob made, for the log and for delete
@@ -191,6 +239,13 @@ class RelayBlobs:
     node_down: BlobPair = field(repr=False)
     notebook_up: BlobPair = field(repr=False)
     notebook_down: BlobPair = field(repr=False)
+    account: StorageAccount = field(repr=False)
+    expiry: datetime.datetime
+    left_behind: str = field(default="", init=False)  # what the last delete() could not delete
+
+    @property
+    def folder(self) -> str:
+        return self.names[0].rsplit("/", 1)[0]
 
     def node_environment(self) -> dict[str, str]:
         """The variables the node's relay reads: each direction's blob URLs, space-separated
@@ -204,13 +259,21 @@ class RelayBlobs:
         """The notebook's up and down chains, as ``relay.StorageRelay`` takes them."""
         return " ".join(self.notebook_up.urls), " ".join(self.notebook_down.urls)
 
-    def delete(self) -> None:
-        """Delete every blob of the relay, best effort (they expire with their tokens anyway)."""
-        for url in (*self.notebook_up.urls, *self.notebook_down.urls):
-            try:
-                AppendBlob(url).delete()
-            except Exception:  # gone already, or storage unreachable: the tokens expire
-                continue
+    def delete(self) -> tuple[str, ...]:
+        """Delete every blob of the relay with tokens signed now (the relay's own may have
+        expired). Best effort, never raises: returns the names still there, and
+        :attr:`left_behind` says in one line what stays and until when ("" when nothing does).
+        """
+        try:
+            left, reason = _delete_blobs(self.account, self.names, _fresh_key(self.account))
+        except Exception as error:  # no key to sign with: the user's identity was refused
+            left, reason = list(self.names), first_line(error)
+        self.left_behind = "" if not left else (
+            f"{len(left)} of the storage relay's {len(self.names)} blobs stay in "
+            f"{self.account.where}/{self.folder}/ ({reason}): their tokens expire "
+            f"{_iso(self.expiry)}, then the next session's sweep deletes them"
+        )
+        return tuple(left)
 
 
 def make_relay_blobs(
@@ -222,12 +285,13 @@ def make_relay_blobs(
     Raises ``DebugInputError`` naming the missing role when neither the account key nor a user
     delegation key can sign, or when the blobs cannot be made.
     """
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or _now()
     start, expiry = now - CLOCK_SKEW, now + datetime.timedelta(seconds=lifetime)
     key = None
     if not account.account_key:
         key = _delegation_key(account, start, expiry)
-    folder = f"{PREFIX}/{secrets.token_hex(8)}-{_safe(step)}"
+    stamp = expiry.astimezone(datetime.timezone.utc).strftime(EXPIRY_IN_NAME)
+    folder = f"{PREFIX}/{stamp}-{secrets.token_hex(8)}-{_safe(step)}"
     names_up = chain_names(f"{folder}/up", chain_length)
     names_down = chain_names(f"{folder}/down", chain_length)
 
@@ -242,17 +306,195 @@ def make_relay_blobs(
         names=(*names_up, *names_down),
         node_up=pair(names_up, NODE_UP), node_down=pair(names_down, NODE_DOWN),
         notebook_up=pair(names_up, NOTEBOOK_UP), notebook_down=pair(names_down, NOTEBOOK_DOWN),
+        account=account, expiry=expiry,
     )
     try:
         for url in (*blobs.notebook_up.urls, *blobs.notebook_down.urls):
-            AppendBlob(url).create()
+            blob = AppendBlob(url)
+            try:
+                blob.create()
+            finally:
+                blob.close()
     except Exception as error:
         blobs.delete()
-        reason = (f"cannot make the relay's blobs in {account.account_name}/{account.container} "
+        reason = (f"cannot make the relay's blobs in {account.where} "
                   f"({first_line(error)})")
         raise RelayUnavailable(f"{reason}: {_role_needed(account)}", reason,
                                _role_needed(account)) from None
     return blobs
+
+
+def sweep(
+    account: StorageAccount, *, undated_after: float, now: datetime.datetime | None = None,
+    page: int = LIST_PAGE,
+) -> str:
+    """Delete the blobs of every relay folder in ``account`` whose tokens have expired (what a
+    killed kernel left); best effort, never raises: "" when done, else one line saying what
+    stays.
+
+    Only names under ``aml-debug-relay/`` are listed, and only folders named as
+    :func:`make_relay_blobs` names them are deleted: ``<expiry>-<hex>-<step>`` once ``expiry``
+    is :data:`CLOCK_SKEW` past (this machine's clock may run ahead); ``<hex>-<step>`` (named
+    before the expiry was in the name) once none of its blobs has changed for ``undated_after``
+    seconds, the longest its tokens lived. A live folder's tokens still work: it is kept.
+    ``now`` is when expiry is judged (this machine's clock unless given); tokens are signed by
+    the clock.
+    """
+    now = now or _now()
+    try:
+        key = _fresh_key(account)
+        expired = _expired(_listed(account, key, page), now, undated_after)
+        left, reason = _delete_blobs(account, expired, key)
+    except Exception as error:
+        return (f"the storage relay's expired blobs in {account.where} were not swept "
+                f"({first_line(error)}); the next session tries again")
+    if left:
+        return (f"{len(left)} expired blobs of the storage relay stay in {account.where}/"
+                f"{PREFIX}/ ({reason}); the next session tries again")
+    return ""
+
+
+def folder_expiry(
+    folder: str, last_modified: datetime.datetime, undated_after: float
+) -> datetime.datetime | None:
+    """When a relay folder's tokens expire: from its name, or for a folder named without it,
+    ``undated_after`` seconds after its blobs last changed; None for a name not the relay's.
+
+    >>> at = datetime.datetime(2026, 12, 2, tzinfo=datetime.timezone.utc)
+    >>> folder_expiry("20261202T120000Z-0123456789abcdef-train", at, 60).isoformat()
+    '2026-12-02T12:00:00+00:00'
+    >>> folder_expiry("0123456789abcdef-train", at, 60).isoformat()
+    '2026-12-02T00:01:00+00:00'
+    """
+    dated = _DATED_FOLDER.fullmatch(folder)
+    if dated:
+        try:
+            moment = datetime.datetime.strptime(dated["expiry"], EXPIRY_IN_NAME)
+        except ValueError:
+            return None
+        return moment.replace(tzinfo=datetime.timezone.utc)
+    if _UNDATED_FOLDER.fullmatch(folder):
+        return last_modified + datetime.timedelta(seconds=undated_after)
+    return None
+
+
+def _expired(
+    listed: Iterator[tuple[str, datetime.datetime]], now: datetime.datetime, undated_after: float
+) -> list[str]:
+    """The names of every blob of the listed relay folders whose tokens have expired."""
+    folders: dict[str, list[tuple[str, datetime.datetime]]] = {}
+    for name, modified in listed:
+        parts = name.split("/")
+        if len(parts) >= 3 and parts[0] == PREFIX:  # a folder's blob, never one beside them
+            folders.setdefault(parts[1], []).append((name, modified))
+    expired = []
+    for folder, blobs in folders.items():
+        expiry = folder_expiry(folder, max(modified for _, modified in blobs), undated_after)
+        if expiry is not None and expiry + CLOCK_SKEW <= now:
+            expired.extend(name for name, _ in blobs)
+    return expired
+
+
+def _listed(
+    account: StorageAccount, key: UserDelegationKey | None, page: int
+) -> Iterator[tuple[str, datetime.datetime]]:
+    """Each blob under ``aml-debug-relay/`` and when it last changed ("List Blobs", with a
+    container token that may list only)."""
+    now = _now()
+    token = sas_token(account, None, "l", now + DELETE_TOKEN, start=now - CLOCK_SKEW, key=key)
+    container = f"{account.blob_endpoint.rstrip('/')}/{account.container}"
+    marker = ""
+    with _Connection(account) as connection:
+        while True:
+            query = urllib.parse.urlencode({
+                "restype": "container", "comp": "list", "prefix": f"{PREFIX}/",
+                "maxresults": page, **({"marker": marker} if marker else {}),
+            })
+            status, body = connection.send("GET", f"{container}?{query}&{token}")
+            if status != 200:
+                raise OSError(f"listing {PREFIX}/ answered HTTP {status}")
+            answer = ElementTree.fromstring(body)
+            for blob in answer.iter("Blob"):
+                modified = blob.findtext("Properties/Last-Modified") or ""
+                yield blob.findtext("Name") or "", email.utils.parsedate_to_datetime(modified)
+            marker = answer.findtext("NextMarker") or ""
+            if not marker:
+                return
+
+
+def _delete_blobs(
+    account: StorageAccount, names: tuple[str, ...] | list[str], key: UserDelegationKey | None
+) -> tuple[list[str], str]:
+    """Delete ``names``, each with a delete-only token signed now; the names still there and
+    why (a blob already gone counts as deleted). A network failure leaves the rest."""
+    now = _now()
+    start, expiry = now - CLOCK_SKEW, now + DELETE_TOKEN
+    left: list[str] = []
+    reason = ""
+    with _Connection(account) as connection:
+        for done, name in enumerate(names):
+            token = sas_token(account, name, "d", expiry, start=start, key=key)
+            try:
+                status = connection.send("DELETE", f"{account.blob_url(name)}?{token}")[0]
+            except OSError as error:
+                return [*left, *names[done:]], reason or first_line(error)
+            if status not in (202, 404):
+                left.append(name)
+                reason = reason or f"storage answered HTTP {status}"
+    return left, reason
+
+
+class _Connection:
+    """Requests to the account's blob service on one kept-alive connection, each authorized by
+    the SAS in its URL; a network failure raises OSError."""
+
+    def __init__(self, account: StorageAccount) -> None:
+        parts = urllib.parse.urlsplit(account.blob_endpoint)
+        if parts.scheme == "https":
+            # a context of its own: the machine's trust store as it is now (SSL_CERT_FILE too)
+            self._connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+                parts.netloc, timeout=REQUEST_TIMEOUT, context=ssl.create_default_context())
+        else:
+            self._connection = http.client.HTTPConnection(parts.netloc, timeout=REQUEST_TIMEOUT)
+
+    def send(self, method: str, url: str) -> tuple[int, bytes]:
+        """One idempotent request (GET, DELETE): its status and body."""
+        parts = urllib.parse.urlsplit(url)
+        target = f"{parts.path}?{parts.query}"
+        try:
+            return self._once(method, target)
+        except (ConnectionResetError, BrokenPipeError):
+            self._connection.close()  # the service closed the kept-alive connection: once more
+            return self._once(method, target)
+
+    def _once(self, method: str, target: str) -> tuple[int, bytes]:
+        try:
+            self._connection.request(method, target, headers={"x-ms-version": SAS_VERSION})
+            response = self._connection.getresponse()
+            return response.status, response.read()
+        except http.client.RemoteDisconnected:  # a ConnectionResetError too
+            raise
+        except http.client.HTTPException as error:
+            self._connection.close()
+            raise OSError(f"{method}: {type(error).__name__}") from None
+
+    def __enter__(self) -> _Connection:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self._connection.close()
+
+
+def _fresh_key(account: StorageAccount) -> UserDelegationKey | None:
+    """What signs a token made now to delete or list: the account key (None), else a user
+    delegation key asked for now; raises when neither can be had."""
+    now = _now()
+    if account.account_key:
+        return None
+    if account.credential is None:
+        raise PermissionError(f"{account.why_no_key or 'no account key'}, and no Azure AD "
+                              "identity to sign with")
+    return user_delegation_key(account, now - CLOCK_SKEW, now + DELETE_TOKEN)
 
 
 def _delegation_key(
@@ -280,6 +522,10 @@ def _role_needed(account: StorageAccount) -> str:
             "(or the right to list the workspace's datastore secrets)")
 
 
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
 def _iso(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -287,7 +533,6 @@ def _iso(moment: datetime.datetime) -> str:
 def _safe(step: str) -> str:
     """A step's name as a blob name part: letters, digits, ``-`` and ``_`` only."""
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in step)[:40] or "step"
-
 
 # ---------------------------------------------------------------------------------------------
 # The workspace's default datastore, by SDK

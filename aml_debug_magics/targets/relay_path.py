@@ -10,8 +10,9 @@ node reads. When a step announces itself, :meth:`RelayPaths.arrived` decides the
 and relays only when this machine cannot reach it, without a new submit. Relaying serves
 ``127.0.0.1:<port>`` here (``relay.StorageRelay``); out goes the announcement the row shows (the
 node's own, or that local port) and one line saying which path is in use. A missed window, a
-closed port, the run's end or Stop end the step's relay and delete its blobs (their tokens
-expire anyway).
+closed port, the run's end or Stop end the step's relay and delete its blobs, with tokens signed
+then; what a killed kernel leaves, the session's first ``prepare`` in that workspace sweeps
+once its tokens have expired (``relay_blobs.sweep``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from aml_debug_magics.targets.relay_blobs import (
     RelayUnavailable,
     StorageAccount,
     make_relay_blobs,
+    sweep,
 )
 
 if TYPE_CHECKING:
@@ -38,6 +40,9 @@ if TYPE_CHECKING:
 
 RUN_LIMIT = 24 * 3600.0  # seconds the tokens outlive the attach window when a run sets no limit
 LONGEST_TOKEN = 7 * 24 * 3600.0  # a user delegation key lives at most 7 days
+# the workspaces (blob endpoint, container) this Python process has swept: one listing each
+SWEPT: set[tuple[str, str]] = set()
+_SWEEPING = threading.Lock()
 VIA_STORAGE = "via storage"
 DIRECT = "direct"
 
@@ -73,7 +78,7 @@ def choose_paths(
             relayed = [spec for spec in relayed if not _is_parallel(spec)]
             if not relayed:
                 return listening, None, {}
-    paths = RelayPaths(account, request.timeout)
+    paths = RelayPaths(account, request.timeout, notes)
     try:
         return request, paths, paths.prepare(relayed)
     except Exception as error:
@@ -97,28 +102,49 @@ def _is_parallel(spec: StepSpec) -> bool:
 class RelayPaths:
     """The relays of one session's steps: their blobs, and a running relay per announced step."""
 
-    def __init__(self, account: Callable[[], StorageAccount], timeout: float) -> None:
+    def __init__(
+        self, account: Callable[[], StorageAccount], timeout: float,
+        notes: list[str] | None = None, *, swept: set[tuple[str, str]] = SWEPT,
+    ) -> None:
         self._account = account
         self._timeout = timeout
+        self._notes = notes if notes is not None else []  # a sweep that failed says so here
+        self._swept = swept
         self.blobs: dict[str, RelayBlobs] = {}
         self._running: dict[str, StorageRelay] = {}
         self._lock = threading.Lock()
         self._closed = False
 
     def prepare(self, specs: list[StepSpec]) -> dict[str, dict[str, str]]:
-        """Make and sign each debugged step's blobs; the variables each step's node reads."""
+        """Make and sign each debugged step's blobs; the variables each step's node reads.
+        First, once per workspace in this Python process, sweep the relay folders whose tokens
+        have expired (a sweep that fails adds one line to the notes, never fails the submit)."""
         account = self._account()
-        for spec in specs:
-            if spec.debug:
-                lifetime = min(LONGEST_TOKEN, self._timeout + run_limit(spec))
-                self.blobs[spec.name] = make_relay_blobs(account, lifetime, spec.name)
+        debugged = [spec for spec in specs if spec.debug]
+        if debugged:
+            self._sweep_once(account)
+        for spec in debugged:
+            lifetime = min(LONGEST_TOKEN, self._timeout + run_limit(spec))
+            self.blobs[spec.name] = make_relay_blobs(account, lifetime, spec.name)
         return {name: blobs.node_environment() for name, blobs in self.blobs.items()}
 
+    def _sweep_once(self, account: StorageAccount) -> None:
+        workspace = (account.blob_endpoint, account.container)
+        with _SWEEPING:
+            if workspace in self._swept:
+                return
+            self._swept.add(workspace)
+        problem = sweep(account, undated_after=LONGEST_TOKEN)
+        if problem:
+            self._notes.append(problem)
+
     def arrived(
-        self, step: str, announcement: Announcement, prober: Callable[[str, int], str]
+        self, step: str, announcement: Announcement, prober: Callable[[str, int], str],
+        on_end: Callable[[str], None] | None = None,
     ) -> tuple[Announcement, str, str]:
         """The announcement the row shows, the path in use (``via storage`` or ``direct``) and
-        the line that says why."""
+        the line that says why. ``on_end(reason)`` is called once if the relay ends by itself
+        (its blobs are deleted then)."""
         fell_back = ""
         if announcement.via == "auto":
             host, port = announcement.addresses[0], announcement.port
@@ -126,42 +152,53 @@ class RelayPaths:
             if verdict == "reachable":
                 return announcement, DIRECT, f"{host}:{port} is reachable from this machine"
             fell_back = f"{host}:{port} {verdict} from here; "
-        port = self._start(step)
+        port = self._start(step, announcement.relay_key, on_end)
         shown = dataclasses.replace(announcement, addresses=("127.0.0.1",), port=port)
         return shown, VIA_STORAGE, (
             f"{fell_back}{VIA_STORAGE}: attach to 127.0.0.1:{port} here; the debugger's bytes "
             "go through the workspace's blob storage, the node opens no port"
         )
 
-    def _start(self, step: str) -> int:
+    def _start(
+        self, step: str, node_key: str | None, on_end: Callable[[str], None] | None
+    ) -> int:
+        def ended(reason: str) -> None:
+            if on_end is not None:
+                on_end(reason)
+            threading.Thread(target=self.end_step, args=(step,), name="aml-debug-relay-end",
+                             daemon=True).start()
+
         with self._lock:
             if self._closed:
                 raise RuntimeError("the session's relays have ended")
             if step not in self._running:
                 from aml_debug_magics.relay import StorageRelay
 
-                relay = StorageRelay(*self.blobs[step].notebook_chains())
+                relay = StorageRelay(*self.blobs[step].notebook_chains(), node_key, ended)
                 relay.start()
                 self._running[step] = relay
             return self._running[step].port
 
-    def end_step(self, step: str) -> None:
-        """End the step's relay and delete its blobs (a missed window, a closed port)."""
+    def end_step(self, step: str) -> str:
+        """End the step's relay and delete its blobs (a missed window, a closed port); one line
+        saying which stay, and until when, where some could not be deleted, else ""."""
         with self._lock:
             running = self._running.pop(step, None)
             blobs = self.blobs.pop(step, None)
         if running is not None:
             running.stop()
-        if blobs is not None:
-            blobs.delete()
+        if blobs is None:
+            return ""
+        blobs.delete()
+        return blobs.left_behind
 
-    def close(self) -> None:
-        """End every relay and delete every blob (the run ended, Stop, the kernel ends)."""
+    def close(self) -> str:
+        """End every relay and delete every blob (the run ended, Stop, the kernel ends); one
+        line saying which stay, where some could not be deleted, else ""."""
         with self._lock:
             self._closed = True
             steps = {*self._running, *self.blobs}
-        for step in steps:
-            self.end_step(step)
+        return "; ".join(filter(None, (self.end_step(step) for step in sorted(steps))))
 
 
 def run_limit(spec: StepSpec) -> float:
