@@ -60,7 +60,9 @@ def attach_config(
     )
     if target_host in UNROUTABLE_HOSTS:
         raise ValueError(f"{target_host!r} is not an address a debugger can connect to")
-    label = name or default_name(announcement, step)
+    row_script = script_in_root if script_in_root and (
+        Path(local_root) / script_in_root).is_file() else None  # a guess may not be a file
+    label = name or default_name(announcement, step, row_script)
     endpoint = "connect" if announcement.mode == "listen" else "listen"
     config: dict[str, Any] = {
         "name": label,
@@ -107,16 +109,22 @@ def path_mapping(
     return local_root.joinpath(*inside[:-1]), paths.dirname(script)
 
 
-def default_name(announcement: Announcement, step: str | None = None) -> str:
+def default_name(
+    announcement: Announcement, step: str | None = None, script_in_root: str | None = None
+) -> str:
     """The configuration's name in launch.json. With the row's ``step``, one per step and rank,
     and the same each time it runs (so a re-run replaces its entry): two steps running the same
-    ``train.py`` get two entries. Without, the script and where it runs.
+    ``train.py`` get two entries. Without, the script and where it runs. The script is the
+    row's when given (``script_in_root``, a file of the user's: the one named even where
+    another program runs it, as a parallel step's runner calls its entry script), else the
+    announced one.
 
     >>> a = Announcement(("10.0.0.4",), 5678, script="/mnt/snap/train.py", rank=1)
     >>> default_name(a, "second")
     'Attach: train.py (second) rank 1'
     """
-    script = (announcement.script or "script").replace("\\", "/").rsplit("/", 1)[-1]
+    shown = script_in_root or announcement.script or "script"
+    script = shown.replace("\\", "/").rsplit("/", 1)[-1]
     if step is not None:
         return f"Attach: {script} ({step}) rank {announcement.rank}"
     where = announcement.hostname or announcement.addresses[0]

@@ -355,13 +355,15 @@ class AmlDebugMagics(Magics):
     def aml_debug_step(self, line: str) -> None:
         """Drive the debugger opened in this notebook (Debug here, --debug-here) as text.
 
-        %aml_debug_step [continue|next|step|out|pause|stop|where|vars [NAME]|eval EXPR|
+        %aml_debug_step [continue|next|step|out|pause|stop|where|vars [NAME [FROM]]|eval EXPR|
         break FILE:LINE]
 
         continue, next (step over), step (into) and out wait for the next stop and show it;
         where (the default) shows the current line and the call stack; vars lists the current
-        frame's locals, or the children of NAME; eval evaluates in the current frame; break
-        sets a breakpoint, or clears the one there; stop detaches and lets the script run on.
+        frame's locals, or the children of NAME (a long value in parts of 10,000 characters,
+        from FROM); eval evaluates in the current frame; break sets a breakpoint, or clears the
+        one there, and says the line the debugger bound it to; stop detaches and lets the
+        script run on.
 
         Example: %aml_debug_step break train.py:42
         """
@@ -447,10 +449,10 @@ class AmlDebugMagics(Magics):
     def _open(
         self, kind: str, title: str, specs: list, args: argparse.Namespace, **extra: Any
     ) -> None:
+        from aml_debug_magics.dispatch import make_target
         from aml_debug_magics.records import DebugRequest
         from aml_debug_magics.session import open_session
         from aml_debug_magics.sources.inputs import local_paths
-        from aml_debug_magics.targets import make_target
         from aml_debug_magics.targets.workspace import find_workspace
         from aml_debug_magics.ui import make_view
 

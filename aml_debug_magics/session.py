@@ -25,7 +25,7 @@ from aml_debug_magics.node.announce import Announcement, AttachOutcome, PortClos
 from aml_debug_magics.ports import check_port_free, free_port
 from aml_debug_magics.records import ENDED, DebugRequest, ServiceInfo, Status
 from aml_debug_magics.redaction import redact
-from aml_debug_magics.sources.parallel import check_worker_listens
+from aml_debug_magics.sources.parallel import check_worker_listens, entry_stop_line
 
 LINES_SHOWN = 40
 
@@ -309,11 +309,13 @@ class DebugSession:
             else:
                 script = row.local_root / row.script_in_root if row.script_in_root else None
                 waiting = row.status == Status.WAITING and not row.attached
+                spec = next((s for s in self.request.steps if s.name == row.step), None)
                 try:
                     debugger = controller_for(
                         row.attach_config() if row.attachable else None, label=row.label,
                         script=script,
                         stop_at_entry=waiting and self.request.deployment is None,
+                        entry_line=entry_stop_line(spec),
                     )
                 except DebugInputError as error:
                     self.message = str(error)
@@ -393,7 +395,7 @@ def check_request(request: DebugRequest) -> None:
 
 def check_via(request: DebugRequest) -> None:
     """``--via storage`` and ``auto`` relay one process per step, on Azure ML, to a listener.
-    The default ``auto`` listens instead where it cannot relay (``relay_path.choose_paths``)."""
+    The default ``auto`` listens instead where it cannot relay (``relay.paths.choose_paths``)."""
     if request.via == "listen" or request.via_default:
         return
     if request.target != "azureml":

@@ -8,15 +8,17 @@ where ``npm ci`` has been run in ``ui/debugger_src`` and compares it byte for by
 The browser tests start JupyterLab on 127.0.0.1 (a free port, a token, a throwaway folder holding
 tutorial 6) and drive it in Debian's Chromium with Playwright, in JupyterLab and in Notebook 7, as
 a user with no VS Code would: run the tutorial, click **Debug here** on the script's row, set a
-breakpoint in the gutter at the stop before the first line, continue, see the stop and the line
-mark, open a nested variable, evaluate an expression (and a failing one, and one whose value is
-shortened, then shown in full), step over with the button and with F10 (the mark moves), clear
-the breakpoint, continue to the end and read the script's output file; then on the scoring
-script's gunicorn worker through **Send test request**, with score.py shown (no current line)
-until the worker stops in it. Nothing is faked: the script and the inference server run under
-real debugpy, and each test ends its kernel (and with it what the kernel started). The view's
-screenshot is kept in the test's folder (and written to $AML_DEBUG_SCREENSHOT when set, for
-docs/debugger.png).
+breakpoint in the gutter at the stop before the first line, continue (F5, the focus left in the
+view by that click), see the stop and the line mark, open a nested variable, evaluate an expression
+(and a failing one, one whose value is shortened, then shown in full, and a 50 MB one, shown in
+part with its length), step over with the button, then with VS Code's keys wherever the focus is in
+the view: F10 after a click in the source text (as a user reading it), F11, Shift+F11 from the
+evaluate box after clearing the breakpoint in the gutter, F5 to the end; read the script's output
+file; then on the scoring script's gunicorn worker through **Send test request**, with score.py
+shown (no current line) until the worker stops in it. Nothing is faked: the script and the
+inference server run under real debugpy, and each test ends its kernel (and with it what the kernel
+started). The view's screenshot is kept in the test's folder (and written to $AML_DEBUG_SCREENSHOT
+when set, for docs/debugger.png).
 """
 
 from __future__ import annotations
@@ -119,10 +121,19 @@ def toggle_breakpoint(view, number: int) -> None:
         has_text=re.compile(rf"^{number}$")).click()
 
 
-def stopped_at(view, number: int) -> None:
-    """Wait for the line mark on ``number`` in the executing frame, with the view stopped."""
+def stopped_at(view, number: int, frame: str | None = None) -> None:
+    """Wait for the line mark on ``number`` in the executing frame (named ``frame``, if given),
+    with the view stopped."""
     view.locator(f'.aml-dbg-line-top[data-line="{number}"]').wait_for(timeout=STEP)
+    if frame is not None:
+        view.locator(".aml-dbg-frame.aml-dbg-selected .aml-dbg-frame-name").filter(
+            has_text=re.compile(f"^{re.escape(frame)}$")).wait_for(timeout=STEP)
     assert view.get_attribute("data-status") == "stopped"
+
+
+def click_source_text(view, number: int) -> None:
+    """A click on the text of line ``number`` (not the gutter), as a user reading the source."""
+    view.locator(".cm-content .cm-line").nth(number - 1).click()
 
 
 def variable(view, path: str):
@@ -178,7 +189,7 @@ def debug_the_script(page, view, folder: Path, screenshot: Path) -> None:
     update = line_of(script, "# a good line for a breakpoint")
     toggle_breakpoint(view, update)
     view.locator(".aml-dbg-breakpoint").nth(1).wait_for(timeout=STEP)  # nth 0: the gutter's spacer
-    view.locator(".aml-dbg-continue").click()
+    page.keyboard.press("F5")  # the gutter's click left the focus in the view
     stopped_at(view, update)
     assert view.locator(".aml-dbg-frame.aml-dbg-selected .aml-dbg-frame-name").inner_text() \
         == "train"
@@ -207,16 +218,26 @@ def debug_the_script(page, view, folder: Path, screenshot: Path) -> None:
     view.locator(".aml-dbg-result .aml-dbg-full-value").click()
     view.locator(".aml-dbg-result .aml-dbg-var-full").filter(
         has_text=re.compile(r"^'(ab){150}end'$")).wait_for(timeout=STEP)
+    expression.fill("'x' * 50_000_000")  # its full value: the first characters, and its length
+    expression.press("Enter")
+    view.locator(".aml-dbg-result .aml-dbg-full-value").click()
+    view.locator(".aml-dbg-result .aml-dbg-note").filter(
+        has_text="(the first 4,000,000 of 50,000,002 characters)").wait_for(timeout=STEP)
 
     view.locator(".aml-dbg-next").click()
     stopped_at(view, update + 1)
     assert value_of(variable(view, "Locals/step")) == "8.0"  # 0.5 * (16 - 0.0)
-    view.focus()
-    page.keyboard.press("F10")  # VS Code's key for step over, while the view has focus
+    click_source_text(view, update + 1)  # reading the source: the keys still step
+    page.keyboard.press("F10")  # VS Code's keys: step over, into, out; continue
     stopped_at(view, update + 2)
+    page.keyboard.press("F11")  # abs() is no Python function: on to the loop's next turn
+    stopped_at(view, update - 1)
 
-    toggle_breakpoint(view, update)  # cleared: continue runs to the end
-    view.locator(".aml-dbg-continue").click()
+    toggle_breakpoint(view, update)  # cleared: stepping out of train() runs its loop to the end
+    expression.click()
+    page.keyboard.press("Shift+F11")
+    stopped_at(view, line_of(script, "weights = train("), "<module>")
+    page.keyboard.press("F5")
     wait_for(output.exists, STEP / 1000, "the script's output file")
     assert json.loads(output.read_text())["layers"] == [16, 32, 8]
     wait_for(lambda: view.get_attribute("data-status") == "ended", STEP / 1000,

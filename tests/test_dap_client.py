@@ -8,12 +8,18 @@ answers the view's messages get (``act``), from a real debuggee.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 from conftest import port_refuses, wait_for
 
-from aml_debug_magics.debugger.controller import VALUE_SHOWN, DebuggerController
+from aml_debug_magics.debugger.controller import (
+    FULL_VALUE_LIMIT,
+    NODE_FOLDER,
+    VALUE_SHOWN,
+    DebuggerController,
+)
 from aml_debug_magics.debugger.dap import DapClient, DapClosed
 
 SRC = Path(__file__).parent / "projects" / "debugger" / "src"
@@ -31,12 +37,12 @@ def debug(start_local, tmp_path):
     detach and stop everything afterwards."""
     opened: list[DebuggerController] = []
 
-    def start(script: str, *args: str, entry: bool = True):
+    def start(script: str, *args: str, entry: bool = True, attach: dict | None = None):
         process = start_local(SRC / script, *args, cwd=SRC, timeout=60)
         assert process.announced.wait(30), list(process.last_lines)
         controller = DebuggerController(
-            "127.0.0.1", process.announcement.port, {"justMyCode": True}, title=script,
-            entry=SRC / script if entry else None,
+            "127.0.0.1", process.announcement.port, {"justMyCode": True, **(attach or {})},
+            title=script, entry=SRC / script if entry else None,
         )
         opened.append(controller)
         controller.start()
@@ -161,21 +167,68 @@ def test_a_1_mb_string_is_shortened_and_its_full_value_comes_on_demand(debug, tm
     reply = controller.act({"action": "full_value", "request_id": "f",
                             "variables_reference": locals_["variables_reference"],
                             "name": "notes"})
-    assert reply == {"reply": "f", "value": "'" + "n" * 1_000_000 + "'"}
+    assert reply == {"reply": "f", "value": "'" + "n" * 1_000_000 + "'", "length": 1_000_002}
 
     result, error = controller.evaluate("notes + 'x'")
     assert error is None and result["shortened"] and len(result["value"]) == VALUE_SHOWN
     reply = controller.act({"action": "full_value", "request_id": "e", "variables_reference": 0,
                             "name": "notes + 'x'", "frame_id": state["frame_id"]})
-    assert reply == {"reply": "e", "value": "'" + "n" * 1_000_000 + "x'"}
+    assert reply == {"reply": "e", "value": "'" + "n" * 1_000_000 + "x'", "length": 1_000_003}
     reply = controller.act({"action": "full_value", "request_id": "g", "variables_reference": 0,
                             "name": "nope", "frame_id": state["frame_id"]})
     # Python 3.12 adds "Did you mean" to a NameError
     assert reply["error"].startswith("NameError: name 'nope' is not defined")
 
 
-def test_an_uncaught_exception_stops_with_the_exception_shown(debug):
-    process, controller = debug("score_batch.py", "--rows", "2", entry=False)
+def test_a_50_mb_value_comes_as_a_bounded_slice_and_the_debugger_answers_on(debug):
+    """debugpy answering with a 50 MB value stalls every request after it: the page gets the
+    value's first characters, cut in the debuggee, and its whole length."""
+    script = SRC / "large_values.py"
+    process, controller = debug("large_values.py")
+    stopped(controller)
+    state = run_to(controller, script, "# stop here")
+    locals_ = state["scopes"][0]
+    log = variable(locals_["variables"], "log")
+    assert log["shortened"] and len(log["value"]) == VALUE_SHOWN
+    reply = controller.act({"action": "full_value", "request_id": "v", "name": "log",
+                            "variables_reference": locals_["variables_reference"]})
+    assert reply == {"reply": "v", "value": "'" + "x" * (FULL_VALUE_LIMIT - 1),
+                     "length": 50_000_002}
+
+    result, error = controller.evaluate("log + 'y'")  # an evaluation's 50 MB result
+    assert error is None and result["shortened"] and len(result["value"]) == VALUE_SHOWN
+    reply = controller.act({"action": "full_value", "request_id": "e", "name": "log + 'y'",
+                            "variables_reference": 0, "frame_id": state["frame_id"]})
+    assert reply == {"reply": "e", "value": "'" + "x" * (FULL_VALUE_LIMIT - 1),
+                     "length": 50_000_003}
+
+    asked = time.monotonic()
+    assert controller.evaluate("count")[0]["value"] == "62000000"
+    assert time.monotonic() - asked < 10  # answered, not waited out (30 s)
+    controller.act({"action": "continue"})
+    assert process.wait(30) == 0
+
+
+def test_a_breakpoint_where_nothing_runs_is_shown_where_debugpy_bound_it(debug, tmp_path):
+    script = SRC / "main.py"
+    _, controller = debug("main.py", "--epochs", "1", "--output-dir", str(tmp_path))
+    stopped(controller)
+    last = len(script.read_text().splitlines())
+    assert controller.toggle_breakpoint(str(script), 9999) == {9999: last}
+    assert controller.state()["breakpoints"] == {str(script): [last]}
+    assert controller.toggle_breakpoint(str(script), last) == {}  # a click on the moved dot
+    assert controller.state()["breakpoints"] == {}
+
+
+@pytest.mark.parametrize("installed", [False, True])
+def test_an_uncaught_exception_stops_once_with_the_exception_shown(debug, installed):
+    """``installed``: the bootstrap's files count as library code, as debugpy counts them in a
+    package installed into site-packages (this one is installed in development mode, so its
+    own ``rules`` setting says so). debugpy then stops on the exception as user-unhandled where
+    it leaves the script, and the bootstrap reports it as uncaught after: one stop shows."""
+    rules = [{"path": str(NODE_FOLDER / "*"), "include": False}] if installed else []
+    process, controller = debug("score_batch.py", "--rows", "2", entry=False,
+                                attach={"rules": rules})
     state = stopped(controller)
     assert state["stopped"]["reason"] == "exception"
     exception = state["stopped"]["exception"]
@@ -187,6 +240,7 @@ def test_an_uncaught_exception_stops_with_the_exception_shown(debug):
     controller.act({"action": "continue"})
     assert process.wait(30) == 1
     assert "scored 2" in process.last_lines
+    wait_for(lambda: controller.state()["status"] == "ended", 30, "the view to see the end")
 
 
 @pytest.mark.parametrize("raised", [True, False])
@@ -215,9 +269,10 @@ def test_a_debuggee_that_exits_while_stopped_ends_the_view(debug, tmp_path):
     assert ended["frames"] == [] and ended["stopped"] is None and ended["processes"] == []
     reply = controller.act({"action": "variables", "request_id": "late",
                             "variables_reference": 5})
-    assert reply["reply"] == "late" and reply["error"]  # an answer, not a hang
+    assert reply["reply"] == "late"  # an answer, not a hang
+    assert reply["error"] == f"the debugger has ended: {ended['message']}"
     assert controller.act({"action": "next"}) is None
-    assert "pause it first" in controller.state()["message"]
+    assert controller.state() == ended  # the status line still says why
 
 
 def test_a_child_process_is_handed_off_as_its_own_entry(debug):
@@ -251,7 +306,11 @@ def test_closing_the_view_detaches_and_the_script_runs_on(debug, tmp_path):
     run_to(controller, SRC / "main.py", "losses.append(loss)")
     controller.act({"action": "stop"})
     assert controller.state()["status"] == "ended"
-    assert "runs on" in controller.state()["message"]
+    assert controller.state()["message"] == "detached: the script runs on without the debugger"
+    reply = controller.act({"action": "evaluate", "expression": "loss", "frame_id": None,
+                            "request_id": "after"})
+    assert reply["error"] == "the debugger has ended: detached: the script runs on without " \
+                             "the debugger"
     assert process.wait(30) == 0
     assert (out / "summary.json").is_file()
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import port_refuses, wait_for
 
+from aml_debug_magics.debugger.commands import TEXT_VALUE_SHOWN
 from aml_debug_magics.records import Status
 from aml_debug_magics.session import current_session
 
@@ -111,10 +112,76 @@ def test_aml_debug_step_says_what_to_fix_in_one_line(ip, project, capsys):
         with pytest.raises(UsageError, match=message):
             ip.run_line_magic("aml_debug_step", line)
     assert "detached" in step(ip, capsys, "stop")
-    with pytest.raises(UsageError, match="^the script is running: pause it first"):
-        ip.run_line_magic("aml_debug_step", "next")
+    for line in ["next", "continue", "eval 1", "pause", "break main.py:3", "vars"]:
+        with pytest.raises(UsageError, match="^the debugger has ended: detached: the script "
+                                             "runs on without the debugger$"):
+            ip.run_line_magic("aml_debug_step", line)
     session = current_session("run")
     wait_for(lambda: session.state == "finished", 30, "the script to run on and finish")
+
+
+def run_to_the_stop_in_large_values(ip, project, capsys) -> Path:
+    """``%aml_debug_run --debug-here`` on large_values.py, stepped with ``%aml_debug_step`` to
+    its line marked "stop here" (a 12 MB and a 50 MB string in its locals); the script."""
+    script = project / "large_values.py"
+    ip.run_line_magic("aml_debug_run", f"--debug-here --timeout 60 {script}")
+    wait_for(lambda: "(entry)" in capsys.readouterr().out, 30, "the entry stop")
+    here = line_of(script, "# stop here")
+    step(ip, capsys, f"break large_values.py:{here}")
+    assert f"stopped at {script}:{here} in main (breakpoint)" in step(ip, capsys, "continue")
+    return script
+
+
+def test_a_breakpoint_past_the_end_says_where_the_debugger_bound_it(ip, project, capsys):
+    script = project / "large_values.py"
+    ip.run_line_magic("aml_debug_run", f"--debug-here --timeout 60 {script}")
+    wait_for(lambda: "(entry)" in capsys.readouterr().out, 30, "the entry stop")
+    last = len(script.read_text().splitlines())
+    assert step(ip, capsys, "break large_values.py:9999").strip() == (
+        f"breakpoint set at {script}:9999: the debugger bound it to line {last} "
+        f"(breakpoints in that file: {last})")
+    assert step(ip, capsys, "continue").startswith(
+        f"[large_values.py (large_values)] stopped at {script}:{last} in <module> (breakpoint)")
+    assert step(ip, capsys, f"break large_values.py:{last}").strip() == (  # the one shown
+        f"breakpoint cleared at {script}:{last} (breakpoints in that file: none)")
+    assert "ended - the script ended" in step(ip, capsys, "continue")
+
+
+def test_vars_prints_a_12_mb_string_in_parts_saying_how_to_print_the_rest(ip, project, capsys):
+    from IPython.core.error import UsageError
+
+    run_to_the_stop_in_large_values(ip, project, capsys)
+    assert step(ip, capsys, "vars notes").splitlines() == [
+        "notes (str) = '" + "n" * (TEXT_VALUE_SHOWN - 1),
+        "(characters 0 to 10,000 of 12,000,002; the next: %aml_debug_step vars notes 10000)"]
+    assert step(ip, capsys, "vars notes 10000").splitlines() == [
+        "notes (str) = ..." + "n" * TEXT_VALUE_SHOWN,
+        "(characters 10,000 to 20,000 of 12,000,002; the next: %aml_debug_step vars notes "
+        "20000)"]
+    assert step(ip, capsys, "vars notes 11999990").splitlines() == [
+        "notes (str) = ..." + "n" * 11 + "'",
+        "(characters 11,999,990 to 12,000,002 of 12,000,002)"]
+    with pytest.raises(UsageError, match="^the value of notes has 12,000,002 characters"):
+        ip.run_line_magic("aml_debug_step", "vars notes 12000002")
+    assert step(ip, capsys, "vars count") == "count (int) = 62000000\n"  # short: whole
+
+
+def test_eval_of_a_statement_prints_no_value(ip, project, capsys):
+    run_to_the_stop_in_large_values(ip, project, capsys)
+    assert step(ip, capsys, "eval count = 7") == "count = 7\n"
+    assert step(ip, capsys, "eval count") == "count (int) = 7\n"
+
+
+def test_after_the_script_ended_every_command_says_the_debugger_ended(ip, project, capsys):
+    from IPython.core.error import UsageError
+
+    run_to_the_stop_in_large_values(ip, project, capsys)
+    shown = step(ip, capsys, "continue")
+    assert shown.startswith("[large_values.py (large_values)] ended - the script ended")
+    for line in ["next", "continue", "eval count", "pause", "break large_values.py:3",
+                 "vars notes"]:
+        with pytest.raises(UsageError, match="^the debugger has ended: the script ended"):
+            ip.run_line_magic("aml_debug_step", line)
 
 
 def custom(view, action: dict) -> None:
@@ -199,6 +266,34 @@ def test_debug_here_on_the_deploy_magic_stops_in_run_on_a_test_request(ip, tmp_p
     debugger.act({"action": "continue"})
     sender.join(60)
     assert session.service.response == 'HTTP 200: {"n": 36}'  # len('[1, 2, 3, 4]') * 3
+
+
+def test_a_scoring_script_whose_run_raises_stops_where_it_raised(ip, tmp_path):
+    """The inference server turns run()'s exception into an HTTP 500, so it is never uncaught:
+    the debugger stops where it left the user's code, as VS Code's user-unhandled filter does."""
+    pytest.importorskip("azureml_inference_server_http")
+    score = tmp_path / "score.py"
+    score.write_text("def init():\n    pass\n\n\ndef run(raw_data):\n    rows = len(raw_data)\n"
+                     "    raise ValueError(f'cannot score {rows} bytes')\n")
+    ip.run_line_magic("aml_debug_deploy", "--entry-script score.py --debug-here --timeout 60 "
+                      "--sample-request '[1, 2]'")
+    session = current_session("deploy")
+    wait_for(lambda: session.debuggers, 60, "--debug-here to open the debugger")
+    debugger = next(iter(session.debuggers.values()))
+    wait_for(lambda: debugger.state()["status"] == "running", 30, "the attach")
+    wait_for(lambda: session.service.health == "healthy", 90, "the server to answer")
+    sender = session.send_test_request()
+    state = wait_for(lambda: debugger.state()["status"] == "stopped" and debugger.state(),
+                     60, "the stop where run() raised")
+    assert state["stopped"]["reason"] == "exception"
+    assert state["stopped"]["exception"]["id"] == "ValueError"
+    assert state["stopped"]["exception"]["description"] == "cannot score 6 bytes"
+    assert (state["source"]["path"], state["source"]["line"]) == (str(score), 7)
+    assert [frame["name"] for frame in state["frames"]] == ["run"]  # no server's, no ours
+    assert debugger.evaluate("rows")[0]["value"] == "6"
+    debugger.act({"action": "continue"})
+    sender.join(60)
+    assert session.service.response.startswith("HTTP 500")
 
 
 @pytest.mark.parametrize("python, takes", [

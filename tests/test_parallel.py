@@ -269,6 +269,79 @@ def test_an_sdk_v2_parallel_node_runs_its_mini_batches_under_the_debugger(ip, tm
         "digit_5.txt: big"]
 
 
+@pytest.mark.parametrize("sdk", ["v1", "v2"])
+def test_a_parallel_row_is_named_after_its_entry_script_and_maps_its_folder(ip, tmp_path, sdk):
+    """The runner runs, but the row, its attach config and a breakpoint set through that
+    config are the entry script's (before: ``Attach: parallel_entry.py (...)``, mapping the
+    runner's own folder)."""
+    shutil.copytree(PROJECT, tmp_path, dirs_exist_ok=True)
+    code = str((tmp_path / "Code").resolve())
+    if sdk == "v1":
+        need_python_script_step()
+        assert ip.run_cell(FILE_STEP.format(threshold=10, layout=TWO_BY_TWO)).success
+        ip.run_line_magic("aml_debug_pipeline",
+                          "batch_step --input digits=data/digits --timeout 60")
+        session, step = current_session("pipeline"), "digit-identification"
+    else:
+        assert ip.run_cell(V2_PIPELINE).success
+        ip.run_line_magic("aml_debug_job", "pipeline_job --timeout 60")
+        session, step = current_session("job"), "batch_score"
+    row = session.row(step)
+    wait_for(lambda: row.status == Status.WAITING or session.state in ("finished", "failed"),
+             60, "the step to wait")
+    assert row.status == Status.WAITING, list(row.last_lines)
+    config = row.attach_config()
+    assert config["name"] == f"Attach: digit_identification.py ({step}) rank 0"
+    assert config["pathMappings"] == [{"localRoot": code, "remoteRoot": code}]
+    breakpoints = {f"{code}/digit_identification.py": [DIGITS_BREAK]}
+    seen = evaluate_at_first_stop(config, breakpoints, "threshold")
+    assert seen == "7"
+    assert session.wait(60) == "finished", list(row.last_lines)
+
+
+@pytest.mark.parametrize("target", ["local", "azureml"])
+def test_debug_here_first_pauses_in_the_entry_scripts_init(ip, project, capsys, request,
+                                                           target):
+    """``--debug-here`` on a waiting parallel step: the notebook's debugger attaches for real
+    and its first stop is the entry stop, on ``init()``'s first line that runs (the ``global``
+    above it runs nothing), with none of the runner's frames shown (before: it paused in the
+    runner, ``parallel_entry.py``, on this machine, and in the module's first line on the
+    simulated cluster, where the shipped shim loads it)."""
+    script = project / "Code" / "digit_identification.py"
+    lines = script.read_text().splitlines()
+    first = next(n for n, line in enumerate(lines, 1) if "parser = argparse" in line)
+    where = "--input digits=data/digits"
+    if target == "azureml":
+        make = request.getfixturevalue("make_cluster")
+        make(datasets={"digits": project / "data" / "digits"})
+        where = "--target azureml --workspace ws"
+    assert ip.run_cell(FILE_STEP.format(threshold=10, layout=TWO_BY_TWO) + "ws = object()\n"
+                       ).success
+    ip.run_line_magic("aml_debug_pipeline", f"batch_step {where} --timeout 90 --debug-here")
+    session = current_session("pipeline")
+    wait_for(lambda: "(entry)" in capsys.readouterr().out, 90, "the entry stop to print")
+
+    capsys.readouterr()
+    ip.run_line_magic("aml_debug_step", "")  # where
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"[digit_identification.py (digit-identification)] stopped at "
+                            f"{script}:{first} in init (entry)"), shown
+    stack = shown.split("call stack:\n", 1)[1].splitlines()
+    assert stack[0].split()[-2] == "init", stack  # below: the cluster's runner, not ours
+    assert not any("parallel_entry.py" in line or "bootstrap.py" in line for line in stack)
+
+    ip.run_line_magic("aml_debug_step", f"break digit_identification.py:{DIGITS_BREAK}")
+    capsys.readouterr()
+    ip.run_line_magic("aml_debug_step", "continue")
+    shown = capsys.readouterr().out
+    assert shown.splitlines()[0] == (f"[digit_identification.py (digit-identification)] "
+                                     f"stopped at {script}:{DIGITS_BREAK} in run (breakpoint)")
+    ip.run_line_magic("aml_debug_step", f"break digit_identification.py:{DIGITS_BREAK}")
+    ip.run_line_magic("aml_debug_step", "continue")
+    assert session.wait(60) == "finished", lines_of(session, "digit-identification")
+    assert children_of() == []
+
+
 def test_on_the_cluster_an_sdk_v2_parallel_node_runs_one_worker_and_stops_in_its_run(
     ip, tmp_path, make_cluster, monkeypatch  # noqa: F811  (the fixture imported above)
 ):

@@ -4,6 +4,8 @@ In: the words the user typed (``next``, ``vars loss``, ``break train.py:12``...)
 debugger opened last (a row's Debug here, or ``--debug-here``). Out: the text to print, in the
 panel's text style: where the script stands, its variables, an evaluation's result. A command
 that lets the script run (continue, next, step, out, pause) waits for the next stop or the end.
+A value too long to print is printed in slices of ``TEXT_VALUE_SHOWN`` characters, each
+saying how to print the next (``vars NAME FROM``).
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from aml_debug_magics.debugger.controller import DebuggerController, latest
 from aml_debug_magics.debugger.dap import DapError
 from aml_debug_magics.errors import DebugInputError
 
-USAGE = ("%aml_debug_step [continue|next|step|out|pause|stop|where|vars [NAME]|eval EXPR|"
+USAGE = ("%aml_debug_step [continue|next|step|out|pause|stop|where|vars [NAME [FROM]]|eval EXPR|"
          "break FILE:LINE]")
 MOVES = {"continue": "continue", "next": "next", "step": "stepIn", "out": "stepOut"}
 CONTEXT_LINES = 2  # source lines shown above and below the current one
 VARIABLES_SHOWN = 50
+TEXT_VALUE_SHOWN = 10_000  # characters of one value printed at once
 GROUPS = ("special variables", "function variables")  # debugpy's folders of dunders, methods
 
 
@@ -118,13 +121,20 @@ def where_text(state: dict[str, Any], title: str = "") -> str:
 def _variable_line(variable: dict[str, Any] | None) -> str:
     if variable is None:
         return ""
+    if not variable["value"] and not variable.get("type"):  # a statement ran: no value
+        return variable["name"]
     kind = f" ({variable['type']})" if variable.get("type") else ""
     more = " ..." if variable.get("shortened") else ""
     return f"{variable['name']}{kind} = {variable['value']}{more}"
 
 
-def _variables_text(controller: DebuggerController, name: str) -> str:
-    """The selected frame's first scope, or the children (or whole value) of ``name`` in it."""
+def _variables_text(controller: DebuggerController, words: str) -> str:
+    """The selected frame's first scope, or the children of the variable ``NAME`` in it, or its
+    value (from character ``FROM``): ``words`` is "", "NAME" or "NAME FROM"."""
+    name, _, start = words.rpartition(" ")
+    if not name or not start.isdigit():
+        name, start = words, ""
+    controller.require_active()
     state = controller.state()
     if state["status"] != "stopped" or not state["scopes"]:
         raise DebugInputError("the script is not stopped: %aml_debug_step pause stops it")
@@ -136,9 +146,8 @@ def _variables_text(controller: DebuggerController, name: str) -> str:
     if variable is None:
         raise DebugInputError(f"no variable {name!r} in {scope['name']}: %aml_debug_step vars "
                               "lists them")
-    if not variable["variables_reference"]:
-        full = controller.full_value(scope["variables_reference"], name)
-        return f"{name} ({variable['type']}) = {full}"
+    if start or not variable["variables_reference"]:
+        return _value_text(controller, scope["variables_reference"], variable, int(start or 0))
     children = [v for v in controller.variables(variable["variables_reference"])
                 if v["name"] not in GROUPS]
     lines = [_variable_line({**variable, "shortened": False, "value": ""}).rstrip(" =") + ":"]
@@ -149,15 +158,42 @@ def _variables_text(controller: DebuggerController, name: str) -> str:
     return "\n".join(lines)
 
 
+def _value_text(controller: DebuggerController, reference: int, variable: dict[str, Any],
+                start: int) -> str:
+    """``TEXT_VALUE_SHOWN`` characters of the variable's value from ``start``; where they sit
+    in the whole, and the command that prints the next ones."""
+    name = variable["name"]
+    text, length = controller.value_slice(reference, name, start=start, count=TEXT_VALUE_SHOWN)
+    if start and start >= length:
+        raise DebugInputError(f"the value of {name} has {length:,} characters: FROM must be "
+                              "less than that")
+    kind = f" ({variable['type']})" if variable.get("type") else ""
+    end = start + len(text)
+    if start == 0 and end >= length:
+        return f"{name}{kind} = {text}"
+    place = f"characters {start:,} to {end:,} of {length:,}"
+    more = f"; the next: %aml_debug_step vars {name} {end}" if end < length else ""
+    return f"{name}{kind} = {'...' if start else ''}{text}\n({place}{more})"
+
+
 def _toggle_breakpoint(controller: DebuggerController, where: str) -> str:
     path, _, line = where.rpartition(":")
-    if not path or not line.isdigit():
+    if not path or not line.isdigit() or int(line) < 1:
         raise DebugInputError(f"break wants FILE:LINE, like train.py:12 (got {where!r})")
+    controller.require_active()
     local = _known_path(controller.state(), path)
-    bound = controller.toggle_breakpoint(local, int(line))
-    now = "set" if int(line) in bound else "cleared"
-    lines = ", ".join(str(n) for n in bound) or "none"
-    return f"breakpoint {now} at {local}:{line} (breakpoints in that file: {lines})"
+    asked = int(line)
+    answers = controller.toggle_breakpoint(local, asked)
+    lines = ", ".join(str(n) for n in sorted({n for n in answers.values() if n})) or "none"
+    after = f" (breakpoints in that file: {lines})"
+    if asked not in answers:
+        return f"breakpoint cleared at {local}:{asked}{after}"
+    bound = answers[asked]
+    if bound is None:
+        return f"breakpoint set at {local}:{asked}, not bound to a line yet{after}"
+    if bound != asked:
+        return f"breakpoint set at {local}:{asked}: the debugger bound it to line {bound}{after}"
+    return f"breakpoint set at {local}:{asked}{after}"
 
 
 def _known_path(state: dict[str, Any], path: str) -> str:

@@ -5,9 +5,11 @@ events through :class:`~aml_debug_magics.debugger.dap.DapClient`, and the user's
 view's custom messages, or ``%aml_debug_step``). Out: one ``state`` dict per change (a stop, a
 continue, the end), replaced whole, in the shape ``DebuggerView`` documents, handed to every
 listener; and the answers to the view's requests (children of a variable, a full value, an
-evaluation). Paths are the user's local paths: debugpy translates them through the row's path
-mappings, and the source shown is the local file, or the debuggee's copy (DAP ``source``) when
-there is none here.
+evaluation). A value too large to show is read in slices the debuggee cuts (``value_slice``):
+never whole, since debugpy answering with a 50 MB value stalls every request after it. Once the
+script ended or the debugger detached, every action says so. Paths are the user's local paths:
+debugpy translates them through the row's path mappings, and the source shown is the local
+file, or the debuggee's copy (DAP ``source``) when there is none here.
 
 One lock serialises everything that touches the client or the snapshot; requests wait for their
 answers under it (the answers arrive on the client's reader thread, which never takes it).
@@ -17,19 +19,24 @@ from __future__ import annotations
 
 import ast
 import logging
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aml_debug_magics.debugger.dap import MAIN, DapClient, DapClosed, DapError
+from aml_debug_magics.debugger.dap import MAIN, Bound, DapClient, DapClosed, DapError
 from aml_debug_magics.node.bootstrap import ENTRY_SHIPPED_NAMES, SHIPPED_NAMES
 
 log = logging.getLogger(__name__)
 
 VALUE_SHOWN = 200  # characters of a value in the tree; the rest on demand
 FULL_VALUE_LIMIT = 4_000_000  # characters of a "full value" sent to the page at most
+# a value's repr, cut in the debuggee: "LENGTH:CHARACTERS", read raw (unquoted); the expression
+# stands on lines of its own, so a trailing comment in it ends nothing else
+VALUE_SLICE = ("(lambda text: '%d:%s' % (len(text), text[{start}:{end}]))"
+               "(repr((\n{expression}\n)))")
 FRAMES_SHOWN = 100
 FRAME_KEYS = ("id", "name", "path", "line", "local")
 STEPS = ("continue", "next", "stepIn", "stepOut")  # the DAP requests that let a thread run
@@ -38,13 +45,20 @@ Listener = Callable[[dict[str, Any]], None]
 NODE_FOLDER = Path(__file__).resolve().parents[1] / "node"
 NODE_NAMES = frozenset({*SHIPPED_NAMES.values(), *ENTRY_SHIPPED_NAMES.values(),
                         "aml_debug_parallel_entry.py"})  # their names in a run's snapshot
+SERVER_START = NODE_FOLDER.parent / "deploy" / "serve.py"  # starts the local inference server
+# what debugpy adds to a user-unhandled exception's stop: the frame it pauses in, and a note
+PAUSED_FRAME_MARK = " (Current frame)"
+PAUSED_NOTE = re.compile(r"\s+\(note: full exception trace is shown but execution is paused "
+                         r"at: .*\)$")
 
 
 def is_node_file(path: str) -> bool:
     """Whether ``path`` is one of the files that start the user's script under the debugger
-    (``aml_debug_magics/node/``, or its copy shipped beside the script): not the user's code."""
+    (``aml_debug_magics/node/``, or its copy shipped beside the script, and the local inference
+    server's ``deploy/serve.py``): not the user's code."""
     name = path.replace("\\", "/").rsplit("/", 1)[-1]
-    return name in NODE_NAMES or bool(path) and Path(path).parent == NODE_FOLDER
+    return name in NODE_NAMES or bool(path) and (Path(path).parent == NODE_FOLDER
+                                                 or Path(path) == SERVER_START)
 
 
 def shown_variable(variable: dict[str, Any], name: str | None = None) -> dict[str, Any]:
@@ -63,13 +77,6 @@ def last_line(text: str) -> str:
     """What an evaluation's traceback comes to: its last line (``NameError: ...``)."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1].strip() if lines else text
-
-
-def cut_to_limit(value: str) -> str:
-    """A full value as the page gets it: at most ``FULL_VALUE_LIMIT`` characters."""
-    if len(value) <= FULL_VALUE_LIMIT:
-        return value
-    return value[:FULL_VALUE_LIMIT] + f"... ({len(value) - FULL_VALUE_LIMIT} more)"
 
 
 def first_statement_line(script: Path) -> int | None:
@@ -104,9 +111,11 @@ class DebuggerController:
 
     ``entry``: a script the debuggee is about to run (a row still waiting for its debugger);
     the debugger then stops at its first statement, so breakpoints can be set before it runs
-    on (VS Code's ``stopOnEntry``). ``script``: the user's script, shown (without a current
-    line) until the first stop, so breakpoints can be set in it meanwhile: a scoring script,
-    which the server imports on its own schedule, gets no entry stop but is shown.
+    on (VS Code's ``stopOnEntry``); ``entry_line``: where in it that stop goes instead (a
+    parallel entry script's ``init()``, which its runner calls first). ``script``: the user's
+    script, shown (without a current line) until the first stop, so breakpoints can be set in
+    it meanwhile: a scoring script, which the server imports on its own schedule, gets no entry
+    stop but is shown.
     """
 
     def __init__(
@@ -117,6 +126,7 @@ class DebuggerController:
         *,
         title: str = "",
         entry: Path | None = None,
+        entry_line: int | None = None,
         script: Path | None = None,
     ) -> None:
         self.title = title
@@ -134,14 +144,16 @@ class DebuggerController:
         self.frame_id: int | None = None
         self.source: dict[str, Any] | None = None
         self.scopes: list[dict[str, Any]] = []
-        self.bound: dict[str, list[int]] = {}  # path -> lines debugpy bound
+        self.bound: dict[str, Bound] = {}  # path -> {line asked: line debugpy bound it to}
         self.raised = False
         self.exit_code: int | None = None
         self._entry = entry
-        self._entry_line = first_statement_line(entry) if entry else None
+        self._entry_line = (entry_line or first_statement_line(entry)) if entry else None
+        self._entry_in_function = entry_line is not None
         self._script = entry or script
         self._listed: dict[int, Listed] = {}
         self._texts: dict[str, str] = {}
+        self._unhandled_shown: dict[str, tuple[Any, ...]] = {}  # process -> see _reported_again
         self.version = 0  # counts snapshots, so a waiter can tell a new one from the last
         self._published: tuple[dict[str, Any], str] | None = None
 
@@ -175,8 +187,9 @@ class DebuggerController:
             if self.status == "connecting":  # a stop may have come first
                 self.status, self.message = "running", f"attached to {self.address}"
             wanted = self._client.breakpoints  # the entry stop may have come and gone
-            self.bound.update({path: lines for path, lines in bound.items()
-                               if lines and path in wanted})
+            for path, answers in bound.items():
+                self._set_bound(path, {line: where for line, where in answers.items()
+                                       if line in wanted.get(path, [])})
             self._publish()
 
     def close(self) -> None:
@@ -202,6 +215,11 @@ class DebuggerController:
     def active(self) -> bool:
         return self.status not in ("ended", "error")
 
+    def require_active(self) -> None:
+        """DapError saying the debugger has ended (and why), once it has."""
+        if not self.active:
+            raise DapError(f"the debugger has ended: {self.message}")
+
     # -- the snapshot ---------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
@@ -224,7 +242,8 @@ class DebuggerController:
                 "frame_id": self.frame_id,
                 "source": self.source or self._script_source(),
                 "scopes": list(self.scopes),
-                "breakpoints": {path: list(lines) for path, lines in self.bound.items()},
+                "breakpoints": {path: sorted({line for line in answers.values() if line})
+                                for path, answers in self.bound.items()},
                 "exceptions": {"uncaught": True, "raised": self.raised},
             }
 
@@ -288,8 +307,12 @@ class DebuggerController:
         reason = body.get("reason", "")
         stop = Stop(thread_id, reason, body.get("description") or body.get("text") or reason)
         if reason == "exception":
-            stop.exception = self._exception(process_id, thread_id)
+            stop.exception, user_unhandled = self._exception(process_id, thread_id)
             stop.description = stop.exception["description"] or stop.description
+            if self._reported_again(process_id, thread_id, stop.exception, user_unhandled):
+                return
+        else:
+            self._unhandled_shown.pop(process_id, None)
         if self.status == "connecting":
             self.status = "running"
         self.message = ""  # the page says why it stopped
@@ -305,30 +328,60 @@ class DebuggerController:
             return
         top = self.frames[0]
         if top["path"] == str(self._entry) and top["line"] == self._entry_line:
-            stop.reason, stop.description = "entry", "paused before the script's first line"
+            where = f"{top['name']}()'s" if self._entry_in_function else "the script's"
+            stop.reason, stop.description = "entry", f"paused before {where} first line"
 
     def _leave_entry(self) -> None:
         """The first stop is the entry stop (or a breakpoint before it): the entry breakpoint
-        goes, unless the user set one on the same line."""
+        goes; the user's others in the same file stay."""
         entry, self._entry = str(self._entry), None
+        kept = [line for line in self._client.breakpoints.get(entry, [])
+                if line != self._entry_line]
         try:
-            self.bound[entry] = self._client.set_breakpoints(entry, [])
+            self._set_bound(entry, self._client.set_breakpoints(entry, kept))
         except DapError:
             return
-        if not self.bound[entry]:
-            del self.bound[entry]
 
-    def _exception(self, process_id: str, thread_id: int) -> dict[str, str]:
+    def _set_bound(self, path: str, answers: Bound) -> None:
+        if answers:
+            self.bound[path] = answers
+        else:
+            self.bound.pop(path, None)
+
+    def _exception(self, process_id: str, thread_id: int) -> tuple[dict[str, str], bool]:
+        """The exception the thread stopped on, and whether it stopped as user-unhandled."""
         try:
             info = self._client.request(process_id, "exceptionInfo", threadId=thread_id)
         except DapError as error:
-            return {"id": "", "description": str(error), "details": ""}
+            return {"id": "", "description": str(error), "details": ""}, False
         details = info.get("details") or {}
+        exception_id = info.get("exceptionId", "")
         return {
-            "id": info.get("exceptionId", ""),
+            "id": PAUSED_NOTE.sub("", exception_id),
             "description": info.get("description", ""),
             "details": details.get("stackTrace") or details.get("message") or "",
-        }
+        }, bool(PAUSED_NOTE.search(exception_id))
+
+    def _reported_again(self, process_id: str, thread_id: int, exception: dict[str, str],
+                        user_unhandled: bool) -> bool:
+        """Whether this stop is the bootstrap's report, as uncaught, of the exception the last
+        stop showed as user-unhandled, and so was passed (continued): a library frame between
+        the script and the bootstrap, which catches what the script leaves uncaught (the
+        bootstrap's own frames in an installed package, runpy's for ``-m``), made debugpy stop
+        on it first."""
+        shown = self._unhandled_shown.pop(process_id, None)
+        innermost = exception["details"].split("\n", 1)[0].removesuffix(PAUSED_FRAME_MARK)
+        raised = (thread_id, exception["id"], exception["description"], innermost)
+        if user_unhandled:
+            self._unhandled_shown[process_id] = raised
+            return False
+        if shown != raised:
+            return False
+        try:
+            self._client.request(process_id, "continue", threadId=thread_id)
+        except DapError:
+            return False
+        return True
 
     def _show_stop(self, stop: Stop, *, early: bool = False) -> None:
         """Frames of the stopped thread, and the top frame's source and first scope. ``early``:
@@ -345,7 +398,8 @@ class DebuggerController:
         for frame in trace.get("stackFrames", []):
             path = (frame.get("source") or {}).get("path", "")
             self.frames.append({
-                "id": frame["id"], "name": frame.get("name", ""), "path": path,
+                "id": frame["id"], "name": frame.get("name", "").removesuffix(PAUSED_FRAME_MARK),
+                "path": path,
                 "line": frame.get("line", 0), "local": bool(path) and Path(path).is_file(),
                 "source_reference": (frame.get("source") or {}).get("sourceReference", 0),
             })
@@ -463,9 +517,10 @@ class DebuggerController:
                     return {"reply": request_id, "variables": variables}
                 elif name == "full_value":
                     frame_id = action.get("frame_id")
-                    value = self.full_value(int(action["variables_reference"]), str(action["name"]),
-                                            None if frame_id is None else int(frame_id))
-                    return {"reply": request_id, "value": value}
+                    value, length = self.value_slice(
+                        int(action["variables_reference"]), str(action["name"]),
+                        None if frame_id is None else int(frame_id))
+                    return {"reply": request_id, "value": value, "length": length}
                 elif name == "evaluate":
                     result, error = self.evaluate(str(action["expression"]), action.get("frame_id"))
                     return {"reply": request_id, "result": result, "error": error}
@@ -476,11 +531,13 @@ class DebuggerController:
                 if request_id is not None:
                     return {"reply": request_id, "error": reason, "result": None,
                             "variables": [], "value": ""}
-                self.message = reason
-                self._publish()
+                if self.active:  # once ended, the status line keeps saying why
+                    self.message = reason
+                    self._publish()
         return None
 
     def _stopped_thread(self) -> int:
+        self.require_active()
         stop = self.stops.get(self.process)
         if stop is None:
             raise DapError("the script is running: pause it first")
@@ -499,6 +556,7 @@ class DebuggerController:
 
     def pause(self) -> None:
         with self._lock:
+            self.require_active()
             if self.process in self.stops:
                 return
             threads = self._client.request(self.process, "threads").get("threads", [])
@@ -506,28 +564,37 @@ class DebuggerController:
                 raise DapError("the process has no thread to pause")
             self._client.request(self.process, "pause", threadId=threads[0]["id"])
 
-    def toggle_breakpoint(self, path: str, line: int) -> list[int]:
-        """Set the breakpoint at ``path:line``, or clear it if there is one; the bound lines."""
+    def toggle_breakpoint(self, path: str, line: int) -> Bound:
+        """Set a breakpoint at ``path:line``, or clear the one there: asked for that line, or
+        bound to it (debugpy binds a line that runs nothing to one that does). Every line now
+        asked in ``path``, and the line each is bound to (None: not bound yet).
+
+        >>> controller.toggle_breakpoint("/src/train.py", 9999)  # doctest: +SKIP
+        {9999: 40}
+        """
         with self._lock:
+            self.require_active()
             lines = set(self._client.breakpoints.get(path, []))
-            lines ^= {line}
-            if line in self.bound.get(path, []):  # bound elsewhere than asked: clear it too
-                lines.discard(line)
-            bound = self._client.set_breakpoints(path, sorted(lines))
-            if bound:
-                self.bound[path] = bound
+            bound_here = {asked for asked, where in self.bound.get(path, {}).items()
+                          if where == line}
+            if line in lines or bound_here:
+                lines -= {line, *bound_here}
             else:
-                self.bound.pop(path, None)
+                lines.add(line)
+            answers = self._client.set_breakpoints(path, sorted(lines))
+            self._set_bound(path, answers)
             self._publish()
-            return bound
+            return answers
 
     def select_frame(self, frame_id: int) -> None:
         with self._lock:
+            self.require_active()
             self._select_frame(frame_id)
             self._publish()
 
     def select_process(self, process_id: str) -> None:
         with self._lock:
+            self.require_active()
             if process_id not in {p.id for p in self._client.live()}:
                 raise DapError(f"no process {process_id!r} under the debugger")
             self.process = process_id
@@ -539,6 +606,7 @@ class DebuggerController:
 
     def set_raised(self, raised: bool) -> None:
         with self._lock:
+            self.require_active()
             self.raised = raised
             self._client.set_raised(raised)
             self._publish()
@@ -546,45 +614,55 @@ class DebuggerController:
     def variables(self, reference: int) -> list[dict[str, Any]]:
         """The children of a variable (or a scope), as the tree shows them."""
         with self._lock:
+            self.require_active()
             known = self._listed.get(reference)
             if known is None:
                 raise DapError("that variable belongs to an earlier stop: it is gone")
             return self._variables(reference, known.frame_id)
 
-    def full_value(self, reference: int, name: str, frame_id: int | None = None) -> str:
-        """The whole value of the variable ``name`` listed under ``reference``; with
+    def value_slice(self, reference: int, name: str, frame_id: int | None = None,
+                    start: int = 0, count: int = FULL_VALUE_LIMIT) -> tuple[str, int]:
+        """Characters ``start`` to ``start + count`` of the whole value (its ``repr``) of the
+        variable ``name`` listed under ``reference``, and the whole value's length; with
         ``reference`` 0, of the expression ``name`` evaluated again in ``frame_id`` (default:
-        the selected frame), as an evaluation's result."""
+        the selected frame), as an evaluation's result. The debuggee cuts the slice, so the
+        answer stays small whatever the value's size.
+
+        >>> controller.value_slice(locals_reference, "notes", count=5)  # doctest: +SKIP
+        ("'nnnn", 12000002)
+        """
         with self._lock:
+            self._stopped_thread()
             if reference == 0:
-                return self._evaluated_in_full(name, frame_id)
+                return self._slice_of(name, frame_id if frame_id is not None else self.frame_id,
+                                      start, count)
             known = self._listed.get(reference)
             variable = next((v for v in (known.variables if known else []) if v["name"] == name),
                             None)
-            if variable is None:
+            if known is None or variable is None:
                 raise DapError(f"no variable {name!r} in the current stop")
-            value = variable.get("value", "")
-            expression = variable.get("evaluateName")
-            if expression:
-                value = self._client.request(
-                    self.process, "evaluate", expression=expression, frameId=known.frame_id,
-                    context="clipboard",
-                ).get("result", value)
-            return cut_to_limit(value)
+            if not variable.get("evaluateName"):  # debugpy's own rows (len(), a range): as listed
+                value = str(variable.get("value", ""))
+                return value[start:start + count], len(value)
+            return self._slice_of(variable["evaluateName"], known.frame_id, start, count)
 
-    def _evaluated_in_full(self, expression: str, frame_id: int | None) -> str:
-        """debugpy answers a failing expression in the "clipboard" context (the one that gives
-        values whole) with the exception's repr as its value: the "repl" context, which fails
-        it, goes first."""
-        result, error = self.evaluate(expression, frame_id)
-        if error is not None or result is None:
-            raise DapError(error or f"{expression!r} has no value")
-        if not result["shortened"]:
-            return result["value"]
-        frame = frame_id if frame_id is not None else self.frame_id
-        value = self._client.request(self.process, "evaluate", expression=expression,
-                                     frameId=frame, context="clipboard").get("result", "")
-        return cut_to_limit(str(value))
+    def _slice_of(self, expression: str, frame_id: int | None, start: int,
+                  count: int) -> tuple[str, int]:
+        """A slice of ``expression``'s repr, cut in the debuggee (raw: debugpy adds no quotes),
+        and the repr's length."""
+        cut = VALUE_SLICE.format(start=start, end=start + count, expression=expression)
+        try:
+            body = self._client.request(self.process, "evaluate", expression=cut,
+                                        frameId=frame_id, context="repl",
+                                        format={"rawString": True})
+        except DapClosed:
+            raise
+        except DapError as error:
+            raise DapError(last_line(str(error))) from None
+        length, colon, text = str(body.get("result", "")).partition(":")
+        if not colon or not length.isdigit():
+            raise DapError(f"{expression!r} has no value")
+        return text, int(length)
 
     def evaluate(self, expression: str, frame_id: int | None = None
                  ) -> tuple[dict[str, Any] | None, str | None]:
@@ -607,11 +685,12 @@ class DebuggerController:
 
 
 def controller_for(config: dict[str, Any] | None, *, label: str, script: Path | None,
-                   stop_at_entry: bool) -> DebuggerController:
+                   stop_at_entry: bool, entry_line: int | None = None) -> DebuggerController:
     """A debugger attaching where VS Code's attach ``config`` for a row would (the node's
     address, or the relay's port here), with its path mappings. ``stop_at_entry``: the
     ``script`` still waits for its debugger to start it, so the debugger stops at its first
-    line (never for a scoring script, which the server imports on its own time)."""
+    line, or at ``entry_line`` (never for a scoring script, which the server imports on its
+    own time)."""
     from aml_debug_magics.errors import DebugInputError
 
     if config is None:
@@ -626,7 +705,7 @@ def controller_for(config: dict[str, Any] | None, *, label: str, script: Path | 
     name = script.name if script is not None else label
     title = f"{name} ({label})" if name != label else name
     return DebuggerController(endpoint["host"], int(endpoint["port"]), arguments, title=title,
-                              entry=entry, script=shown)
+                              entry=entry, entry_line=entry_line, script=shown)
 
 
 def page_state(controller: DebuggerController, state: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,14 @@ adapter announcing a child process: a gunicorn worker, a subprocess) opens a sec
 to the same adapter with the event's body as attach arguments, as VS Code does; every process is
 then addressed by its id (``main`` for the first). Closing detaches (``terminateDebuggee``
 false): the script runs on.
+
+Breakpoints are asked for by line and answered by line: debugpy binds each to a line that runs
+(line 9999 of a 40-line file to its last line), and ``setBreakpoints`` says which, one answer per
+line asked, in order. Exceptions stop where uncaught, and where user-unhandled (debugpy's
+``userUnhandled`` filter, VS Code's "User Uncaught Exceptions"): raised in the user's code and
+handed to a library's that catches it, as the inference server catches what a scoring
+script's ``run()`` raises, or a runner what the function it calls raises; where raised too,
+on request.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ MAIN = "main"
 REQUEST_TIMEOUT = 30.0
 QUICK_ACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 EventHandler = Callable[[str, str, dict[str, Any]], None]
+Bound = dict[int, "int | None"]  # line asked -> line debugpy bound it to (None: not bound)
 
 
 class DapError(Exception):
@@ -221,7 +230,8 @@ class DapClient:
     """The debuggee at ``host:port`` and its children, attached with ``attach_arguments``.
 
     >>> client = DapClient("127.0.0.1", 5678, {"justMyCode": True}, on_event=print)
-    >>> client.start({"/home/me/src/train.py": [12]}, raised=False)  # doctest: +SKIP
+    >>> client.start({"/home/me/src/train.py": [12, 9999]}, raised=False)  # doctest: +SKIP
+    {'/home/me/src/train.py': {12: 12, 9999: 40}}
     >>> client.request("main", "threads")  # doctest: +SKIP
     {'threads': [{'id': 1, 'name': 'MainThread'}]}
     """
@@ -237,15 +247,17 @@ class DapClient:
         self.raised = False
         self._closing = False
 
-    def start(self, breakpoints: dict[str, list[int]], raised: bool = False) -> dict[str, Any]:
+    def start(self, breakpoints: dict[str, list[int]], raised: bool = False
+              ) -> dict[str, Bound]:
         """Connect and attach to the script's own process with these breakpoints; the
-        breakpoints as the adapter bound them (``{path: [line, ...]}``)."""
+        breakpoints as the adapter bound them (``{path: {line asked: line bound}}``)."""
         for path, lines in breakpoints.items():  # beside any set while connecting
             self.breakpoints[path] = sorted({*self.breakpoints.get(path, []), *lines})
         self.raised = raised
         return self._attach(MAIN, "script", self.attach_arguments)
 
-    def _attach(self, process_id: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    def _attach(self, process_id: str, name: str, arguments: dict[str, Any]
+                ) -> dict[str, Bound]:
         connection = DapConnection.open(
             self.host, self.port, lambda event, body: self._event(process_id, event, body),
             name=process_id,
@@ -327,14 +339,16 @@ class DapClient:
         self._on_event(child, "process_added", {"name": name})
 
     def _exception_filters(self) -> list[str]:
-        return ["raised", "uncaught"] if self.raised else ["uncaught"]
+        """Uncaught and user-unhandled exceptions stop; raised ones too when asked."""
+        return ["uncaught", "userUnhandled", *(["raised"] if self.raised else [])]
 
     @staticmethod
-    def _set_breakpoints(connection: DapConnection, path: str, lines: list[int]) -> list[int]:
+    def _set_breakpoints(connection: DapConnection, path: str, lines: list[int]) -> Bound:
         body = connection.request("setBreakpoints", source={"path": path},
                                   breakpoints=[{"line": line} for line in lines])
-        return sorted({b["line"] for b in body.get("breakpoints", [])
-                       if b.get("verified") and b.get("line")})
+        answers = body.get("breakpoints", [])  # one per line asked, in order
+        return {line: answer.get("line") if answer.get("verified") else None
+                for line, answer in zip(lines, answers, strict=False)}
 
     def live(self) -> list[DebuggedProcess]:
         with self._lock:
@@ -348,20 +362,23 @@ class DapClient:
             raise DapClosed(f"the process {process_id!r} has ended")
         return process.connection.request(command, timeout, **arguments)
 
-    def set_breakpoints(self, path: str, lines: list[int]) -> list[int]:
-        """Set ``path``'s breakpoints in every process; the lines bound in any of them."""
+    def set_breakpoints(self, path: str, lines: list[int]) -> Bound:
+        """Set ``path``'s breakpoints in every process; each line asked, and the line it is
+        bound to in a process (None while no process has bound it)."""
         wanted = sorted(set(lines))
         if wanted:
             self.breakpoints[path] = wanted
         else:
             self.breakpoints.pop(path, None)
-        bound: set[int] = set()
+        bound: Bound = dict.fromkeys(wanted)
         for process in self.live():
             try:
-                bound.update(self._set_breakpoints(process.connection, path, wanted))
+                answers = self._set_breakpoints(process.connection, path, wanted)
             except DapClosed:
                 continue
-        return sorted(bound)
+            for line, where in answers.items():
+                bound[line] = bound[line] or where
+        return bound
 
     def set_raised(self, raised: bool) -> None:
         """Stop on raised exceptions too (``True``) or only on uncaught ones."""

@@ -19,6 +19,7 @@ import time
 import types
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 try:
     from aml_debug_magics.node import gate, relay
@@ -75,6 +76,22 @@ def send_without_delay() -> None:
     with contextlib.suppress(AttributeError, OSError):
         writer = pydevd.get_global_debugger().writer
         writer.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _stop_as_uncaught(
+    py_db: Any, uncaught: tuple[type[BaseException], BaseException, types.TracebackType | None]
+) -> None:
+    """What debugpy 1.8.22's ``trigger_exception_handler(as_uncaught=True)`` does, for debugpy
+    1.8.21 (the last on Python 3.8 and 3.9, and the copy shipped in a snapshot): pydevd's own
+    check of the client's uncaught-exception filters, then its stop on the innermost frame of
+    the user's code in the traceback."""
+    thread = threading.current_thread()
+    thread_info = py_db.set_additional_thread_info(thread)
+    thread_info.is_tracing += 1  # as pydevd's own stops: its work while stopped is not traced
+    try:  # pydevd keeps the plain function on its debugger: it takes the debugger first
+        py_db.stop_on_unhandled_exception(py_db, thread, thread_info, uncaught)
+    finally:
+        thread_info.is_tracing -= 1
 
 
 class Debugger:
@@ -210,8 +227,28 @@ class Debugger:
         hide_from_debugger(threading.Timer(delay, action)).start()
 
     def report_uncaught(self, error: BaseException) -> None:
+        """Show the script's uncaught exception to the debugger as debugpy shows one that ends a
+        program: a client that breaks on uncaught exceptions (VS Code's default) stops at the
+        raising line, in the script's own frames; nothing happens without one.
+
+        This thread is not traced any more, from before the stop on: after the script, what runs
+        on it is the traceback and the exit with status 1, whose ``SystemExit`` would stop the
+        user a second time, in our frames (the script's ``atexit`` functions run untraced too).
+        """
+        import pydevd
+
+        py_db = pydevd.get_global_debugger()
+        if py_db is None:
+            return
+        # before the stop too: on Python 3.12+ a stop made outside pydevd's monitoring callbacks,
+        # if traced, deadlocks on pydevd's own lock (debugpy 1.8.22 suspends tracing the same way)
+        py_db.disable_tracing()
         if self.debugpy.is_client_connected():
-            self.debugpy.trigger_exception_handler(error, as_uncaught=True)
+            uncaught = (type(error), error, error.__traceback__)
+            if hasattr(self.debugpy, "trigger_exception_handler"):  # debugpy 1.8.22 and later
+                self.debugpy.trigger_exception_handler(uncaught, as_uncaught=True)
+            else:
+                _stop_as_uncaught(py_db, uncaught)
 
     def stop_tracing(self) -> None:
         """Stop tracing, so a script nobody debugs runs at full speed (2x to 11x on 3.11)."""
@@ -238,6 +275,7 @@ class GateHandle:
         ours, theirs = socket.socketpair()
         self._control = ours
         self._closing = False
+        self._watcher: threading.Thread | None = None
         fds = (listener.fileno(), theirs.fileno())
         options = ["--allow", allow, "--reattach-window", f"{reattach_window:g}"]
         options += ["--rank", str(rank)]
@@ -269,8 +307,8 @@ class GateHandle:
             if not self._closing:
                 action()
 
-        hide_from_debugger(threading.Thread(target=watch, name="aml-debug-gate", daemon=True))\
-            .start()
+        self._watcher = hide_from_debugger(threading.Thread(target=watch, name="aml-debug-gate"))
+        self._watcher.start()
 
     def close_now(self) -> None:
         """Close the port and every connection, end the adapter, and wait until that is done."""
@@ -288,6 +326,10 @@ class GateHandle:
         with contextlib.suppress(OSError):
             self._control.shutdown(socket.SHUT_RDWR)  # wakes the watcher, which then ends
         self._control.close()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            # over before the interpreter's own end: a thread that ends during it makes debugpy
+            # 1.8.21 on Python 3.13 print "Exception ignored in ... _DeleteDummyThreadOnDel"
+            self._watcher.join(timeout=5)
 
 
 def bind_public_port(address: Address) -> socket.socket:

@@ -13,8 +13,10 @@ Two uses, one way of calling the user's ``init()`` / ``run(mini_batch)`` / ``shu
   ``100KB``, a number of bytes). Then ``shutdown()`` if it has one. Out: ``append_row`` writes
   what each ``run()`` returned, one element (or DataFrame row) per line, into
   ``OUTPUT/APPEND_ROW_FILE_NAME``; ``summary_only`` writes nothing. A ``run()`` that raises
-  fails its whole mini-batch, one that returns fewer elements than it was given fails the rest;
-  past ``--error-threshold`` failed items (``-1``: never) the loop stops and exits 1.
+  fails its whole mini-batch, and so does one that returns anything but a list or a pandas
+  DataFrame (one line names the type, as Azure ML's runner refuses it); one that returns fewer
+  elements than it was given fails the rest; past ``--error-threshold`` failed items (``-1``:
+  never) the loop stops and exits 1.
   ``AML_DEBUG_MINI_BATCHES=N`` stops after N mini-batches.
 - **Imported as the entry script** (on Azure ML, shipped as ``aml_debug_parallel_entry.py``
   and named as the step's entry script in the debug copy): when ``AML_DEBUG_LISTEN`` is set,
@@ -164,9 +166,33 @@ def count_mini_batches(inputs: List[str], size: str, kind: str) -> int:
 # The runner's loop
 
 
+def is_dataframe(value: Any) -> bool:
+    """Whether ``value`` is a pandas DataFrame (without importing pandas: none was made if the
+    worker never imported it)."""
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and isinstance(value, pandas.DataFrame)
+
+
+def wrong_return(result: Any) -> Optional[str]:
+    """Why ``run()``'s ``result`` fails its mini-batch, or None for a list or a DataFrame.
+
+    Azure ML's runner fails the mini-batch on anything else, None included: its error reads
+    "The run() method in the entry script should return a list or a pandas DataFrame ... The
+    actual type of output is NoneType" (a job's log, quoted in microsoft/MLOpsPython#328; "...
+    is str" for a str). A tuple, which that error does not name, is refused too.
+
+    >>> wrong_return(["a.txt: ok"]) is None, wrong_return(3).split(":")[0]
+    (True, 'run() returned int')
+    """
+    if isinstance(result, list) or is_dataframe(result):
+        return None
+    return (f"run() returned {type(result).__name__}: return a list or a pandas DataFrame "
+            "(one item per successful input)")
+
+
 def _append_rows(path: str, result: Any) -> None:
     with open(path, "a", encoding="utf-8") as output:
-        if hasattr(result, "to_csv"):  # a DataFrame: its rows, space-separated, no header
+        if is_dataframe(result):  # its rows, space-separated, no header
             output.write(result.to_csv(sep=" ", header=False, index=False))
         else:
             for element in result:
@@ -199,11 +225,15 @@ def run_mini_batches(
                 on_error(error)
                 failed += items
             else:
-                returned = len(result) if result is not None else 0
-                succeeded += min(items, returned)
-                failed += max(0, items - returned)
-                if output_file is not None and result is not None:
-                    _append_rows(output_file, result)
+                refusal = wrong_return(result)
+                if refusal is not None:
+                    say(refusal)
+                    failed += items
+                else:
+                    succeeded += min(items, len(result))
+                    failed += max(0, items - len(result))
+                    if output_file is not None:
+                        _append_rows(output_file, result)
             if 0 <= error_threshold < failed:
                 say(f"{failed} item(s) failed, more than error_threshold {error_threshold}: "
                     "the job stops, as Azure ML stops it")

@@ -3,18 +3,20 @@
 
 In: the user's step or node (duck-read: its ``ParallelRunConfig`` and the arguments the SDK
 built from it; a v2 node's task, ``input_data``, ``mini_batch_size``, ``error_threshold`` and
-``append_row_to``). Out: a :class:`StepSpec` whose script is ``node/parallel_entry.py``, run in
-the entry script's folder, with the runner's options (the entry script, each primary input,
-file or tabular, the mini-batch size, output action, append-row file name, error threshold,
-the output folder) and, after ``--``, the program arguments; inputs and outputs are read as the
-step's SDK reads them elsewhere (a dataset becomes an ``--input NAME=PATH`` stand-in, a
-``PipelineData`` or node output a folder). For a target that submits (``azureml``), the spec
-only names the entry script; the debug copy there names the shipped shim
-(``SHIPPED_NAMES``) as the entry script instead.
+``append_row_to``). Out: a :class:`StepSpec` whose script is the user's entry script (its row
+is named after it and maps its folder), which the local target runs through the node's runner
+(:data:`RUNNER`, ``node/parallel_entry.py``) in that folder, with the runner's options (the
+entry script, each primary input, file or tabular, the mini-batch size, output action,
+append-row file name, error threshold, the output folder) and, after ``--``, the program
+arguments; inputs and outputs are read as the step's SDK reads them elsewhere (a dataset
+becomes an ``--input NAME=PATH`` stand-in, a ``PipelineData`` or node output a folder). For a
+target that submits (``azureml``), the spec only names the entry script; the debug copy there
+names the shipped shim (``SHIPPED_NAMES``) as the entry script instead.
 """
 
 from __future__ import annotations
 
+import ast
 import re
 import shlex
 from collections.abc import Callable
@@ -94,7 +96,7 @@ def read_parallel_step(
     return read_step(
         name=step.name,
         source_directory=folder,
-        script_name=str(RUNNER),
+        script_name=config.entry_script,
         arguments=[*options, "--", *program_arguments(step)],
         inputs=[*(step._inputs or []), *(getattr(step, "_side_inputs", None) or [])],
         outputs=outputs,
@@ -137,9 +139,41 @@ def check_mini_batches(specs: list[StepSpec], mini_batches: int | None, target: 
             "--mini-batches is for the local target: on Azure ML the runner hands out every "
             "mini-batch"
         )
-    if not any(spec.script == RUNNER for spec in specs):
+    if not any(is_parallel_spec(spec) for spec in specs):
         raise DebugInputError("--mini-batches is for parallel steps, and none is being run")
     return mini_batches
+
+
+def is_parallel_spec(spec: StepSpec) -> bool:
+    """Whether ``spec`` is a parallel step's (``ParallelRunStep``, SDK v2 parallel node): its
+    script is the user's entry script, which the local target runs through :data:`RUNNER`."""
+    return is_parallel_step(spec.sdk_object) or is_parallel_node(spec.sdk_object)
+
+
+def entry_stop_line(spec: StepSpec | None) -> int | None:
+    """Where the notebook's debugger first stops in a parallel step's entry script: the first
+    line of ``init()``, which the runner calls first (above it the module only imports and
+    defines), else of ``run()``; None for any other step, or an entry script with neither
+    (the stop then goes on the script's first line).
+
+    For ``def init():`` / ``global model`` / ``model = load()`` it is the line of ``model =``:
+    a ``global`` statement and a docstring run no code a debugger could stop on.
+    """
+    if spec is None or not is_parallel_spec(spec):
+        return None
+    try:
+        tree = ast.parse(spec.script.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+    for name in ("init", "run"):
+        runs = [statement for statement in getattr(functions.get(name), "body", [])
+                if not isinstance(statement, ast.Global | ast.Nonlocal) and not (
+                    isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant)
+                    and isinstance(statement.value.value, str))]
+        if runs:
+            return runs[0].lineno
+    return None
 
 
 def is_parallel_node(node: Any) -> bool:
@@ -208,7 +242,7 @@ def read_parallel_node(
     return StepSpec(
         name=name,
         source_directory=folder,
-        script_name=str(RUNNER),
+        script_name=entry,
         arguments=[*options, "--", *program],
         environment={str(k): str(v) for k, v in (node.environment_variables or {}).items()},
         reads=list(dict.fromkeys(v for v in values

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from aml_debug_magics import reaper
 from aml_debug_magics.node import parallel_entry
 from aml_debug_magics.node.announce import Announcement, AttachOutcome, LogReader
+from aml_debug_magics.node.options import SOURCE_ROOT_VARIABLE
 from aml_debug_magics.records import (
     Argument,
     DataFolder,
@@ -43,6 +44,7 @@ from aml_debug_magics.sources import parallel
 from aml_debug_magics.sources.sdk_v1 import is_pipeline_step
 from aml_debug_magics.sources.shell_line import substitute
 from aml_debug_magics.targets import local_run
+from aml_debug_magics.targets.bootstrap_command import bootstrap_entry, bootstrap_options
 
 if TYPE_CHECKING:
     from aml_debug_magics.records import DebugRequest
@@ -90,28 +92,14 @@ class LocalProcess:
         shell_line: ShellCommand | None = None,
         values: Mapping[str, str] | None = None,
     ) -> None:
-        where = ["--connect", connect] if connect else ["--listen", listen]
+        self.cwd = Path(cwd) if cwd else Path.cwd()
         # node_files: a folder holding only the shipped files, run as a node without this
         # package runs them (PYTHONPATH left alone)
-        entry = [str(node_files / "aml_debug_bootstrap.py")] if node_files else [
-            "-m", "aml_debug_magics.node.bootstrap"
-        ]
-        bootstrap = [
-            *entry,
-            *where,
-            "--timeout",
-            f"{timeout:g}",
-            "--on-timeout",
-            on_timeout,
-            "--ranks",
-            ranks,
-            "--just-my-code" if just_my_code else "--no-just-my-code",
-            "--allow",
-            allow,
-            *(["--reattach-window", f"{reattach_window:g}"] if reattach_window is not None else []),
-            "--",
-        ]
-        self.cwd = Path(cwd) if cwd else Path.cwd()
+        bootstrap = [*bootstrap_entry(node_files), *bootstrap_options(
+            listen=listen, connect=connect, timeout=timeout, on_timeout=on_timeout, ranks=ranks,
+            just_my_code=just_my_code, allow=allow, reattach_window=reattach_window,
+            source_root=str(self.cwd.resolve()) if shell_line is not None else None,
+        ), "--"]
         self.env = {**os.environ, **(env or {})}
         self._interpreters: Path | None = None
         # launcher: what starts python elsewhere (the tests' ip netns exec NODE)
@@ -120,7 +108,7 @@ class LocalProcess:
                 *launcher, python, "-u", *(bootstrap if debug else []), str(script), *args
             ]
         else:
-            insertion = ["-u", *bootstrap[:-1], "--source-root", str(self.cwd.resolve()), "--"]
+            insertion = ["-u", *bootstrap]
             line = shell_line.wrapped(shlex.join(insertion)) if debug else shell_line.text
             known = values or {}
             self.command = [*launcher, "bash", "-c", substitute(line, lambda p: known[p])]
@@ -331,11 +319,15 @@ class LocalPipelineTarget:
             for written, value in step.command.placeholders.items()
         }
         events.step_status(step.name, Status.STARTING if step.debug else Status.RUNNING)
-        if step.script == parallel.RUNNER:  # what the step is, before it waits for a debugger
+        script = step.script
+        if parallel.is_parallel_spec(step):  # the runner runs, and calls the entry script
+            script = parallel.RUNNER
+            # the attach config maps the entry script's folder, not the runner's
+            environment[SOURCE_ROOT_VARIABLE] = str(step.source_directory)
             what = parallel_entry.describe(arguments, self.request.mini_batches)
-            events.step_output(step.name, f"[aml-debug] {what}")
+            events.step_output(step.name, f"[aml-debug] {what}")  # before it waits
         process = LocalProcess(
-            step.script,
+            script,
             arguments,
             cwd=step.source_directory,
             timeout=self.request.timeout,

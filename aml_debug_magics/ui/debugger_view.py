@@ -47,7 +47,9 @@ class DebuggerView(anywidget.AnyWidget):
     expression ``name`` evaluated again, for an evaluation's result), ``evaluate``
     (expression, frame_id, request_id), ``exceptions`` (raised). Kernel to front end
     (``send``): ``{"reply": request_id, "variables": [...]}``, ``{"reply": request_id,
-    "value": str}``, ``{"reply": request_id, "result": Variable | None, "error": str | None}``.
+    "value": str, "length": int}`` (the value's first 4,000,000 characters at most, and the
+    whole value's length), ``{"reply": request_id, "result": Variable | None, "error": str |
+    None}``.
 
     Beyond the first agreement: ``title`` names the row being debugged ("main.py (main)");
     ``stop`` detaches and lets the script run on, as VS Code's stop does on an attach (the
@@ -58,7 +60,10 @@ class DebuggerView(anywidget.AnyWidget):
     while nothing is stopped, ``source`` is the row's script with ``line`` 0 (no current line),
     a scoring script too, so its gutter takes breakpoints before the server's worker runs it.
     ``frames`` leave out the bootstrap's own (the files that start the script under the
-    debugger).
+    debugger). Once the script ended or the debugger detached, every action is refused with
+    "the debugger has ended: ..." (the status line keeps saying why). The stepping keys (F5,
+    F10, F11, Shift+F11, F6, Shift+F5) work wherever the focus is in the view, the source text
+    and the evaluate box included.
     A stop comes as two snapshots: first the stack and the source (``scopes`` empty), so the
     line mark moves at once, then the same with the scopes (debugpy takes about 45 ms for each
     of ``scopes`` and ``variables``). ``message`` is empty while stopped unless something went

@@ -135,8 +135,8 @@ function render({ model, el }) {
     }
   });
 
+  // wherever the focus is in the view: a button, the source text, the evaluate box
   root.addEventListener("keydown", (event) => {
-    if (event.target === expression) return;
     const step = STEPS.find((candidate) => candidate.key === keyName(event));
     if (!step) return;
     // F5 reloads the page and F11 goes full screen unless the view takes them

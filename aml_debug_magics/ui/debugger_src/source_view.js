@@ -1,6 +1,8 @@
 // The source of the selected frame in a read-only CodeMirror 6 editor.
 // In: the frame's path, text and line, and the breakpoint lines the kernel reports for that path.
 // Out: a click in the gutter (breakpoint column or line number) calls onToggle(line).
+// The text takes the focus when clicked (and the gutter gives it to the text), so the view's
+// keys (F10...) keep working while the user reads or selects the source.
 // The line mark carries data-line so a page (and the browser tests) can read where it is.
 
 import { RangeSet, StateEffect, StateField, EditorState } from "@codemirror/state";
@@ -98,6 +100,7 @@ export class SourceView {
       const lines = breakpointLines(view.state);
       const next = lines.includes(line) ? lines.filter((l) => l !== line) : [...lines, line];
       view.dispatch({ effects: setBreakpoints.of(next) });  // shown at once, the kernel confirms
+      view.focus();  // the gutter's click is handled here, so the browser moves no focus
       this.onToggle(line);
       return true;
     };
@@ -130,6 +133,8 @@ export class SourceView {
           syntaxHighlighting(defaultHighlightStyle, { fallback: true }),
           EditorState.readOnly.of(true),
           EditorView.editable.of(false),
+          // not editable leaves the text unfocusable: a click would then blur the view
+          EditorView.contentAttributes.of({ tabindex: "0" }),
         ],
       }),
     });

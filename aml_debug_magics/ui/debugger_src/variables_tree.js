@@ -1,7 +1,8 @@
 // Variables as a tree whose children load only when a node is opened.
 // In: scopes and variables from the state snapshot, and `ask(message)`, which sends a request to
 // the kernel and resolves with its reply. Out: DOM nodes; "variables" requests when a node opens,
-// "full_value" requests when the user asks for a shortened value in full.
+// "full_value" requests when the user asks for a shortened value in full (the reply holds at
+// most a few million characters of it, and the whole value's length).
 // Open nodes are remembered by their path of names, so they open again after the next stop.
 
 export class VariablesTree {
@@ -86,9 +87,18 @@ export class VariablesTree {
             name: variable.name,
             frame_id: frameId,
           });
-          value.textContent = reply.value ?? reply.error ?? "";
-          value.classList.add("aml-dbg-var-full");
           more.remove();
+          if (reply.error) {
+            value.replaceWith(this.note(reply.error, true));
+            return;
+          }
+          value.textContent = reply.value;
+          value.classList.add("aml-dbg-var-full");
+          if (reply.length > reply.value.length) {
+            const part = `(the first ${reply.value.length.toLocaleString("en-US")} of ` +
+              `${reply.length.toLocaleString("en-US")} characters)`;
+            value.after(this.note(part));
+          }
         });
         row.append(more);
       }
