@@ -43,7 +43,7 @@ from relay_chains import make_chains  # noqa: E402
 
 from aml_debug_magics.node import relay_wire  # noqa: E402
 from aml_debug_magics.node.announce import Announcement, LogReader  # noqa: E402
-from aml_debug_magics.relay import StorageRelay  # noqa: E402
+from aml_debug_magics.relay.end import StorageRelay  # noqa: E402
 
 SCRIPT = """\
 import time

@@ -186,7 +186,7 @@ class SimCluster:
         """The default datastore's account (Azurite), at an address the nodes reach too."""
         from azurite import ACCOUNT, KEY
 
-        from aml_debug_magics.targets.relay_blobs import StorageAccount
+        from aml_debug_magics.relay.blobs import StorageAccount
 
         if self._storage_route is None:
             port = int(self.azurite.endpoint.rsplit(":", 1)[1].split("/", 1)[0])

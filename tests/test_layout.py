@@ -1,7 +1,9 @@
-"""The tree's shape: no import circle among our modules, and the node files stay self-contained.
+"""The tree's shape: no import circle among our modules, no import from a lower layer to a
+higher one, and the node files stay self-contained.
 
 Read with the standard library's ``ast``, nothing imported: every ``import`` of one of our
-modules counts, also inside functions, except under ``if TYPE_CHECKING:`` (never run).
+modules counts, also inside functions; under ``if TYPE_CHECKING:`` (never run) only where a
+test says so.
 """
 
 from __future__ import annotations
@@ -15,6 +17,25 @@ from node_pythons import find_python
 
 PACKAGE = Path(__file__).resolve().parents[1] / "aml_debug_magics"
 NODE = PACKAGE / "node"
+
+# The package's folders and top-level modules, lowest first, as the data flows (a magic, a
+# request, a session, a target, the node): a module imports from its own layer and the layers
+# below, never from one above. The session sits below targets/, deploy/ and ui/: it defines the
+# Target and View it is handed (the magics pass it the target's factory, from dispatch.py), and
+# those name the session in their type hints.
+LAYERS = (
+    ("node", "examples"),  # what travels to the node (stdlib + debugpy); a tutorial's script
+    ("records", "errors", "redaction", "failures", "ports", "reaper", "logs", "launch"),
+    ("sources",),  # readers of what the user built
+    ("relay",),  # the notebook's end of the storage relay
+    ("debugger",),  # the debugger inside the notebook
+    ("session",),
+    ("targets",),  # where steps run
+    ("deploy",),  # where scoring scripts run
+    ("dispatch", "ui"),  # a typed request's target; the session's view
+    ("magics", "__main__"),
+    ("",),  # the package itself: load_ipython_extension
+)
 
 
 def module_name(path: Path) -> str:
@@ -83,6 +104,23 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def layer_of(module: str) -> int:
+    """The index in ``LAYERS`` of the package folder or top-level module ``module`` is in."""
+    top = module.removeprefix("aml_debug_magics").lstrip(".").split(".")[0]
+    for index, names in enumerate(LAYERS):
+        if top in names:
+            return index
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS in tests/test_layout.py")
+
+
+def climbs(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """Each import (importer, imported) from a lower layer to a higher one."""
+    return sorted(
+        (module, other) for module, imported in graph.items() for other in imported
+        if layer_of(other) > layer_of(module)
+    )
+
+
 def test_no_import_circle():
     assert circles(import_graph()) == []
 
@@ -91,6 +129,26 @@ def test_no_circle_even_through_type_hints():
     """The layers read one way from the tree: a target names the session in its type hints, so
     the session never imports a target (the magics hand it the target factory)."""
     assert circles(import_graph(for_types=True)) == []
+
+
+def test_no_import_climbs_to_a_higher_layer():
+    """Type-only imports count too: a hint that names a higher layer is a dependency a reader
+    must follow up the tree, even though it never runs."""
+    assert climbs(import_graph(for_types=True)) == []
+
+
+def test_every_module_has_a_layer():
+    for module in import_graph():
+        layer_of(module)
+
+
+def test_the_layer_check_can_fail():
+    """The import that once climbed: the targets' package choosing a scoring script's target."""
+    graph = {"aml_debug_magics.targets": {"aml_debug_magics.deploy", "aml_debug_magics.errors"},
+             "aml_debug_magics.deploy": {"aml_debug_magics.targets.local"}}
+    assert climbs(graph) == [("aml_debug_magics.targets", "aml_debug_magics.deploy")]
+    with pytest.raises(AssertionError, match="in no layer"):
+        layer_of("aml_debug_magics.somewhere_new")
 
 
 def test_a_function_level_import_counts(tmp_path):

@@ -32,7 +32,7 @@ from relay_chains import Chains, make_chains, signed_url
 from aml_debug_magics.node import relay_wire
 from aml_debug_magics.node.announce import Announcement, LogReader, PortClosed, parse_line
 from aml_debug_magics.node.ranks import node_addresses
-from aml_debug_magics.relay import StorageRelay
+from aml_debug_magics.relay.end import StorageRelay
 
 
 @pytest.fixture(scope="module")

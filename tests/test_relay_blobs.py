@@ -2,7 +2,7 @@
 permissions, expiry and protocol (``spr``: a token for Azurite's plain ``http`` endpoint says
 ``https,http``; one for an ``https`` endpoint, ``https``, and Azurite refuses it over HTTP).
 
-Signing is ours (standard library HMAC, ``targets/relay_blobs.py``); what a token may do is
+Signing is ours (standard library HMAC, ``relay/blobs.py``); what a token may do is
 checked with azure-storage-blob's own clients, and the folders a sweep finds are planted and
 counted with them, so the test does not agree with the code by construction. The workspace's
 control plane (the default datastore and its secrets) is the only stand-in: small objects with
@@ -30,8 +30,9 @@ from conftest import wait_for
 
 from aml_debug_magics.errors import DebugInputError
 from aml_debug_magics.records import StepSpec
-from aml_debug_magics.targets import relay_blobs, relay_path
-from aml_debug_magics.targets.relay_blobs import (
+from aml_debug_magics.relay import blobs
+from aml_debug_magics.relay import paths as relay_paths
+from aml_debug_magics.relay.blobs import (
     CLOCK_SKEW,
     StorageAccount,
     folder_expiry,
@@ -39,7 +40,7 @@ from aml_debug_magics.targets.relay_blobs import (
     sas_token,
     sweep,
 )
-from aml_debug_magics.targets.relay_path import LONGEST_TOKEN, RelayPaths
+from aml_debug_magics.relay.paths import LONGEST_TOKEN, RelayPaths
 
 blob_sdk = pytest.importorskip("azure.storage.blob", reason="azure-storage-blob is a test "
                                "dependency")
@@ -166,7 +167,7 @@ def test_the_default_datastore_of_either_sdk_gives_the_account():
     v1 = types.SimpleNamespace(get_default_datastore=lambda: types.SimpleNamespace(
         account_name="wsstore", container_name="azureml-blobstore-1", account_key=KEY,
         endpoint="core.windows.net", protocol="https"))
-    found = relay_blobs.account_of_v1(v1)
+    found = blobs.account_of_v1(v1)
     assert (found.blob_endpoint, found.container, found.account_key) == (
         "https://wsstore.blob.core.windows.net", "azureml-blobstore-1", KEY)
 
@@ -180,7 +181,7 @@ def test_the_default_datastore_of_either_sdk_gives_the_account():
 
     credential = RefusingCredential()
     v2 = types.SimpleNamespace(datastores=Datastores(), _credential=credential)
-    found = relay_blobs.account_of_v2(v2)
+    found = blobs.account_of_v2(v2)
     assert found.blob_endpoint == "https://wsstore.blob.core.chinacloudapi.cn"
     assert found.account_key is None and found.credential is credential
     assert "listSecrets" in found.why_no_key
@@ -389,8 +390,8 @@ def test_a_sweep_that_fails_adds_one_note_and_the_blobs_are_still_made(workspace
     made in the real container."""
     account, container = workspace
     refusing = f"http://127.0.0.1:{closed_port()}/{ACCOUNT}"
-    real_sweep = relay_path.sweep
-    monkeypatch.setattr(relay_path, "sweep", lambda account, **options: real_sweep(
+    real_sweep = relay_paths.sweep
+    monkeypatch.setattr(relay_paths, "sweep", lambda account, **options: real_sweep(
         dataclasses.replace(account, blob_endpoint=refusing), **options))
     notes: list[str] = []
     paths = RelayPaths(lambda: account, 60, notes, swept=set())

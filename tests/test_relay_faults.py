@@ -25,7 +25,7 @@ from relay_chains import make_chains
 from test_relay import TRAIN, TRAIN_LOOP_LINE, NodeRun, storage  # noqa: F401
 
 from aml_debug_magics.node import relay_wire
-from aml_debug_magics.relay import ReverseRequestScreen
+from aml_debug_magics.relay.end import ReverseRequestScreen
 
 HERE = types.SimpleNamespace(launcher=[])  # the node's processes run on this machine
 

@@ -237,7 +237,7 @@ def test_without_a_way_to_sign_the_rows_say_which_role_is_missing_and_nothing_is
 ):
     """The control plane's answer for a user who may not list the datastore's secrets, with no
     Azure AD identity to ask for a user delegation key."""
-    from aml_debug_magics.targets.relay_blobs import StorageAccount
+    from aml_debug_magics.relay.blobs import StorageAccount
 
     monkeypatch.setattr(cluster, "relay_account", lambda: StorageAccount(
         "wsstore", "azureml-blobstore-1", "https://wsstore.blob.core.windows.net",
@@ -279,7 +279,7 @@ NO_SECRETS = "its secrets could not be listed (AuthorizationFailed)"
 def unsigned_account():
     """The control plane's answer for a user who may not list the datastore's secrets, with no
     Azure AD identity to ask for a user delegation key."""
-    from aml_debug_magics.targets.relay_blobs import StorageAccount
+    from aml_debug_magics.relay.blobs import StorageAccount
 
     return StorageAccount("wsstore", "azureml-blobstore-1", "https://wsstore.blob.core.windows.net",
                           why_no_key=NO_SECRETS)
@@ -289,7 +289,7 @@ def file_share_account():
     """SDK v1's answer where the workspace's default datastore is a file share."""
     from azureml.data.azure_storage_datastore import AzureFileDatastore
 
-    from aml_debug_magics.targets.relay_blobs import account_of_v1
+    from aml_debug_magics.relay.blobs import account_of_v1
 
     share = AzureFileDatastore(None, "workspacefilestore", "code-391ff5ac", "wsstore",
                                account_key="a2V5")
@@ -414,8 +414,8 @@ def test_by_default_an_sdk_v2_job_listens_where_its_datastore_secrets_are_refuse
     user delegation key: the job's node gets no ``--via`` and no blob URLs, the panel names the
     role. The control plane's datastore answer (as SDK v2 shapes it) is the only stand-in."""
     pytest.importorskip("azure.ai.ml", reason="azure-ai-ml is the v2 extra")
+    from aml_debug_magics.relay.blobs import account_of_v2
     from aml_debug_magics.targets import azureml_v2
-    from aml_debug_magics.targets.relay_blobs import account_of_v2
 
     class Datastores:
         def get_default(self, include_secrets=False):

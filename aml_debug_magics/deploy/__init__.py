@@ -10,26 +10,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from aml_debug_magics.deploy.local import Deployment
-    from aml_debug_magics.records import DebugRequest
-    from aml_debug_magics.session import Target
-
-
-def make_deploy_target(request: DebugRequest) -> Target:
-    if request.target == "local":
-        from aml_debug_magics.deploy.local import LocalDeployTarget
-
-        return LocalDeployTarget(request, request.deployment)
-    if request.target == "docker" and request.deployment.online is not None:
-        from aml_debug_magics.deploy.docker_v2 import OnlineDeploymentDockerTarget
-
-        return OnlineDeploymentDockerTarget(request, request.deployment)
-    if request.target == "docker":
-        from aml_debug_magics.deploy.docker import DockerDeployTarget
-
-        return DockerDeployTarget(request, request.deployment)
-    from aml_debug_magics.deploy.package import PackageDeployTarget
-
-    return PackageDeployTarget(request, request.deployment, request.workspace)
 
 
 def make_deployment(

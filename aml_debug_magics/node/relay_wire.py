@@ -1,5 +1,5 @@
 """The storage relay's wire: debugger bytes carried through append blobs, one source of truth for
-both ends (the node's ``relay.py`` and the notebook's ``aml_debug_magics/relay.py``).
+both ends (the node's ``relay.py`` and the notebook's ``aml_debug_magics/relay/end.py``).
 
 What flows: TCP bytes in, frames out, appended to a blob; on the other side, new bytes read with
 ``Range: bytes=<offset>-`` from the last offset, frames parsed, TCP bytes out. Two directions,
@@ -25,10 +25,27 @@ relay's batching that is days of stepping, and the SAS expires long before.
 
 **Frames** multiplex several TCP connections (VS Code's main session and each child process's
 ``debugpyAttach`` session) in one stream: a 9-byte header (kind: 1 byte, channel: 4 bytes,
-payload length: 4 bytes, big-endian) then the payload. ``OPEN`` and ``CLOSE`` carry no payload;
-the notebook numbers channels from 1, one per accepted connection. A child process's
-``debugpyAttach`` event repeats the parent's attach ``connect`` (the notebook's port), so the
-child's session arrives as one more connection there.
+payload length: 4 bytes, big-endian), the payload, then a 32-byte tag. ``OPEN``, ``CLOSE``,
+``ROTATE``, ``PING`` and ``BYE`` carry no payload; the notebook numbers channels from 1, one per
+accepted connection. A child process's ``debugpyAttach`` event repeats the parent's attach
+``connect`` (the notebook's port), so the child's session arrives as one more connection there.
+
+**Keys.** Anyone who can read the run's definition holds the node's tokens, so a token proves
+nothing about who wrote "up". Each end makes a Diffie-Hellman key pair (:class:`KeyPair`,
+RFC 3526's 2048-bit group, ``pow`` from the standard library): the node's public value travels in
+its announcement (the run's log, which only the node writes), the notebook's in a ``KEY`` frame,
+the first on "down" (which only the notebook writes). Both derive one MAC key per direction, and
+every frame's tag is HMAC-SHA256 over its number in the stream, its header and its payload
+(:class:`FrameSeal`): a frame forged, altered, replayed, dropped or moved fails its check, and
+the reader ends with :class:`StreamTampered`. Appends hold whole frames only, so a frame still
+incomplete after :data:`PARTIAL_LIMIT` seconds was someone else's.
+
+**Ends.** The notebook's end says ``PING`` every :data:`HEARTBEAT` seconds; the node's, once
+keyed, detaches after :data:`SILENCE_LIMIT` seconds without a frame (:class:`NotebookSilent`),
+so a dead kernel never leaves a debuggee paused. ``BYE`` ends a tunnel: the notebook's last
+frame, answered by the node's once it has read everything (the notebook deletes "down" after
+that answer, or :data:`BYE_WAIT` seconds). A 404 on a read means a blob was deleted
+(:class:`BlobMissing`): the notebook makes every blob before the submit.
 
 **Retries.** Every append carries ``x-ms-blob-condition-appendpos`` (the writer's own offset), so
 an append retried after a dropped connection never lands twice: a 412 on a retry means the first
@@ -38,9 +55,10 @@ growing pause until :data:`GIVE_UP_AFTER` seconds pass without one success.
 
 **Cost.** Polling is adaptive (:class:`Backoff`): every 5 ms while bytes flow and for a second
 after, then doubling to 1.2 s when idle; a side that just wrote polls fast again (an answer is
-due). Writes batch: a write waits 2 ms for more (debugpy writes a message's header and body
-apart), and whatever queued while the last append was in flight goes in the next one. Idle,
-each end makes about 50 reads a minute (100 for both).
+due), but not for a ``PING``. Writes batch: a write waits 2 ms for more (debugpy writes a
+message's header and body apart), and whatever queued while the last append was in flight goes
+in the next one. Idle, each end makes about 50 reads a minute (100 for both), and the notebook
+3 appends a minute for its heartbeat. A tag costs 32 bytes and one HMAC per frame.
 
 Failure kinds are small named exceptions; a signature never appears in a message
 (:func:`redacted` gives a URL without its query). Standard library only, Python 3.8+: this file

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 from aml_debug_magics.failures import first_line
 from aml_debug_magics.node.gate import admits_everyone
 from aml_debug_magics.records import Status
+from aml_debug_magics.relay.paths import RelayPaths, choose_paths
 from aml_debug_magics.targets.follow import RunFollower
 from aml_debug_magics.targets.reachability import probe
-from aml_debug_magics.targets.relay_path import RelayPaths, choose_paths
 from aml_debug_magics.targets.runconfig import debug_ready
 from aml_debug_magics.targets.statuses import going_on_statuses
 

@@ -29,9 +29,9 @@ from aml_debug_magics.failures import first_line
 from aml_debug_magics.node.bootstrap import SOURCE_ROOT_VARIABLE
 from aml_debug_magics.records import ShellCommand
 from aml_debug_magics.sources import parallel
+from aml_debug_magics.targets.bootstrap_command import BOOTSTRAP
 from aml_debug_magics.targets.environment import (
-    BOOTSTRAP,
-    bootstrap_options,
+    azureml_bootstrap_options,
     parallel_worker_environment,
     shipped_bootstrap,
     shipped_debugpy_note,
@@ -113,7 +113,7 @@ def debug_command(name: str, command: ShellCommand | None, request: DebugRequest
     if command is None or command.interpreter is None:
         written = command.text if command else ""
         raise DebugInputError(f"node {name!r} runs `{written}`: nothing in it runs Python to debug")
-    options = " ".join(shlex.quote(option) for option in bootstrap_options(request))
+    options = " ".join(shlex.quote(option) for option in azureml_bootstrap_options(request))
     # the variable tells the bootstrap where the code folder is, after a cd
     insertion = f'"${SOURCE_ROOT_VARIABLE}/{BOOTSTRAP}" {options} --'
     return f'export {SOURCE_ROOT_VARIABLE}="$PWD" && {command.wrapped(insertion)}'
@@ -188,7 +188,7 @@ class V2Workspace:
 
     def relay_account(self) -> Any:
         """The default datastore's storage account, for ``--via storage``'s blobs."""
-        from aml_debug_magics.targets.relay_blobs import account_of_v2
+        from aml_debug_magics.relay.blobs import account_of_v2
 
         return account_of_v2(self.ml_client)
 

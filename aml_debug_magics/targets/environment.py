@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from aml_debug_magics.errors import DebugInputError
 from aml_debug_magics.failures import first_line
 from aml_debug_magics.sources.inputs import cache_root
+from aml_debug_magics.targets.bootstrap_command import bootstrap_options
 
 if TYPE_CHECKING:
     from aml_debug_magics.records import DebugRequest
@@ -42,7 +43,6 @@ DEBUGPY_WHEEL_SHA256 = "b1e37d333663c8851516a47364ef473da127f9caebe4417e6df6f582
 NOT_FOR_LINUX_NODES = (".dll", ".exe", ".pdb", ".dylib")
 SHIPPED_MARKER = "aml_debug_shipped.txt"  # in the shipped folder: which wheel it came from
 NODE_FILES = Path(__file__).resolve().parents[1] / "node"
-BOOTSTRAP = "aml_debug_bootstrap.py"  # the bootstrap's name in a run's snapshot
 DEFAULT_PORT = 5678  # the guide's; a node's port is this plus its local rank
 
 
@@ -176,22 +176,14 @@ def shipped_bootstrap(
                 target.unlink(missing_ok=True)
 
 
-def bootstrap_options(request: DebugRequest) -> list[str]:
-    """The bootstrap's options for a node: where to listen (or connect), the window, the
-    ranks, and who may attach."""
-    where = (
-        ["--connect", request.connect]
-        if request.connect
-        else ["--listen", f"0.0.0.0:{request.port or DEFAULT_PORT}"]
+def azureml_bootstrap_options(request: DebugRequest) -> list[str]:
+    """The bootstrap's options on an Azure ML node: listen on every address of the node (or
+    connect), the window, the ranks, who may attach, and the way the debugger comes."""
+    return bootstrap_options(
+        listen=f"0.0.0.0:{request.port or DEFAULT_PORT}", connect=request.connect,
+        timeout=request.timeout, ranks=request.ranks, just_my_code=request.just_my_code,
+        allow=allowed_sources(request.allow), via=request.via,
     )
-    return [
-        *where,
-        "--timeout", f"{request.timeout:g}",
-        "--ranks", request.ranks,
-        "--just-my-code" if request.just_my_code else "--no-just-my-code",
-        "--allow", allowed_sources(request.allow),
-        *(["--via", request.via] if request.via != "listen" else []),
-    ]
 
 
 def parallel_worker_environment(request: DebugRequest, entry_script: str) -> dict[str, str]:

@@ -30,8 +30,8 @@ from aml_debug_magics.targets.statuses import (
 
 if TYPE_CHECKING:
     from aml_debug_magics.records import StepSpec
+    from aml_debug_magics.relay.paths import RelayPaths
     from aml_debug_magics.session import DebugSession
-    from aml_debug_magics.targets.relay_path import RelayPaths
 
 POLL_FAST = 1.0  # seconds between two listings while a debugged step has not said where it is
 POLL_SLOW = 10.0  # the longest pause between two listings (doubling to it while nothing changes)

@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from aml_debug_magics.sources import parallel
+from aml_debug_magics.targets.bootstrap_command import BOOTSTRAP
 from aml_debug_magics.targets.environment import (
-    BOOTSTRAP,
-    bootstrap_options,
+    azureml_bootstrap_options,
     parallel_worker_environment,
     shipped_bootstrap,
     shipped_debugpy_note,
@@ -161,7 +161,8 @@ def debug_ready(
             if variables and spec.name in variables:
                 built.environment_variables = {**(built.environment_variables or {}),
                                                **variables[spec.name]}
-            values = [BOOTSTRAP, [*bootstrap_options(request), "--", script, *arguments], built]
+            command = [*azureml_bootstrap_options(request), "--", script, *arguments]
+            values = [BOOTSTRAP, command, built]
             for field, value in zip(fields, values, strict=False):
                 setattr(sdk, field, value)
             if is_step:

@@ -48,7 +48,7 @@ class SdkWorkspace:
 
     def relay_account(self) -> Any:
         """The default datastore's storage account, for ``--via storage``'s blobs."""
-        from aml_debug_magics.targets.relay_blobs import account_of_v1
+        from aml_debug_magics.relay.blobs import account_of_v1
 
         return account_of_v1(self.workspace)
 

@@ -1,18 +1,18 @@
-"""Which way the debugger reaches a node (``--via``), and the notebook's end of the storage relay.
+"""Which way the debugger reaches a node (``--via``), and each relayed step's relay, run here.
 
-In: the request's ``--via``, the workspace's storage account (``relay_blobs.StorageAccount``),
-and the announcements the followed steps make. Before the submit, :func:`choose_paths` settles
-the ``--via`` the nodes take (the default ``auto`` becomes ``listen``, with one line on the
-panel saying why, where the relay cannot be made or cannot carry the step) and
+In: the request's ``--via``, the workspace's storage account (``blobs.StorageAccount``), and
+the announcements the followed steps make. Before the submit, :func:`choose_paths` settles the
+``--via`` the nodes take (the default ``auto`` becomes ``listen``, with one line on the panel
+saying why, where the relay cannot be made or cannot carry the step) and
 :meth:`RelayPaths.prepare` makes and signs each relayed step's blobs and gives the variables its
 node reads. When a step announces itself, :meth:`RelayPaths.arrived` decides the path:
-``storage`` always relays; ``auto`` probes the node's own address first (``reachability.probe``)
-and relays only when this machine cannot reach it, without a new submit. Relaying serves
-``127.0.0.1:<port>`` here (``relay.StorageRelay``); out goes the announcement the row shows (the
-node's own, or that local port) and one line saying which path is in use. A missed window, a
-closed port, the run's end or Stop end the step's relay and delete its blobs, with tokens signed
-then; what a killed kernel leaves, the session's first ``prepare`` in that workspace sweeps
-once its tokens have expired (``relay_blobs.sweep``).
+``storage`` always relays; ``auto`` probes the node's own address first (with the prober the
+follower hands in) and relays only when this machine cannot reach it, without a new submit.
+Relaying serves ``127.0.0.1:<port>`` here (``end.StorageRelay``); out goes the announcement the
+row shows (the node's own, or that local port) and one line saying which path is in use. A
+missed window, a closed port, the run's end or Stop end the step's relay and delete its blobs,
+with tokens signed then; what a killed kernel leaves, the session's first ``prepare`` in that
+workspace sweeps once its tokens have expired (``blobs.sweep``).
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING
 
 from aml_debug_magics.failures import first_line
 from aml_debug_magics.node.announce import Announcement
-from aml_debug_magics.sources.parallel import is_parallel_node, is_parallel_step
-from aml_debug_magics.targets.relay_blobs import (
+from aml_debug_magics.relay.blobs import (
     MISSING_ROLE,
     RelayBlobs,
     RelayUnavailable,
@@ -33,10 +32,11 @@ from aml_debug_magics.targets.relay_blobs import (
     make_relay_blobs,
     sweep,
 )
+from aml_debug_magics.sources.parallel import is_parallel_node, is_parallel_step
 
 if TYPE_CHECKING:
     from aml_debug_magics.records import DebugRequest, StepSpec
-    from aml_debug_magics.relay import StorageRelay
+    from aml_debug_magics.relay.end import StorageRelay
 
 RUN_LIMIT = 24 * 3600.0  # seconds the tokens outlive the attach window when a run sets no limit
 LONGEST_TOKEN = 7 * 24 * 3600.0  # a user delegation key lives at most 7 days
@@ -172,7 +172,7 @@ class RelayPaths:
             if self._closed:
                 raise RuntimeError("the session's relays have ended")
             if step not in self._running:
-                from aml_debug_magics.relay import StorageRelay
+                from aml_debug_magics.relay.end import StorageRelay
 
                 relay = StorageRelay(*self.blobs[step].notebook_chains(), node_key, ended)
                 relay.start()

@@ -230,7 +230,7 @@ class RelayBlobs:
     """The relay's blobs for one debugged step, signed for each side.
 
     ``node_up`` / ``node_down`` go into the node's environment (:meth:`node_environment`);
-    ``notebook_up`` / ``notebook_down`` stay in the notebook, for ``relay.StorageRelay``.
+    ``notebook_up`` / ``notebook_down`` stay in the notebook, for ``end.StorageRelay``.
     ``account`` signs again to delete them; ``expiry`` is when their tokens expire.
     """
 
@@ -256,7 +256,7 @@ class RelayBlobs:
         }
 
     def notebook_chains(self) -> tuple[str, str]:
-        """The notebook's up and down chains, as ``relay.StorageRelay`` takes them."""
+        """The notebook's up and down chains, as ``end.StorageRelay`` takes them."""
         return " ".join(self.notebook_up.urls), " ".join(self.notebook_down.urls)
 
     def delete(self) -> tuple[str, ...]:
