@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Install the test dependencies (Azurite, the blob-store emulator, into .azurite; Debian's
-# Chromium for the browser tests) and run every test on each notebook-side Python: 3.11 (.venv)
-# and 3.10 (.venv-3.10) in full, 3.12 (.venv-3.12) without what needs PythonScriptStep, which
-# does not install there. AML_DEBUG_PYTHONS="3.11" runs fewer. A missing interpreter is a loud
-# skip. This is what CI runs.
+# Chromium for the browser tests) and run the tests, two at a time (pytest-xdist), on each
+# notebook-side Python: every test on 3.11 (.venv); on 3.10 (.venv-3.10) and 3.12 (.venv-3.12)
+# the tests marked every_python, whose mark says what differs by version (ipykernel 6 vs 7, the
+# kernel the tutorials run in, what importing loads). AML_DEBUG_FULL=1 runs every test on every
+# Python (3.12 without what needs PythonScriptStep, which does not install there);
+# AML_DEBUG_PYTHONS="3.11" runs fewer Pythons. A missing interpreter is a loud skip. Arguments go
+# to pytest. This is what CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .azurite/node_modules/.bin/azurite-blob ]; then
@@ -47,7 +50,13 @@ for version in ${AML_DEBUG_PYTHONS:-3.11 3.10 3.12}; do
     echo "aml-debug: === the tests on Python $version ($venv) ===" >&2
     (PYTHON="$python" VENV="$venv" EXTRAS="test,v2" source scripts/_env.sh)
     if [ "$version" = 3.11 ]; then "$venv/bin/ruff" check aml_debug_magics tests bench; fi
-    "$venv/bin/python" -m pytest -p no:cacheprovider "$@" || failed+=("$version")
+    selection=()
+    if [ "$version" != 3.11 ] && [ -z "${AML_DEBUG_FULL:-}" ]; then
+        selection=(-m every_python)
+        echo "aml-debug: Python $version: the every_python tests (AML_DEBUG_FULL=1 runs all)" >&2
+    fi
+    "$venv/bin/python" -m pytest -p no:cacheprovider -n "${AML_DEBUG_WORKERS:-2}" \
+        "${selection[@]}" "$@" || failed+=("$version")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "aml-debug: SKIPPED: no tests ran on Python ${missing[*]} (not on this machine)" >&2

@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 # every process this test run starts inherits it (debug adapters too, though they daemonize):
 # what the checks below look for is this run's own, whatever else runs on the machine
 TEST_RUN = os.environ.setdefault("AML_DEBUG_TEST_RUN", uuid.uuid4().hex)
+if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker process checks only what it started
+    TEST_RUN = os.environ["AML_DEBUG_TEST_RUN"] = f"{TEST_RUN}-{os.environ['PYTEST_XDIST_WORKER']}"
 REAPER = b"aml_debug_magics/reaper.py"  # in the kernel's watchdog's command line
 
 
@@ -124,6 +126,15 @@ def start_local(tmp_path):
     yield start
     for process in started:
         process.stop()
+
+
+def pytest_collection_modifyitems(config, items):
+    """An ``every_python`` mark says why its tests run on every notebook-side Python."""
+    for item in items:
+        for mark in item.iter_markers("every_python"):
+            if not (mark.args and str(mark.args[0]).strip()):
+                raise pytest.UsageError(f"{item.nodeid}: every_python needs its reason: what "
+                                        "differs by Python version")
 
 
 @pytest.fixture(autouse=True)

@@ -8,6 +8,7 @@ For each, a virtual environment under ``.node-pythons/3.X`` gets only the node r
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -47,15 +48,20 @@ def node_python(version: str) -> str:
         pytest.skip(f"Python {version} is not on this machine (pyenv install {version})")
     venv = VENVS / version
     python = venv / "bin" / "python"
-    if not (venv / "ready").is_file():
-        shutil.rmtree(venv, ignore_errors=True)
-        subprocess.run([base, "-m", "venv", str(venv)], check=True, capture_output=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             DEBUGPY_REQUIREMENT],
-            check=True, capture_output=True,
-        )
-        (venv / "ready").write_text(DEBUGPY_REQUIREMENT)
+    if (venv / "ready").is_file():
+        return str(python)
+    VENVS.mkdir(exist_ok=True)
+    with open(VENVS / f"{version}.lock", "w") as lock:  # test processes running side by side
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (venv / "ready").is_file():
+            shutil.rmtree(venv, ignore_errors=True)
+            subprocess.run([base, "-m", "venv", str(venv)], check=True, capture_output=True)
+            subprocess.run(
+                [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                 DEBUGPY_REQUIREMENT],
+                check=True, capture_output=True,
+            )
+            (venv / "ready").write_text(DEBUGPY_REQUIREMENT)
     return str(python)
 
 

@@ -30,6 +30,8 @@ TUTORIAL = "1_debug_a_pipeline_step_locally.ipynb"
 FIRST_START = 180_000  # ms: the first JupyterLab start and kernel on a shared 2-core machine
 
 pytestmark = [
+    pytest.mark.every_python("JupyterLab, Notebook 7, ipykernel and ipywidgets differ by Python "
+                             "(ipykernel 6 on 3.10)"),
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="apt-get install -y chromium"),
 ]
 

@@ -36,6 +36,10 @@ import pytest
 from conftest import REPO, wait_for
 from test_browser import CHROMIUM, FIRST_START, jupyter_lab, notebook
 
+pytestmark = pytest.mark.every_python(
+    "JupyterLab, Notebook 7 and ipykernel differ by Python (ipykernel 6 on 3.10)"
+)
+
 UI = REPO / "aml_debug_magics" / "ui"
 SOURCES = UI / "debugger_src"
 BUNDLE = UI / "debugger.js"

@@ -23,6 +23,10 @@ from aml_debug_magics.debugger.commands import TEXT_VALUE_SHOWN
 from aml_debug_magics.records import Status
 from aml_debug_magics.session import current_session
 
+pytestmark = pytest.mark.every_python(
+    "ipykernel 6 (3.10) and 7 (3.11, 3.12) run the notebook's debugger differently"
+)
+
 PROJECT = Path(__file__).parent / "projects" / "debugger"
 
 

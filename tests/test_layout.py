@@ -15,6 +15,10 @@ from pathlib import Path
 import pytest
 from node_pythons import find_python
 
+pytestmark = pytest.mark.every_python(
+    "what importing the package loads depends on this Python's installed packages"
+)
+
 PACKAGE = Path(__file__).resolve().parents[1] / "aml_debug_magics"
 NODE = PACKAGE / "node"
 

@@ -23,6 +23,10 @@ from conftest import (
 from aml_debug_magics.records import Status
 from aml_debug_magics.session import current_session
 
+pytestmark = pytest.mark.every_python(
+    "kernel restarts and the extension's unload differ between ipykernel 6 and 7"
+)
+
 KERNEL = textwrap.dedent(
     """\
     import json, sys, time

@@ -20,6 +20,12 @@ from IPython.core.error import UsageError
 from aml_debug_magics.records import Status
 from aml_debug_magics.session import current_session
 
+pytestmark = pytest.mark.every_python(
+    "IPython and the magics' parsing, help and one-line errors, and the local target, under "
+    "this kernel's Python"
+)
+
+
 PREP = textwrap.dedent(
     """\
     import argparse, pathlib
@@ -56,6 +62,7 @@ from azureml.core import RunConfiguration
 from azureml.data import OutputFileDatasetConfig
 from azureml.pipeline.core import PipelineData, PipelineParameter
 from azureml.pipeline.steps import PythonScriptStep
+
 
 settings = RunConfiguration()
 settings.environment_variables = {"STEP_COLOUR": "teal"}

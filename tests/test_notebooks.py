@@ -12,6 +12,10 @@ import shutil
 import pytest
 from conftest import REPO, children_of, need_python_script_step
 
+pytestmark = pytest.mark.every_python(
+    "the tutorials run in a kernel of this Python (compute instances ship 3.10 kernels)"
+)
+
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 

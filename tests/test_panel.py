@@ -20,6 +20,10 @@ from aml_debug_magics.ui.panel import PanelView
 from aml_debug_magics.ui.text import TextView
 from aml_debug_magics.ui.ticker import Ticker
 
+pytestmark = pytest.mark.every_python(
+    "ipywidgets and IPython.display as this Python's environment has them"
+)
+
 START = 1_800_000_000.0
 
 

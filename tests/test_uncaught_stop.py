@@ -75,7 +75,10 @@ class BootstrapProcess:
         spec = LocalProcess(script, (), cwd=script.parent, timeout=60, python=python,
                             node_files=node_files)
         self.process = subprocess.Popen(
-            spec.command, cwd=spec.cwd, env=spec.env, stdin=subprocess.DEVNULL,
+            # an in-process kernel earlier in this test process sets FORCE_COLOR for its
+            # children; Python 3.13 would then colour the traceback compared here as text
+            spec.command, cwd=spec.cwd, env={**spec.env, "PYTHON_COLORS": "0"},
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self.output: list[str] = []
