@@ -188,7 +188,8 @@ def main() -> None:
     median = {key: statistics.median(values) for key, values in figures.items()}
     least = {key: min(values) for key, values in figures.items()}
     print(f"{rounds} rounds, interleaved; seconds to the first 200 from /score, median (and the "
-          "fastest round: on a shared machine, the least disturbed)")
+          "fastest round: on a shared machine, the least disturbed); ratio: the median of each "
+          "round's figure over the same round's anchor (and the fastest's over the fastest)")
     for group, anchor, what in (
         ("v1", "v1", "--entry-script score.py"),
         ("v2", "v2", "blue (ManagedOnlineDeployment)"),
@@ -201,8 +202,12 @@ def main() -> None:
             print(f"   anchor azmlinfsrv by hand:                 {hand:6.2f} s ({fastest:.2f})")
         for kind, label in (("plain", "nobody attached"), ("attached", "a debugger attached")):
             took, quickest = median[f"{group} {kind}"], least[f"{group} {kind}"]
+            paired = statistics.median(
+                ours / theirs for ours, theirs in zip(figures[f"{group} {kind}"],
+                                                      figures[f"{anchor} anchor"], strict=True)
+            )
             print(f"   %aml_debug_deploy, {label + ':':24s} {took:6.2f} s ({quickest:.2f})   "
-                  f"ratio {took / hand:.2f} ({quickest / fastest:.2f})")
+                  f"ratio {paired:.2f} ({quickest / fastest:.2f})")
 
 if __name__ == "__main__":
     main()

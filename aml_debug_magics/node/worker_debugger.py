@@ -108,6 +108,9 @@ def _tracing_this_thread_only(beside_the_worker: bool):  # type: ignore[no-untyp
     if not beside_the_worker:
         yield
         return
+    # as the debugger's own start sets it, but before pydevd's import, which reads it: no
+    # four lines of "Debugger warning" about frozen modules in the worker's output
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     bootstrap.import_debugpy()
     import debugpy.server.api as server
 
