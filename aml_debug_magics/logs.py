@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from aml_debug_magics.node.announce import (
     Announcement,
     AttachOutcome,
+    Failure,
     LogReader,
     PortClosed,
     announcements_in_tags,
@@ -229,13 +230,16 @@ class RunLogs:
         for news in announcements_in_tags(tags or {}):
             self._tell(news)
 
-    def _tell(self, news: Announcement | AttachOutcome | PortClosed) -> None:
+    def _tell(self, news: Announcement | AttachOutcome | PortClosed | Failure) -> None:
         if isinstance(news, Announcement):
             key = ("announce", news.rank, news.port, news.addresses[:1])
         elif isinstance(news, PortClosed):
             key = ("closed", news.rank, news.reason)
-        else:
-            key = ("outcome", news.rank, news.attached)
+        elif isinstance(news, Failure):
+            key = ("failed", news.rank, news.pid, news.file, news.line)
+        else:  # the post-mortem's outcome is another than the attach window's
+            failed = any(told[:2] == ("failed", news.rank) for told in self._told)
+            key = ("outcome", news.rank, news.attached, failed)
         if key not in self._told:
             self._told.add(key)
             self._on_news(news)

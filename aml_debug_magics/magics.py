@@ -61,20 +61,29 @@ def session_options(magic: Callable[..., Any]) -> Callable[..., Any]:
                  "target: who may attach to the node's debug port (default: this machine's "
                  "addresses and the node itself, where an SSH tunnel arrives; node: the node "
                  "itself; any: everyone who reaches it)"),
+        argument("--env", choices=("job", "kernel"), default="job", help="local target: "
+                 "where the step's Python runs: job (the default: a layer of the packages its "
+                 "environment declares over the kernel's; pip in its command installs there) "
+                 "or kernel (the kernel's environment as it is)"),
         argument("--ranks", default="0", help="which ranks of a distributed step wait for a "
-                 "debugger: 0 (default), all, or 0,2"),
+                 "debugger: 0 (default), all, or 0,2; the local target runs every rank"),
         argument("--via", choices=VIA, help="azureml target: how the debugger reaches the "
                  "node: listen (its port), storage (through the workspace's default blob "
                  "storage: no network path to the node needed), auto (the port if reachable "
                  "from here, else storage). Default: AmlDebugMagics.via, auto; where the "
-                 "relay's blobs cannot be made (no role on the storage account), for several "
-                 "ranks, a parallel step or --connect, the default listens and the panel says "
-                 "why"),
+                 "relay's blobs cannot be made (no role on the storage account), for --ranks "
+                 "all of a step that declares no distribution, a parallel step or --connect, "
+                 "the default listens and the panel says why"),
         argument("--write-launch-json", action="store_true", help="write each attach config "
                  "into .vscode/launch.json as soon as it is known (a backup is kept)"),
         argument("--debug-here", action="store_true", help="open the debugger in this "
                  "notebook on each debugged step once it waits (as the row's Debug here button "
                  "does; %%aml_debug_step drives it as text)"),
+        argument("--post-mortem", metavar="SECONDS|off", help="when a debugged script fails "
+                 "with no debugger attached, how long it waits for one, stopped at the "
+                 "exception, before it exits as python would (default: "
+                 "AmlDebugMagics.post_mortem, else the attach window, --timeout; off: exit "
+                 "at once)"),
         argument("--stop", action="store_true", help="stop the running session and exit"),
     ]):
         magic = decorator(magic)
@@ -100,6 +109,16 @@ class AmlDebugMagics(Magics):
         VIA, default_value="auto",
         help="How the debugger reaches an Azure ML node when no --via is typed (auto: its port "
         "if reachable, else the storage relay; listen where the relay cannot be made).",
+    ).tag(config=True)
+
+    post_mortem = Unicode(
+        "", help="Seconds a debugged script that failed with no debugger attached waits for "
+        "one at its exception, or off; empty: as long as the attach window (--timeout).",
+    ).tag(config=True)
+
+    cache_limit = Int(
+        5 * 1024**3, help="Bytes the local target's job environments may hold in the cache; "
+        "the least recently used go first.",
     ).tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
@@ -307,6 +326,10 @@ class AmlDebugMagics(Magics):
     @argument("--debug-here", action="store_true", help="open the debugger in this notebook "
               "once the server waits (the row's Debug here button); a breakpoint in run() "
               "stops in the worker, shown as its own process")
+    @argument("--input", metavar="PATH", help="a batch deployment: the folder (or file) of "
+              "files it scores here")
+    @argument("--mini-batches", type=int, metavar="N", help="a batch deployment: run only its "
+              "first N mini-batches")
     @argument("--stop", action="store_true", help="stop the running session and exit")
     @line_magic
     @one_line_errors
@@ -320,14 +343,22 @@ class AmlDebugMagics(Magics):
         Example: %aml_debug_deploy --entry-script score.py --model-dir model
                  --sample-request '{"data": [[1, 2]]}'
         Example: %aml_debug_deploy blue_deployment --sample-request sample-request.json
+        Example: %aml_debug_deploy batch_deployment --input data/
         """
         from aml_debug_magics.deploy import make_deployment
         from aml_debug_magics.records import StepSpec
+        from aml_debug_magics.sources.batch import is_batch_deployment
 
         args = self._parse(self.aml_debug_deploy, line)
         if args.stop:
             return self._stop("deploy")
         target = args.target or "local"
+        if args.deployment and is_batch_deployment(self._variable(args.deployment)):
+            return self._batch_deployment(args, target)
+        if args.input is not None or args.mini_batches is not None:
+            raise DebugInputError("--input and --mini-batches are for a batch deployment "
+                                  "(%aml_debug_deploy BATCH_DEPLOYMENT --input PATH)")
+        args.input = []  # a scoring script reads no step inputs
         if args.deployment:
             deployment = self._online_deployment(args, target)
         elif not args.entry_script:
@@ -347,6 +378,27 @@ class AmlDebugMagics(Magics):
         args.target = target
         self._open("deploy", f"%aml_debug_deploy {args.deployment or script.name}", [spec], args,
                    deployment=deployment, models=args.model)
+
+    # -- %aml_debug_cache ------------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("action", nargs="?", choices=("list", "clear"), default="list", help="list (the "
+              "default): the job environments the local target keeps, their size and "
+              "packages; clear: remove them all")
+    @line_magic
+    @one_line_errors
+    def aml_debug_cache(self, line: str) -> None:
+        """The job environments the local target built, kept up to AmlDebugMagics.cache_limit.
+
+        Example: %aml_debug_cache clear
+        """
+        from aml_debug_magics.targets import job_env
+
+        args = self._parse(self.aml_debug_cache, line)
+        if args.action == "clear":
+            print(f"removed the job environments: {job_env.clear() / 1e6:.1f} MB freed")
+            return
+        print(job_env.cache_listing(self.cache_limit))
 
     # -- %aml_debug_step -------------------------------------------------------------------
 
@@ -370,6 +422,23 @@ class AmlDebugMagics(Magics):
         from aml_debug_magics.debugger.commands import run_command
 
         print(run_command(line))
+
+    def _batch_deployment(self, args: argparse.Namespace, target: str) -> None:
+        """``%aml_debug_deploy BATCH_DEPLOYMENT --input PATH``: its scoring script run here as
+        Azure ML's batch runner runs it, on the local target only."""
+        from aml_debug_magics.sources.batch import read_batch_deployment
+        from aml_debug_magics.sources.parallel import check_mini_batches
+
+        if target != "local":
+            raise DebugInputError(f"{args.deployment} is a batch deployment: it runs on the "
+                                  "local target only (drop --target)")
+        spec = read_batch_deployment(self._variable(args.deployment), args.deployment,
+                                     args.input, base=Path.cwd())
+        mini_batches = check_mini_batches([spec], args.mini_batches, target)
+        args.input, args.target = [], target  # read into the spec: not a pipeline's NAME=PATH
+        args.connect, args.ranks, args.write_launch_json, args.experiment = None, "0", False, None
+        self._open("deploy", f"%aml_debug_deploy {args.deployment}", [spec], args,
+                   mini_batches=mini_batches)
 
     def _online_deployment(self, args: argparse.Namespace, target: str) -> Any:
         """``%aml_debug_deploy VARIABLE``: an SDK v2 deployment read into what is served."""
@@ -490,6 +559,9 @@ class AmlDebugMagics(Magics):
             via=self._via(args, kind),
             via_default=getattr(args, "via", None) is None and self._via(args, kind) == "auto",
             debug_here=args.debug_here,
+            env=getattr(args, "env", "job"),
+            cache_limit=self.cache_limit,
+            post_mortem=getattr(args, "post_mortem", None) or self.post_mortem or None,
             **extra,
         )
         open_session(kind, request, make_view(self.view), make_target)

@@ -66,6 +66,48 @@ class ShellCommand:
         return f"{self.text[:end]} {insertion}{self.text[end:]}"
 
 
+@dataclass(frozen=True)
+class Distribution:
+    """How Azure ML starts a distributed step: ``framework`` (pytorch, mpi or tensorflow) on
+    ``nodes`` nodes, ``processes_per_node`` processes on each; for TensorFlow one process per
+    task instead, ``workers`` workers then ``parameter_servers`` parameter servers, spread
+    evenly over the nodes. A process's rank is its place in that order."""
+
+    framework: str
+    nodes: int
+    processes_per_node: int
+    workers: int = 0  # tensorflow only
+    parameter_servers: int = 0  # tensorflow only
+
+    @property
+    def world_size(self) -> int:
+        if self.framework == "tensorflow":
+            return self.workers + self.parameter_servers
+        return self.nodes * self.processes_per_node
+
+    @property
+    def per_node(self) -> int:
+        """The most processes one node runs."""
+        return -(-self.world_size // self.nodes)
+
+    def node_of(self, rank: int) -> int:
+        return rank // self.per_node
+
+    def local_rank(self, rank: int) -> int:
+        return rank % self.per_node
+
+    def describe(self) -> str:
+        """What runs, as the panel says it: ``2 nodes x 2 processes (PyTorch)``."""
+        name = {"pytorch": "PyTorch", "mpi": "MPI", "tensorflow": "TensorFlow"}[self.framework]
+        nodes = f"{self.nodes} node{'s' if self.nodes != 1 else ''}"
+        if self.framework == "tensorflow":
+            servers = f" + {self.parameter_servers} parameter servers" \
+                if self.parameter_servers else ""
+            return f"{nodes}, {self.workers} workers{servers} ({name})"
+        each = f"{self.processes_per_node} process{'es' if self.processes_per_node != 1 else ''}"
+        return f"{nodes} x {each} ({name})"
+
+
 @dataclass
 class StepSpec:
     """One script to run: where, with which arguments and environment, and whether to debug it."""
@@ -84,6 +126,7 @@ class StepSpec:
     # SDK v1: what Run.get_context().input_datasets answers in the step, by input name
     named_inputs: dict[str, DataFolder | ExternalInput] = field(default_factory=dict)
     trial: str = ""  # one trial of a sweep: its point and how it was chosen, for the panel
+    distribution: Distribution | None = None  # several processes, as Azure ML starts them
 
     @property
     def script(self) -> Path:
@@ -94,6 +137,7 @@ class Status(str, Enum):
     QUEUED = "queued"
     STARTING = "starting"
     WAITING = "waiting for debugger"
+    POST_MORTEM = "failed, waiting for a debugger at the exception"
     ATTACHED = "attached"
     RUNNING = "running"
     TIMED_OUT = "timed out and continued"
@@ -143,4 +187,9 @@ class DebugRequest:
     models: list[str] = field(default_factory=list)  # for packaging: NAME or NAME:VERSION
     input_paths: dict[str, Path] = field(default_factory=dict)  # local target: external data
     mini_batches: int | None = None  # local target: parallel steps stop after this many
+    env: str = "job"  # local target: job (a layer of the job's environment) or kernel
+    cache_limit: int = 5 * 1024**3  # local target: bytes the job environments may hold
     debug_here: bool = False  # open the notebook's debugger on each debugged row it can attach
+    # after a failure with nobody attached: seconds to wait at the exception, or "off" (None:
+    # as long as the attach window)
+    post_mortem: str | None = None

@@ -7,11 +7,7 @@ URL-encoded once more (``%26sig%3DAbC%252Bd``, a URL inside a URL) and JSON-esca
 
 from __future__ import annotations
 
-import re
-
-# "sig" not preceded by a letter (a "6" before it is the end of %26 or \u0026), then "=" or
-# its encoding, then the value up to the next parameter in any of the three forms
-_SIGNATURE = re.compile(r"(?i)(?<![a-z_])(sig(?:=|%3D))((?:(?!%26)[^&\s\"'<>\\])+)")
+from aml_debug_magics.node.snapshot import SAS_SIGNATURE as _SIGNATURE  # one rule, both sides
 
 
 def redact(text: str) -> str:

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aml_debug_magics.errors import DebugInputError
-from aml_debug_magics.node.announce import Announcement, AttachOutcome, PortClosed
+from aml_debug_magics.node.announce import Announcement, AttachOutcome, Failure, PortClosed
 from aml_debug_magics.ports import check_port_free, free_port
 from aml_debug_magics.records import ENDED, DebugRequest, ServiceInfo, Status
 from aml_debug_magics.redaction import redact
+from aml_debug_magics.relay.paths import waiting_ranks
 from aml_debug_magics.sources.parallel import check_worker_listens, entry_stop_line
 
 LINES_SHOWN = 40
@@ -48,12 +49,16 @@ class StepRow:
     reachability: str = ""  # what a probe of the announced address from here found
     path: str = ""  # how the debugger reaches the node: "" (its address), "via storage"...
     port_closed: bool = False  # the debug port closed for good while the script runs on
+    node: int | None = None  # a distributed step's rank: the node it runs on
+    failure: Failure | None = None  # the script's uncaught exception, once it failed
     last_lines: collections.deque[str] = field(
         default_factory=lambda: collections.deque(maxlen=LINES_SHOWN)
     )
 
     @property
     def label(self) -> str:
+        if self.node is not None:
+            return f"{self.step} (node {self.node}, rank {self.rank})"
         return self.step if self.rank == 0 else f"{self.step} (rank {self.rank})"
 
     @property
@@ -65,9 +70,18 @@ class StepRow:
 
     def seconds_left(self, now: float) -> float | None:
         """Time left to attach, computed from the deadline (None when nobody is waited for)."""
-        if self.status != Status.WAITING or self.announcement is None:
+        if self.status not in (Status.WAITING, Status.POST_MORTEM) or self.announcement is None:
             return None
         return self.announcement.seconds_left(now)
+
+    @property
+    def failure_headline(self) -> str:
+        """``ZeroDivisionError at steps/train.py:42 in fit``, once the script failed."""
+        if self.failure is None:
+            return ""
+        where = self.failure.attach or self.announcement
+        root = (where.source_root or where.cwd) if where is not None else None
+        return self.failure.headline(root)
 
     @property
     def attachable(self) -> bool:
@@ -198,11 +212,25 @@ class DebugSession:
             self.rows.insert(self.rows.index(first) + rank, row)
             return row
 
+    def rank_rows(self, step: str, nodes: list[int], debugged: set[int]) -> None:
+        """One row per rank of a distributed step, made before any rank speaks: rank ``r``
+        runs on node ``nodes[r]``; the ranks in ``debugged`` wait for a debugger."""
+        with self._lock:
+            for rank, node in enumerate(nodes):
+                row = self.row(step, rank)
+                row.node = node
+                row.debugged = row.debugged and rank in debugged
+                self.view.refresh(row)
+
     def step_status(
-        self, step: str, status: Status, detail: str = "", exit_code: int | None = None
+        self, step: str, status: Status, detail: str = "", exit_code: int | None = None,
+        rank: int | None = None,
     ) -> None:
+        """The status of every row of ``step``, or of its ``rank``'s row alone."""
         with self._lock:
             rows = [r for r in self.rows if r.step == step] or [self.row(step)]
+            if rank is not None:
+                rows = [self.row(step, rank)]
             for row in rows:
                 if row.status == Status.STOPPED:
                     continue
@@ -211,12 +239,19 @@ class DebugSession:
                     row.status = status
                     row.detail = redact(detail)
                     row.exit_code = exit_code
+                if status == Status.FAILED and row.failure is not None:
+                    row.detail = redact(f"{row.failure_headline}; {detail}" if detail
+                                        else row.failure_headline)
                 self.view.refresh(row)
 
-    def step_news(self, step: str, news: Announcement | AttachOutcome | PortClosed) -> None:
+    def step_news(
+        self, step: str, news: Announcement | AttachOutcome | PortClosed | Failure
+    ) -> None:
         with self._lock:
             row = self.row(step, news.rank)
-            if isinstance(news, Announcement):
+            if isinstance(news, Failure):
+                self._failed(row, news)
+            elif isinstance(news, Announcement):
                 row.announcement = news
                 row.status = Status.WAITING
                 row.detail = ""
@@ -228,16 +263,37 @@ class DebugSession:
             elif news.attached:
                 row.attached = True
                 row.status = Status.ATTACHED
+            elif row.failure is not None:
+                row.status = Status.TIMED_OUT
+                row.detail = redact(f"{row.failure_headline}; no debugger came to the exception "
+                                    "in time: the script exits")
             else:
                 row.status = Status.TIMED_OUT
                 if not row.port_closed:  # else the closing said why already
                     row.detail = "no debugger attached in time; the script runs on without one"
             self.view.refresh(row)
-        if isinstance(news, Announcement) and self.request.write_launch_json:
+        opened = isinstance(news, Announcement) or (
+            isinstance(news, Failure) and news.attach is not None
+        )
+        if opened and self.request.write_launch_json:
             self.write_launch_json(row)
-        if isinstance(news, Announcement) and self.request.debug_here and row.debugged \
-                and news.mode == "listen":
+        if opened and self.request.debug_here and row.debugged \
+                and row.announcement is not None and row.announcement.mode == "listen":
             self.debug_here(row)
+
+    @staticmethod
+    def _failed(row: StepRow, failure: Failure) -> None:
+        """The script failed with nobody attached: the row names the exception and, with a
+        post-mortem, offers the new window at it."""
+        row.failure = failure
+        row.attached = False
+        if failure.attach is None:
+            row.detail = redact(f"{row.failure_headline}; no post-mortem: the script exits")
+            return
+        row.announcement = failure.attach
+        row.port_closed = False
+        row.status = Status.POST_MORTEM
+        row.detail = redact(row.failure_headline)
 
     def step_reachability(self, step: str, rank: int, text: str, *, path: str = "") -> None:
         with self._lock:
@@ -374,7 +430,8 @@ def check_request(request: DebugRequest) -> None:
 
     try:
         allow = "any" if request.allow == "auto" else request.allow
-        options.check_limits(request.timeout, request.ranks, allow)
+        options.check_limits(request.timeout, request.ranks, allow,
+                             post_mortem=request.post_mortem)
     except options.UsageError as error:
         raise DebugInputError(str(error)) from None
     if not 0 <= request.port <= 65535:
@@ -394,7 +451,7 @@ def check_request(request: DebugRequest) -> None:
 
 
 def check_via(request: DebugRequest) -> None:
-    """``--via storage`` and ``auto`` relay one process per step, on Azure ML, to a listener.
+    """``--via storage`` and ``auto`` relay each waiting rank, on Azure ML, to a listener.
     The default ``auto`` listens instead where it cannot relay (``relay.paths.choose_paths``)."""
     if request.via == "listen" or request.via_default:
         return
@@ -404,9 +461,9 @@ def check_via(request: DebugRequest) -> None:
     if request.connect is not None:
         raise DebugInputError(f"--via {request.via} relays to the node's own listener: drop "
                               "--connect")
-    if not request.ranks.isdigit():
-        raise DebugInputError(f"--via {request.via} relays one rank per step: give one rank, "
-                              f"like --ranks 0 (got {request.ranks!r})")
+    for spec in request.steps:  # one relay per waiting rank: their number is known here
+        if spec.debug:
+            waiting_ranks(request.ranks, spec)
 
 
 def check_ports(request: DebugRequest) -> None:

@@ -10,6 +10,9 @@
    panel's widget shows ``host:port`` and the port answers a debug-protocol ``initialize``;
    anchor: bare ``python -m debugpy --listen 127.0.0.1:PORT --wait-for-client script.py`` from
    process start to ``initialize`` answered, in the same rounds. Target ratio <= 1.2.
+3. A distributed job on the local target (SDK v2, 2 nodes x 2 processes: 4 ranks, rank 0
+   waiting): from the ``%aml_debug_job`` call until rank 0 is attachable as in 2; anchor: the
+   same command job without its distribution, in the same rounds. Target ratio <= 1.2.
 """
 
 from __future__ import annotations
@@ -58,10 +61,12 @@ shell.run_line_magic("load_ext", "aml_debug_magics")
 shell.run_line_magic("config", "AmlDebugMagics.view = 'widgets'")
 from aml_debug_magics.session import current_session
 kind = sys.argv[2]
-if kind == "job":  # SDK v2: the user's cell builds a command job (its import is theirs)
+if kind in ("job", "ranks"):  # SDK v2: the user's cell builds a command job (its import is theirs)
+    spread = ", instance_count=2, distribution={'type': 'pytorch', " \
+        "'process_count_per_instance': 2}" if kind == "ranks" else ""
     shell.run_cell(f"from azure.ai.ml import command\\njob = command(code={sys.argv[3]!r}, "
-                   "command='python job.py', environment='azureml:e@1')")
-    line = "{port} job"
+                   f"command='python job.py', environment='azureml:e@1'{spread})")
+    line, kind = "{port} job", "job"
 else:
     line = "{port} " + sys.argv[3]
 results = []
@@ -117,8 +122,11 @@ def main() -> None:
             ports = [free_port() for _ in range(rounds)]
             v2 = json.loads(run(python, MAGIC, str(REPO / "bench"), "job", folder,
                                 *map(str, ports), env=env))
+            ports = [free_port() for _ in range(rounds)]
+            ranks = json.loads(run(python, MAGIC, str(REPO / "bench"), "ranks", folder,
+                                   *map(str, ports), env=env))
         except RuntimeError as error:  # azure-ai-ml (the v2 extra) is not installed
-            v2 = []
+            v2 = ranks = []
             print(f"(the SDK v2 figure is left out: {str(error).splitlines()[-1]})")
         bare = []
         for _ in range(rounds):
@@ -140,6 +148,13 @@ def main() -> None:
         ready_v2 = statistics.median(r["ready"] for r in v2)
         print(f"   %aml_debug_job (SDK v2 command job) -> the same:                   "
               f"{ready_v2 * 1000:7.1f} ms   ratio {ready_v2 / bare_s:.3f}")
+        ready_ranks = statistics.median(r["ready"] for r in ranks)
+        print("\n3. a distributed job, local target: 2 nodes x 2 processes (median)")
+        print(f"   anchor: the same command job, one process:                        "
+              f"{ready_v2 * 1000:7.1f} ms")
+        print(f"   %aml_debug_job -> rank 0 shown and 'initialize' answered:          "
+              f"{ready_ranks * 1000:7.1f} ms   ratio {ready_ranks / ready_v2:.3f}   "
+              "(target <= 1.2)")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ find_python() {  # the newest pyenv build of $1 (like 3.10), else python$1 on PA
     command -v "python$1" || true
 }
 
-missing=() failed=()
+missing=() failed=() ready=()
+# every environment first: a test on 3.11 starts a 3.10 kernel from .venv-3.10
 for version in ${AML_DEBUG_PYTHONS:-3.11 3.10 3.12}; do
     venv=".venv-$version"
     if [ "$version" = 3.11 ]; then venv=".venv"; fi
@@ -47,8 +48,14 @@ for version in ${AML_DEBUG_PYTHONS:-3.11 3.10 3.12}; do
         missing+=("$version")
         continue
     fi
-    echo "aml-debug: === the tests on Python $version ($venv) ===" >&2
+    echo "aml-debug: installing into $venv (Python $version)" >&2
     (PYTHON="$python" VENV="$venv" EXTRAS="test,v2" source scripts/_env.sh)
+    ready+=("$version")
+done
+for version in "${ready[@]}"; do
+    venv=".venv-$version"
+    if [ "$version" = 3.11 ]; then venv=".venv"; fi
+    echo "aml-debug: === the tests on Python $version ($venv) ===" >&2
     if [ "$version" = 3.11 ]; then "$venv/bin/ruff" check aml_debug_magics tests bench; fi
     selection=()
     if [ "$version" != 3.11 ] && [ -z "${AML_DEBUG_FULL:-}" ]; then

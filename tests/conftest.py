@@ -138,6 +138,19 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def no_colour_forced_on_later_tests():
+    """An in-process kernel (ipykernel's ``init_environment``) sets ``FORCE_COLOR`` for its
+    children; a later test's Python 3.13 would then colour the tracebacks it compares as text."""
+    before = {name: os.environ.get(name) for name in ("FORCE_COLOR", "CLICOLOR_FORCE")}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture(autouse=True)
 def no_adapter_left_behind():
     before = set(live_adapters())
     yield

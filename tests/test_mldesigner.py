@@ -4,13 +4,12 @@ The project under ``projects/mldesigner`` has the shape of azureml-examples' pip
 Python function components (a ``components.py`` of decorated functions, and the component
 YAML ``mldesigner compile`` writes, whose command is ``mldesigner execute --source components.py
 --name ... --inputs a='${{inputs.a}}' ... --outputs ...``), with code of our own. The nodes are
-built with azure-ai-ml's own ``load_component`` and ``@dsl.pipeline``. mldesigner cannot be
-installed here: ``stand_ins/mldesigner`` stands in for it (its docstring says what it keeps of
-the published package), with its ``mldesigner`` console script in ``stand_ins/bin`` as pip
-writes one. Local cases attach a real debug-protocol client, which stops in the function body in
-``components.py`` and reads its converted inputs. The azureml case submits through the stand-in
-``MLClient`` of ``test_azureml_v2`` (Azure's control plane is not reachable from here) and runs
-the submitted command through a real ``bash``.
+built with azure-ai-ml's own ``load_component`` and ``@dsl.pipeline``, and run by the published
+``mldesigner`` package (a pre-release, in the test extra) and its console script. Local cases
+attach a real debug-protocol client, which stops in the function body in ``components.py``
+and reads its converted inputs. The azureml case submits through the stand-in ``MLClient`` of
+``test_azureml_v2`` (Azure's control plane is not reachable from here) and runs the submitted
+command through a real ``bash``.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from aml_debug_magics.session import current_session
 pytest.importorskip("azure.ai.ml", reason="azure-ai-ml is the v2 extra (pip install .[v2])")
 
 PROJECT = Path(__file__).parent / "projects" / "mldesigner"
-STAND_INS = Path(__file__).parent / "stand_ins"
+KERNEL_BIN = Path(sys.executable).parent  # where pip put mldesigner's console script
 TRAIN_BREAK = 18  # steps = ...: the inputs are converted and the data read
 
 PIPELINE = """
@@ -60,11 +59,10 @@ def project(ip, tmp_path):
 
 @pytest.fixture
 def installed(monkeypatch):
-    """mldesigner as pip would leave it: importable, its console script on PATH."""
-    monkeypatch.syspath_prepend(str(STAND_INS))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        filter(None, [str(STAND_INS), os.environ.get("PYTHONPATH")])))
-    monkeypatch.setenv("PATH", os.pathsep.join([str(STAND_INS / "bin"), os.environ["PATH"]]))
+    """mldesigner installed in the kernel's environment, that environment activated (its
+    console scripts on PATH)."""
+    pytest.importorskip("mldesigner", reason="mldesigner is in the test extra")
+    monkeypatch.setenv("PATH", os.pathsep.join([str(KERNEL_BIN), os.environ["PATH"]]))
 
 
 def test_the_function_body_stops_with_its_inputs_converted_as_annotated(ip, project, installed):
@@ -85,7 +83,8 @@ def test_the_function_body_stops_with_its_inputs_converted_as_annotated(ip, proj
     assert "scored with ['9', '0.02']" in "\n".join(session.row("score").last_lines)
 
 
-def test_without_mldesigner_the_node_is_refused_in_one_line(ip, project):
+def test_without_mldesigner_the_node_is_refused_in_one_line(ip, project, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mldesigner", None)  # as if it were not installed
     with pytest.raises(UsageError) as refused:
         ip.run_line_magic("aml_debug_job", "pipeline_job --node train --timeout 5")
     assert str(refused.value) == "mldesigner is not installed: pip install mldesigner"
@@ -118,7 +117,7 @@ def test_on_azureml_the_node_runs_the_component_command_under_the_bootstrap(
             .replace("${{inputs.training_data}}", str(project / "data"))
             .replace("${{inputs.max_epochs}}", "3").replace("${{inputs.learning_rate}}", "0.5")
             .replace("${{outputs.model_output}}", str(out)))
-    path = os.pathsep.join([str(STAND_INS / "bin"), str(Path(sys.executable).parent), "/usr/bin"])
+    path = os.pathsep.join([str(KERNEL_BIN), "/usr/bin"])
     ran = subprocess.run(["bash", "-c", line], cwd=project, capture_output=True, text=True,
                          env={**os.environ, "PATH": path})
     assert "trained 9 steps at 0.5" in ran.stdout, ran

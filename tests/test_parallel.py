@@ -103,7 +103,7 @@ def lines_of(session, step: str) -> list[str]:
 
 
 def data_root(session) -> Path:
-    return Path(session.note.split("data passed between steps: ", 1)[1])
+    return Path(session.note.split("data passed between steps: ", 1)[1].split("; ", 1)[0])
 
 
 def test_a_breakpoint_in_run_stops_on_the_first_mini_batch_with_init_arguments_read(

@@ -531,3 +531,56 @@ def test_a_command_that_changes_folder_keeps_its_shell_meaning_and_is_attached(
         "[4, 4]")
     assert session.wait(60) == "finished", row.detail
     assert any("trained on [4, 4] total 8" in line for line in row.last_lines)
+
+
+TRAIN_FAILS = textwrap.dedent(
+    """\
+    import argparse, pathlib
+
+
+    def fit(numbers, batches):
+        total = sum(numbers)
+        return total / batches
+
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data")
+    args = parser.parse_args()
+    numbers = [int(n) for n in pathlib.Path(args.data, "numbers.txt").read_text().split()]
+    fit(numbers, 0)
+    """
+)
+TRAIN_FAILS_RAISE = 6
+
+
+def test_a_step_that_fails_after_its_window_waits_at_the_exception_on_its_node(
+    ip, project, cluster
+):
+    """The post-mortem over listen: the node's log says where it failed, the row offers the
+    node's port again, and a debugger from here stops at the raise with the node's locals."""
+    from dap_client import DapClient
+
+    (project / "train" / "train.py").write_text(TRAIN_FAILS)
+    session, train = debug_train(ip, timeout=1, options="--post-mortem 120")
+    wait_for(lambda: train.status == Status.POST_MORTEM, 120, "the post-mortem")
+    assert train.detail == f"ZeroDivisionError at train.py:{TRAIN_FAILS_RAISE} in fit"
+    assert train.address.split(":")[0] == cluster.nodes[0].address
+    config = train.attach_config()
+    client = DapClient.connect(config["connect"]["host"], config["connect"]["port"])
+    try:
+        client.request("initialize", clientID="vscode", adapterID="debugpy", pathFormat="path",
+                       linesStartAt1=True, columnsStartAt1=True)
+        attach_seq = client.send("attach", **config)
+        client.event("initialized")
+        client.request("setExceptionBreakpoints", filters=["uncaught"])
+        client.request("configurationDone")
+        client.response(attach_seq)
+        frame = client.wait_stopped(60)
+        assert frame["source"]["path"] == str(project / "train" / "train.py")  # mapped back
+        assert frame["line"] == TRAIN_FAILS_RAISE
+        assert client.locals_of(frame)["numbers"] == "[3, 1, 4, 1, 5]"
+    finally:
+        client.close()
+    assert session.wait(120) == "failed"
+    assert train.status == Status.FAILED
+    assert train.detail.startswith(f"ZeroDivisionError at train.py:{TRAIN_FAILS_RAISE} in fit")

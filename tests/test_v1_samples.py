@@ -64,7 +64,7 @@ TRAIN = textwrap.dedent(
     prepared = run.input_datasets["prepared"]
     labels = run.input_datasets["labels"]
     chain = pathlib.Path(prepared, "prepared.txt").read_text()
-    chain += "+" + pathlib.Path(labels).read_text()
+    chain += "+" + labels.to_pandas_dataframe()["label"][0]
     run.log_row("chain", text=chain)
     print("train chain", chain, "experiment", run.experiment.name, flush=True)
     """
@@ -99,7 +99,7 @@ def project(ip, tmp_path):
     (tmp_path / "src" / "train.py").write_text(TRAIN)
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "part-0.txt").write_text("R")
-    (tmp_path / "labels.csv").write_text("L")
+    (tmp_path / "labels.csv").write_text("label\nL\n")
     return tmp_path
 
 
@@ -122,11 +122,11 @@ def test_a_pipeline_reads_its_named_inputs_from_the_run_context(ip, project, sdk
     assert session.row("train").status == Status.WAITING, lines_of(session, "prep")
     breakpoints = {str(project / "src" / "train.py"): [TRAIN_BREAK]}
     seen = evaluate_at_first_stop(
-        session.row("train").attach_config(), breakpoints, "(prepared, labels)"
+        session.row("train").attach_config(), breakpoints, "(prepared, type(labels).__name__)"
     )
-    prepared, labels = eval(seen)  # the debugger shows a tuple of two paths
+    prepared, labels = eval(seen)  # a path, and the dataset consumed directly: the dataset
     assert Path(prepared, "prepared.txt").read_text() == "R>prep"
-    assert labels == str(project / "labels.csv")
+    assert labels == "TabularDataset"
     wait_for(lambda: session.state in ("finished", "failed"), 60, "the pipeline to end")
     assert session.state == "finished", lines_of(session, "train")
     prep_lines = lines_of(session, "prep")

@@ -257,8 +257,9 @@ def test_without_a_way_to_sign_the_rows_say_which_role_is_missing_and_nothing_is
 
 @pytest.mark.parametrize("options, said", [
     ("--via storage", "--via storage is for --target azureml"),
-    ("--target azureml --workspace ws --via storage --ranks all", "one rank per step"),
-    ("--target azureml --workspace ws --via auto --ranks all", "one rank per step"),
+    ("--target azureml --workspace ws --via storage --ranks all",
+     "how many ranks step 'train' starts is not known (it declares no distribution)"),
+    ("--target azureml --workspace ws --via auto --ranks all", "like --ranks 0,1"),
     ("--target azureml --workspace ws --via auto --connect 127.0.0.1:5678", "drop --connect"),
     ("--via elsewhere", "invalid choice: 'elsewhere'"),
 ])
@@ -364,10 +365,11 @@ def test_by_default_the_node_offers_both_paths_and_is_attached_directly(
     assert session.wait(60) == "finished"
 
 
-def test_by_default_several_ranks_listen_and_the_panel_says_so(
+def test_by_default_all_ranks_of_a_step_without_a_distribution_listen_and_the_panel_says_so(
     ip, project, cluster  # noqa: F811
 ):
-    """Where a typed ``--via auto --ranks all`` is refused, the default listens instead."""
+    """Where a typed ``--via auto --ranks all`` is refused (how many ranks wait is not known),
+    the default listens instead."""
     assert ip.run_cell(PIPELINE).success
     ip.run_line_magic("aml_debug_pipeline", "steps --step train --target azureml --workspace ws "
                       "--timeout 120 --ranks all")
@@ -376,8 +378,9 @@ def test_by_default_several_ranks_listen_and_the_panel_says_so(
     wait_for(lambda: train.status == Status.WAITING and train.reachability, 90,
              "train to announce itself")
     assert train.path == "" and train.address.split(":")[0] == cluster.nodes[0].address
-    assert ("--via listen: --ranks all makes several ranks wait and the storage relay carries "
-            "one per step") in session.note
+    assert ("--via listen: the storage relay cannot be made (how many ranks step 'train' starts "
+            "is not known (it declares no distribution)); name the ranks that wait, like --ranks "
+            "0,1, to have it as the fallback") in session.note
     assert "AML_DEBUG_RELAY_UP" not in cluster.seen_variables[0]["train"]
     ip.run_line_magic("aml_debug_pipeline", "--stop")
 
@@ -488,3 +491,54 @@ def test_a_frame_appended_with_the_nodes_token_ends_the_relay_and_the_row_says_s
         client.close()
     assert session.wait(90) == "finished"
     assert any("trained on [3, 1, 4, 1, 5] total 14" in line for line in train.last_lines)
+
+
+RANKS = "import os\nrank = int(os.environ['RANK'])\nprint('rank', rank, 'done', flush=True)\n"
+
+
+def test_each_waiting_rank_of_a_distributed_run_has_its_own_relay(
+    ip, tmp_path, make_cluster, azurite  # noqa: F811
+):
+    """``--ranks all --via storage`` on a PyTorchConfiguration of 2 nodes: a pair of chains per
+    rank, made before the submit; each node's relay picks its rank's, and a debugger attached
+    through each stops in that rank."""
+    need_python_script_step()
+    cluster = make_cluster(nodes=2)
+    (tmp_path / "dist").mkdir()
+    (tmp_path / "dist" / "dist.py").write_text(RANKS)
+    assert ip.run_cell(
+        "from azureml.core import ScriptRunConfig\n"
+        "from azureml.core.runconfig import PyTorchConfiguration\n"
+        "config = ScriptRunConfig(source_directory='dist', script='dist.py', "
+        "compute_target='gpu-cluster', "
+        "distributed_job_config=PyTorchConfiguration(process_count=2, node_count=2))\n"
+        "ws = object()"
+    ).success
+    ip.run_line_magic("aml_debug_run", "--target azureml --workspace ws --timeout 120 "
+                      "--via storage --ranks all config")
+    session = current_session("run")
+    wait_for(lambda: len([r for r in session.rows if r.path == "via storage"]) == 2, 90,
+             "both ranks to be relayed")
+    names = relay_blobs_of(session)
+    [variables] = cluster.seen_variables[0].values()
+    assert {"AML_DEBUG_RELAY_UP_0", "AML_DEBUG_RELAY_DOWN_0", "AML_DEBUG_RELAY_UP_1",
+            "AML_DEBUG_RELAY_DOWN_1"} <= set(variables)
+    assert "AML_DEBUG_RELAY_UP" not in variables
+    assert set(variables["AML_DEBUG_RELAY_UP_0"].split()).isdisjoint(
+        variables["AML_DEBUG_RELAY_UP_1"].split())
+    rows = {row.rank: row for row in session.rows}
+    assert {row.address.split(":")[0] for row in rows.values()} == {"127.0.0.1"}
+    assert rows[0].address != rows[1].address
+    clients = [DapClient.connect("127.0.0.1", rows[r].announcement.port) for r in (0, 1)]
+    try:
+        for rank, client in enumerate(clients):
+            client.attach(rows[rank].attach_config(), {str(tmp_path / "dist" / "dist.py"): [3]})
+        frames = [client.wait_stopped(60) for client in clients]
+        assert [c.evaluate(f, "rank") for c, f in zip(clients, frames, strict=True)] == ["0", "1"]
+        for client in clients:
+            client.resume()
+    finally:
+        for client in clients:
+            client.close()
+    assert session.wait(60) == "finished"
+    wait_for(lambda: existing(azurite, names) == [], 30, "the relays' blobs to be deleted")

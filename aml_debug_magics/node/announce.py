@@ -10,6 +10,7 @@ Two dialects are understood:
 
       AML_DEBUG v1 announce {"addresses": ["10.0.0.4"], "port": 5678, ...}
       AML_DEBUG v1 outcome {"attached": false, "pid": 4242, "rank": 0}
+      AML_DEBUG v1 failed {"exception": "ZeroDivisionError", "line": 42, ...}
 
 * the human lines of Microsoft's "Interactive debugging with VS Code" guide, which we also print,
   and which scripts carrying the guide's boilerplate print themselves::
@@ -33,7 +34,7 @@ GUIDE_PORT = 5678  # the guide's default; its lines never print a port
 _out = sys.stdout  # the node's own output, kept even if the user's script replaces sys.stdout
 
 # a logger may put a prefix before the line (the inference server's "... azmlinfsrv.print - ")
-_OURS = re.compile(r"(?:^|\s)AML_DEBUG v(\d+) (announce|outcome|closed) (\{.*\})\s*$")
+_OURS = re.compile(r"(?:^|\s)AML_DEBUG v(\d+) (announce|outcome|closed|failed) (\{.*\})\s*$")
 _GUIDE_TIMEOUT = re.compile(r"(?:^|\s)Timeout for debug connection: (\d+(?:\.\d+)?)\s*$")
 _GUIDE_ADDRESS = re.compile(r"(?:^|\s)ip_address: (\S+)\s*$")
 _GUIDE_ATTACHED = re.compile(r"(?:^|\s)Debugger attached = (True|False)\s*$")
@@ -93,6 +94,41 @@ class PortClosed:
     source: str = "aml_debug"
 
 
+@dataclass(frozen=True)
+class Failure:
+    """The script raised an exception that ends it, with no debugger attached.
+
+    Where it raised (the innermost frame of the user's code: ``file``, ``line``, ``function``),
+    and, when the post-mortem is on, ``attach``: where and until when a debugger can attach to
+    stop at the exception (its ``attach_deadline`` ends the post-mortem); None when it is off.
+    """
+
+    exception: str  # the exception's type name, like ZeroDivisionError
+    message: str
+    file: str
+    line: int
+    function: str
+    attach: Announcement | None = None
+    pid: int | None = None
+    rank: int = 0
+    source: str = "aml_debug"
+
+    def headline(self, root: str | None = None) -> str:
+        """``ZeroDivisionError at steps/train.py:42 in fit``: the file relative to ``root``
+        when it is inside it."""
+        where = self.file
+        if root and where.startswith(root.rstrip("/\\") + "/"):
+            where = where[len(root.rstrip("/\\")) + 1:]
+        return f"{self.exception} at {where}:{self.line} in {self.function}"
+
+    @property
+    def post_mortem_deadline(self) -> float | None:
+        return self.attach.attach_deadline if self.attach is not None else None
+
+
+MESSAGE_KEPT = 500  # characters of the exception's message in the line
+
+
 def say(message: str) -> None:
     """One human line from the node, flushed at once (the log may be all a user sees)."""
     emit(f"aml-debug: {message}")
@@ -110,8 +146,24 @@ def format_port_closed(closed: PortClosed) -> str:
     return f"{PREFIX} v{VERSION} closed {json.dumps(body, sort_keys=True)}"
 
 
+def format_failure(failure: Failure) -> str:
+    """The machine-readable line for ``failure`` (no newline)."""
+    body = {
+        "exception": failure.exception, "message": failure.message[:MESSAGE_KEPT],
+        "file": failure.file, "line": failure.line, "function": failure.function,
+        "pid": failure.pid, "rank": failure.rank,
+        "attach": _announcement_body(failure.attach) if failure.attach is not None else None,
+    }
+    return f"{PREFIX} v{VERSION} failed {json.dumps(body, sort_keys=True)}"
+
+
 def format_announcement(announcement: Announcement) -> str:
     """The machine-readable line for ``announcement`` (no newline)."""
+    body = _announcement_body(announcement)
+    return f"{PREFIX} v{VERSION} announce {json.dumps(body, sort_keys=True)}"
+
+
+def _announcement_body(announcement: Announcement) -> dict:
     body = asdict(announcement)
     body["addresses"] = list(announcement.addresses)
     del body["source"]
@@ -119,7 +171,7 @@ def format_announcement(announcement: Announcement) -> str:
         del body["via"]
     if announcement.relay_key is None:
         del body["relay_key"]
-    return f"{PREFIX} v{VERSION} announce {json.dumps(body, sort_keys=True)}"
+    return body
 
 
 def format_outcome(outcome: AttachOutcome) -> str:
@@ -153,7 +205,7 @@ def guide_line_after_wait(attached: bool) -> str:
     return f"Debugger attached = {attached}"
 
 
-def parse_line(line: str) -> Announcement | AttachOutcome | PortClosed | None:
+def parse_line(line: str) -> Announcement | AttachOutcome | PortClosed | Failure | None:
     """Parse one of our machine-readable lines; anything else (or a newer version) gives None.
 
     >>> parse_line('AML_DEBUG v1 outcome {"attached": true, "pid": 7, "rank": 0}')
@@ -172,6 +224,28 @@ def parse_line(line: str) -> Announcement | AttachOutcome | PortClosed | None:
         return AttachOutcome(
             attached=bool(body.get("attached")), pid=body.get("pid"), rank=body.get("rank", 0)
         )
+    if match.group(2) == "failed":
+        return _parse_failure(body)
+    return _parse_announcement(body)
+
+
+def _parse_failure(body: dict) -> Failure | None:
+    attach = None
+    if isinstance(body.get("attach"), dict):
+        attach = _parse_announcement(body["attach"])
+        if attach is None:
+            return None
+    try:
+        return Failure(
+            exception=str(body["exception"]), message=str(body.get("message", "")),
+            file=str(body["file"]), line=int(body["line"]), function=str(body["function"]),
+            attach=attach, pid=body.get("pid"), rank=int(body.get("rank", 0)),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _parse_announcement(body: dict) -> Announcement | None:
     try:
         return Announcement(
             addresses=tuple(body["addresses"]),
@@ -210,7 +284,7 @@ class LogReader:
     _guide_timeout: float | None = None
     _guide_timeout_read_at: float | None = None
 
-    def feed(self, line: str) -> list[Announcement | AttachOutcome]:
+    def feed(self, line: str) -> list[Announcement | AttachOutcome | PortClosed | Failure]:
         """Everything ``line`` tells; usually an empty list."""
         found = parse_line(line)
         if found is not None:

@@ -3,6 +3,7 @@
     python -m aml_debug_magics.node.bootstrap [--listen HOST:PORT | --connect HOST:PORT]
         [--via listen|storage|auto] [--timeout SECONDS] [--on-timeout continue|exit]
         [--ranks 0|all|0,2] [--just-my-code | --no-just-my-code] [--source-root DIR]
+        [--post-mortem SECONDS|off]
         -- SCRIPT [ARGS...]                                 (or -- -m MODULE [ARGS...])
 
 This file runs ON THE NODE: on Azure ML it travels in the run's snapshot as
@@ -17,6 +18,11 @@ until a real deadline, then runs the script exactly as ``python SCRIPT ARGS`` wo
 (``script.py``). A missed deadline closes the port and stops tracing, so the script runs at full
 speed.
 
+An uncaught exception with nobody attached opens the same kind of window again, the post-mortem
+(:func:`_post_mortem`): a ``failed`` line names the exception and where, debugpy starts anew
+behind a new gate, and a debugger that attaches stops at the exception with the script's frames
+alive; its detach, or the window's end, lets the process exit as python would have.
+
 The port belongs to a small gate process (``gate.py``), not to debugpy: a bare TCP connect and
 close on a debugpy listener (a port scanner, a health check) makes debugpy's adapter exit while
 the script waits forever. The gate passes on only debug-protocol connections. With
@@ -26,16 +32,18 @@ the debugger's bytes through two append blobs; ``--via auto`` offers both.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
 import sys
+import sysconfig
 import threading
 import time
 from collections.abc import Callable
 
 try:
-    from aml_debug_magics.node import announce
+    from aml_debug_magics.node import announce, snapshot
     from aml_debug_magics.node.announce import emit, say
     from aml_debug_magics.node.debugger import (
         Debugger,
@@ -57,6 +65,7 @@ try:
     from aml_debug_magics.node.script import run_script, script_path
 except ImportError:  # shipped into a run's snapshot beside this file
     import aml_debug_announce as announce  # type: ignore[no-redef]
+    import aml_debug_snapshot as snapshot  # type: ignore[no-redef]
     from aml_debug_announce import emit, say  # type: ignore[no-redef]
     from aml_debug_debugger import (  # type: ignore[no-redef]
         Debugger,
@@ -92,6 +101,7 @@ SHIPPED_NAMES = {  # file in aml_debug_magics/node/ -> its name in a run's snaps
     "gate.py": "aml_debug_gate.py",
     "relay.py": "aml_debug_relay.py",
     "relay_wire.py": "aml_debug_relay_wire.py",
+    "snapshot.py": "aml_debug_snapshot.py",
 }
 ENTRY_SHIPPED_NAMES = {  # a scoring image's entry script too
     "entry.py": "aml_debug_entry.py", "worker_debugger.py": "aml_debug_worker_debugger.py",
@@ -173,10 +183,12 @@ def debug_and_run(options: Options, rank: Rank) -> int:
         # before debugpy starts: it would follow a process started later as the debuggee's child
         relay_handle = RelayHandle(Address(_loopback(gate_address.host), gate_handle.port))
     debugger = Debugger()
+    post_mortem_gates: list[GateHandle] = []
 
-    def on_sigterm(signum: int, frame: object) -> None:
-        if gate_handle is not None:
-            gate_handle.close_now()
+    def on_sigterm(signum: int, frame: object) -> None:  # a cancel: end at once, no post-mortem
+        for gate in [gate_handle, *post_mortem_gates]:
+            if gate is not None:
+                gate.close_now()
         if relay_handle is not None:
             relay_handle.close_now()
         signal.signal(signum, signal.SIG_DFL)
@@ -251,12 +263,115 @@ def debug_and_run(options: Options, rank: Rank) -> int:
             if options.on_timeout == "exit":
                 return EXIT_NOT_ATTACHED
         debugger.absorb_script_calls((addresses[0], port))
-        return run_script(options.script, options.script_args, debugger, module=options.module)
+
+        def post_mortem(error: BaseException) -> None:
+            if gate_handle is not None:  # the start's window is over: its port goes now
+                gate_handle.close_now()
+            if relay_handle is not None:
+                relay_handle.release()
+            _post_mortem(error, options, rank, debugger, post_mortem_gates)
+
+        return run_script(options.script, options.script_args, debugger, module=options.module,
+                          post_mortem=post_mortem)
     finally:
-        if gate_handle is not None:
-            gate_handle.release()
+        for gate in [gate_handle, *post_mortem_gates]:
+            if gate is not None:
+                gate.release()
         if relay_handle is not None:
             relay_handle.release()
+
+
+def _where_it_failed(error: BaseException) -> tuple[str, int, str]:
+    """The file, line and function of the innermost frame of the user's code in ``error``'s
+    traceback (not the standard library's, not an installed package's), else the innermost."""
+    libraries = {os.path.normcase(os.path.abspath(path)) for path in sysconfig.get_paths().values()}
+    frames = []
+    tb = error.__traceback__
+    while tb is not None:
+        frames.append((tb.tb_frame.f_code.co_filename, tb.tb_lineno, tb.tb_frame.f_code.co_name))
+        tb = tb.tb_next
+    if not frames:
+        return "<unknown>", 0, "<module>"
+    for file, line, function in reversed(frames):
+        path = os.path.normcase(os.path.abspath(file))
+        if not any(path.startswith(folder + os.sep) for folder in libraries):
+            return file, line, function
+    return frames[-1]
+
+
+def _write_snapshot(error: BaseException, rank: Rank) -> None:
+    """The traceback's frames and locals into the log (``snapshot.py``), for when nobody comes."""
+    try:
+        for line in snapshot.encode_lines(snapshot.take(error), rank.rank or 0):
+            emit(line)
+    except Exception as failed:  # the snapshot must never hide the script's own failure
+        say(f"could not write the snapshot of the failure: {type(failed).__name__}: {failed}")
+
+
+def _post_mortem(
+    error: BaseException, options: Options, rank: Rank, debugger: Debugger,
+    gates: list[GateHandle],
+) -> None:
+    """The script failed with nobody attached: say so in a ``failed`` line, and for
+    ``--post-mortem`` seconds let a debugger attach and stop at the exception.
+
+    debugpy starts anew (tracing stopped at the first window's end: nothing of this ran before
+    the failure) behind a new gate on the same address; the exception's frames stay alive
+    meanwhile, since ``error`` holds its traceback.
+    """
+    file, line, function = _where_it_failed(error)
+    _write_snapshot(error, rank)
+    window = options.post_mortem_window
+    failure = announce.Failure(
+        exception=type(error).__name__, message=str(error), file=file, line=line,
+        function=function, pid=os.getpid(), rank=rank.rank or 0,
+    )
+    why_not = ""
+    if window <= 0:
+        why_not = "--post-mortem off"
+    elif options.mode != "listen":
+        why_not = "a post-mortem needs the node to listen (--connect was given)"
+    elif options.via == "storage":
+        why_not = "a post-mortem needs the debug port (--via storage gives none)"
+    if why_not:
+        emit(announce.format_failure(failure))
+        say(f"{failure.headline()}; no post-mortem ({why_not}): the process exits now")
+        return
+    deadline = time.time() + window
+    with debugger.children_not_followed():
+        try:
+            gate = GateHandle(
+                bind_public_port(_gate_address(options, rank)), allow=_gate_allow(options),
+                reattach_window=options.reattach_window, rank=rank.rank or 0,
+            )
+        except UsageError as refused:  # the port was taken meanwhile
+            emit(announce.format_failure(failure))
+            say(f"{failure.headline()}; no post-mortem ({refused}): the process exits now")
+            return
+        gates.append(gate)
+        upstream, adapter_marker = debugger.listen_anew()
+    gate.tell(f"upstream {upstream}")
+    gate.tell(f"adapter {adapter_marker}")
+    attach = announce.Announcement(
+        addresses=tuple(node_addresses(options.address.host)), port=gate.port,
+        mode=options.mode, attach_deadline=round(deadline, 3), pid=os.getpid(),
+        rank=rank.rank or 0, local_rank=rank.local_rank, script=script_path(options),
+        cwd=os.getcwd(), hostname=socket.gethostname(), just_my_code=options.just_my_code,
+        source_root=options.source_root or None,
+    )
+    emit(announce.format_failure(dataclasses.replace(failure, attach=attach)))
+    say(f"{failure.headline()}: waiting up to {window:g} s for a debugger at the exception "
+        f"on port {gate.port} (--post-mortem)")
+    attached = debugger.wait_until(deadline)
+    emit(announce.format_outcome(announce.AttachOutcome(attached, os.getpid(), rank.rank or 0)))
+    if attached:
+        debugger.report_uncaught(error)  # the stop; it returns when the debugger lets go
+        say("the debugger let go of the exception: the process exits as python would")
+    else:
+        say(f"no debugger attached within {window:g} s of the failure: the process exits as "
+            "python would")
+    # the gate is released with the others as the process ends: the debugger's session ends
+    # as at any script's end (its continue answered, then terminated), not cut
 
 
 def _gate_address(options: Options, rank: Rank) -> Address:

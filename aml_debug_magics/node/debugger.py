@@ -18,7 +18,7 @@ import threading
 import time
 import types
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 try:
@@ -108,9 +108,11 @@ class Debugger:
             # describe the environment to no log at all: 0.2 s with azureml installed
             debugpy.server.api.ensure_logging.ensured = True
         self.debugpy = debugpy
-        # debugpy's own wait, kept: absorb_script_calls replaces the module's for the script
+        # debugpy's own calls, kept: absorb_script_calls replaces the module's for the script
         self._wait_for_client = debugpy.wait_for_client
+        self._listen = debugpy.listen
         self._cancelled = False
+        self._wait_number = 0  # a deadline timer of an earlier wait must not end a later one
 
     def listen_on_loopback(self, *, in_process: bool = False) -> tuple[int, str | None]:
         """Start debugpy on a loopback port; return it and the marker in its adapter's env
@@ -123,14 +125,57 @@ class Debugger:
         gets the adapter.
         """
         if in_process and self._answers_in_process():
-            _, port = self.debugpy.listen(("127.0.0.1", 0), in_process_debug_adapter=True)
+            _, port = self._listen(("127.0.0.1", 0), in_process_debug_adapter=True)
             send_without_delay()
             return port, None
         marker = uuid.uuid4().hex
         self.debugpy.configure(pythonEnv=dict(os.environ, **{gate.ADAPTER_MARKER: marker}))
-        _, port = self.debugpy.listen(("127.0.0.1", 0))
+        _, port = self._listen(("127.0.0.1", 0))
         send_without_delay()
         return port, marker
+
+    def listen_anew(self) -> tuple[int, str]:
+        """Start debugpy again, on a new loopback port, after its first session ended (the
+        attach window was missed and tracing stopped, or the gate ended its adapter): for the
+        post-mortem, which needs a debugger only once the script has failed.
+
+        pydevd's ``stoptrace`` disposes of its debugger so that a new one can start; debugpy
+        refuses a second ``listen()`` only by a flag, which this resets.
+        """
+        import debugpy.server.api
+
+        self.stop_tracing()
+        debugpy.server.api.listen.called = False
+        # the last wait's cancel stays on debugpy's waiter until the next wait begins; a cancel
+        # before that must raise, as it does before a first wait, so that it is tried again
+        vars(debugpy.server.api.wait_for_client).pop("cancel", None)
+        self._cancelled = False
+        self._wait_number += 1
+        port, marker = self.listen_on_loopback()
+        return port, marker or ""
+
+    @staticmethod
+    @contextlib.contextmanager
+    def children_not_followed() -> Iterator[None]:
+        """Start processes (the gate, debugpy's adapter) as they are, not under pydevd: once
+        pydevd has run, its patch of ``subprocess`` stays (``stoptrace`` keeps it) and would
+        make each a debuggee of the session that ended."""
+        try:
+            import debugpy.server  # noqa: F401  (puts debugpy's vendored pydevd on sys.path)
+            from _pydev_bundle import pydev_monkey
+
+            skip = pydev_monkey.skip_subprocess_arg_patch()
+        except (ImportError, AttributeError):
+            skip = contextlib.nullcontext()
+        with skip:
+            yield
+
+    def client_connected(self) -> bool:
+        """Whether a debugger is attached now (False once tracing was stopped)."""
+        try:
+            return bool(self.debugpy.is_client_connected())
+        except Exception:  # no debugger left in pydevd: nobody is attached
+            return False
 
     def _answers_in_process(self) -> bool:
         try:
@@ -170,8 +215,11 @@ class Debugger:
 
         A client caught in the middle of attaching at the deadline gets ``ATTACH_GRACE`` more.
         """
+        number = self._wait_number
 
         def on_deadline() -> None:
+            if number != self._wait_number:  # a later wait began: this deadline is not its own
+                return
             mid_attach = self.debugpy.is_client_connected()
             if mid_attach and time.time() < deadline + ATTACH_GRACE:
                 self._schedule(0.5, on_deadline)

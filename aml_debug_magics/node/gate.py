@@ -184,7 +184,8 @@ class DebugGate:
                 self._close_listener()
                 self._draining_since = time.monotonic() - EXIT_GRACE - 1
                 for sock in list(self._peers):
-                    self._drop_pair(sock)
+                    if sock in self._peers:  # its pair's other end may have dropped it already
+                        self._drop_pair(sock)
 
     def _close_listener(self) -> None:
         if self._listener.fileno() >= 0:

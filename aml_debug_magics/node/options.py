@@ -11,12 +11,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 try:
     from aml_debug_magics.node import gate
+    from aml_debug_magics.node import ranks as node_ranks
 except ImportError:  # shipped into a run's snapshot beside this file
     import aml_debug_gate as gate  # type: ignore[no-redef]
+    import aml_debug_ranks as node_ranks  # type: ignore[no-redef]
 
 DEFAULT_PORT = 5678
 SOURCE_ROOT_VARIABLE = "AML_DEBUG_SOURCE_ROOT"  # set by a command that changes folder first
@@ -29,6 +32,15 @@ RELAY_DOWN_VARIABLE = "AML_DEBUG_RELAY_DOWN"  # the "down" blob's URL with its r
 
 class UsageError(Exception):
     """Bad input: reported as one line and exit status 2."""
+
+
+def relay_chain(environ: Mapping[str, str], variable: str) -> str:
+    """This process's storage relay chain from ``variable`` (``RELAY_UP_VARIABLE`` or
+    ``RELAY_DOWN_VARIABLE``): its own rank's (``AML_DEBUG_RELAY_UP_3``) where the notebook made
+    one per waiting rank, else the one of the step's single waiting rank; "" where neither is."""
+    rank = node_ranks.detect_rank(dict(environ)).rank
+    own = environ.get(f"{variable}_{rank}", "") if rank is not None else ""
+    return own.strip() or environ.get(variable, "").strip()
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,34 @@ class Options:
     # how the debugger's bytes reach the notebook: the public port (listen), the storage relay
     # (storage: nothing listens on a routable address), or both (auto)
     via: str = "listen"
+    # after an uncaught exception with no debugger attached: how long to wait for one at the
+    # exception (None: as long as the attach window, --timeout; 0: off)
+    post_mortem: float | None = None
+
+    @property
+    def post_mortem_window(self) -> float:
+        """Seconds a failed script waits for a debugger at its exception; 0 when off."""
+        return self.timeout if self.post_mortem is None else self.post_mortem
+
+
+def parse_post_mortem(text: str) -> float:
+    """``--post-mortem``'s value in seconds: a number, or ``off`` (0).
+
+    >>> parse_post_mortem("off"), parse_post_mortem("600")
+    (0.0, 600.0)
+    """
+    if text.strip().lower() == "off":
+        return 0.0
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= MAX_TIMEOUT:  # also refuses inf and nan
+        raise UsageError(
+            f"--post-mortem takes seconds (more than 0, at most {MAX_TIMEOUT:g}) or off "
+            f"(got {text!r})"
+        )
+    return seconds
 
 
 def parse_address(text: str, flag: str) -> Address:
@@ -178,6 +218,13 @@ def _build_parser() -> argparse.ArgumentParser:
         f"for good (default {gate.DEFAULT_REATTACH_WINDOW:g}; 0: at once)",
     )
     parser.add_argument(
+        "--post-mortem",
+        metavar="SECONDS|off",
+        help="after an uncaught exception with no debugger attached, wait this long for one, "
+        "stopped at the exception, before exiting as python would (default: --timeout; off: "
+        "exit at once)",
+    )
+    parser.add_argument(
         "--source-root",
         default=os.environ.get(SOURCE_ROOT_VARIABLE) or None,
         metavar="DIR",
@@ -192,7 +239,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def check_limits(
     timeout: float, ranks: str, allow: str = "any",
-    reattach_window: float = gate.DEFAULT_REATTACH_WINDOW,
+    reattach_window: float = gate.DEFAULT_REATTACH_WINDOW, post_mortem: str | None = None,
 ) -> None:
     """The values the node accepts; the notebook checks a request with this too, so a bad one
     is refused before a submit rather than on the node after provisioning."""
@@ -212,6 +259,8 @@ def check_limits(
         raise UsageError(
             f"--reattach-window must be 0 to {MAX_TIMEOUT:g} seconds (got {reattach_window:g})"
         )
+    if post_mortem is not None:
+        parse_post_mortem(post_mortem)
 
 
 def parse_options(argv: list[str]) -> Options:
@@ -229,7 +278,7 @@ def parse_options(argv: list[str]) -> Options:
     script, script_args = command[0], command[1:]
     if not module and not os.path.isfile(script):
         raise UsageError(f"script not found: {script} (working directory {os.getcwd()})")
-    check_limits(args.timeout, args.ranks, args.allow, args.reattach_window)
+    check_limits(args.timeout, args.ranks, args.allow, args.reattach_window, args.post_mortem)
     if args.connect:
         mode, address = "connect", parse_address(args.connect, "--connect")
         if address.port == 0:
@@ -240,7 +289,7 @@ def parse_options(argv: list[str]) -> Options:
         mode = "listen"
         address = parse_address(args.listen or f"0.0.0.0:{DEFAULT_PORT}", "--listen")
     variables = (RELAY_UP_VARIABLE, RELAY_DOWN_VARIABLE)
-    missing = " and ".join(f"${name}" for name in variables if not os.environ.get(name))
+    missing = " and ".join(f"${name}" for name in variables if not relay_chain(os.environ, name))
     if args.via != "listen" and missing:
         raise UsageError(f"--via {args.via} needs the relay's blob URLs in {missing}")
     return Options(
@@ -257,6 +306,7 @@ def parse_options(argv: list[str]) -> Options:
         source_root=os.path.abspath(args.source_root) if args.source_root else "",
         module=module,
         via=args.via,
+        post_mortem=parse_post_mortem(args.post_mortem) if args.post_mortem is not None else None,
     )
 
 

@@ -16,7 +16,11 @@ Two uses, one way of calling the user's ``init()`` / ``run(mini_batch)`` / ``shu
   fails its whole mini-batch, and so does one that returns anything but a list or a pandas
   DataFrame (one line names the type, as Azure ML's runner refuses it); one that returns fewer
   elements than it was given fails the rest; past ``--error-threshold`` failed items (``-1``:
-  never) the loop stops and exits 1.
+  never) the loop stops and exits 1. A mini-batch whose ``run()`` raises (or returns what the
+  runner refuses) is tried again, up to ``--run-max-try`` tries in all; one whose last try
+  failed is a failed mini-batch: past ``--allowed-failed-count`` of them (``-1``: never) the
+  loop stops and exits 1, and at the end more than ``--allowed-failed-percent`` of the
+  mini-batches failed exits 1 too.
   ``AML_DEBUG_MINI_BATCHES=N`` stops after N mini-batches.
 - **Imported as the entry script** (on Azure ML, shipped as ``aml_debug_parallel_entry.py``
   and named as the step's entry script in the debug copy): when ``AML_DEBUG_LISTEN`` is set,
@@ -38,6 +42,7 @@ from typing import Any, Callable, Iterator, List, Optional
 
 DEFAULT_APPEND_ROW_FILE_NAME = "parallel_run_step.txt"
 MINI_BATCHES_VARIABLE = "AML_DEBUG_MINI_BATCHES"
+BATCH_OUTPUT_VARIABLE = "AZUREML_BI_OUTPUT_PATH"  # the output folder, as batch endpoints give it
 TABULAR_SUFFIXES = (".csv", ".tsv", ".parquet")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024 ** 2, "mb": 1024 ** 2,
@@ -199,6 +204,28 @@ def _append_rows(path: str, result: Any) -> None:
                 output.write(f"{element}\n")
 
 
+def _try_mini_batch(
+    entry: EntryScript, mini_batch: Any, number: int, run_max_try: int,
+    on_error: Callable[[BaseException], None],
+) -> Any:
+    """What ``run()`` returned for the mini-batch, tried up to ``run_max_try`` times while it
+    raises or returns what the runner refuses; None when its last try failed."""
+    for attempt in range(1, run_max_try + 1):
+        try:
+            result = entry.run(mini_batch)
+        except Exception as error:
+            on_error(error)
+        else:
+            refusal = wrong_return(result)
+            if refusal is None:
+                return result
+            say(refusal)
+        if attempt < run_max_try:
+            say(f"mini-batch {number} failed (try {attempt} of {run_max_try}, run_max_try): "
+                "it is tried again, as Azure ML's runner tries it again")
+    return None
+
+
 def run_mini_batches(
     entry: EntryScript,
     mini_batches: Iterator[Any],
@@ -207,11 +234,16 @@ def run_mini_batches(
     output_file: Optional[str],
     limit: Optional[int] = None,
     on_error: Callable[[BaseException], None] = lambda error: traceback.print_exc(),
+    run_max_try: int = 1,
+    allowed_failed_count: int = -1,
+    allowed_failed_percent: float = 100.0,
 ) -> int:
-    """``init()``, ``run()`` per mini-batch (at most ``limit``), ``shutdown()``; the exit status:
-    1 when more items failed than ``error_threshold`` allows (``-1``: any number)."""
+    """``init()``, ``run()`` per mini-batch (at most ``limit``; each tried up to
+    ``run_max_try`` times), ``shutdown()``; the exit status: 1 when more items failed than
+    ``error_threshold`` allows, more mini-batches than ``allowed_failed_count`` (``-1``: any
+    number for either), or more than ``allowed_failed_percent`` of them."""
     entry.init()
-    done = succeeded = failed = 0
+    done = succeeded = failed = failed_batches = 0
     try:
         for mini_batch in mini_batches:
             if limit is not None and done >= limit:
@@ -219,29 +251,31 @@ def run_mini_batches(
                 break
             done += 1
             items = len(mini_batch)
-            try:
-                result = entry.run(mini_batch)
-            except Exception as error:
-                on_error(error)
+            result = _try_mini_batch(entry, mini_batch, done, max(1, run_max_try), on_error)
+            if result is None:
                 failed += items
+                failed_batches += 1
             else:
-                refusal = wrong_return(result)
-                if refusal is not None:
-                    say(refusal)
-                    failed += items
-                else:
-                    succeeded += min(items, len(result))
-                    failed += max(0, items - len(result))
-                    if output_file is not None:
-                        _append_rows(output_file, result)
+                succeeded += min(items, len(result))
+                failed += max(0, items - len(result))
+                if output_file is not None:
+                    _append_rows(output_file, result)
             if 0 <= error_threshold < failed:
                 say(f"{failed} item(s) failed, more than error_threshold {error_threshold}: "
                     "the job stops, as Azure ML stops it")
+                return 1
+            if 0 <= allowed_failed_count < failed_batches:
+                say(f"{failed_batches} mini-batch(es) failed, more than allowed "
+                    f"{allowed_failed_count}: the job stops, as Azure ML stops it")
                 return 1
     finally:
         entry.shutdown()
     say(f"parallel run done: {done} mini-batch(es), {succeeded} item(s) succeeded, "
         f"{failed} failed")
+    if done and failed_batches * 100.0 / done > allowed_failed_percent:
+        say(f"{failed_batches} of {done} mini-batch(es) failed, more than "
+            f"allowed_failed_percent {allowed_failed_percent:g}: the job fails, as on Azure ML")
+        return 1
     return 0
 
 
@@ -252,6 +286,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--input-kind", choices=("files", "tabular"), default="files")
     parser.add_argument("--mini-batch-size", default=None)
     parser.add_argument("--error-threshold", type=int, default=-1)
+    parser.add_argument("--run-max-try", type=int, default=1)
+    parser.add_argument("--allowed-failed-count", type=int, default=-1)
+    parser.add_argument("--allowed-failed-percent", type=float, default=100.0)
     parser.add_argument("--output-action", choices=("append_row", "summary_only"),
                         default="append_row")
     parser.add_argument("--append-row-file-name", default=DEFAULT_APPEND_ROW_FILE_NAME)
@@ -312,11 +349,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise SystemExit("output_action append_row needs an output folder")
         os.makedirs(options.output, exist_ok=True)
         output_file = os.path.join(options.output, options.append_row_file_name)
+    if options.output:  # where a batch deployment's script writes files of its own
+        os.environ.setdefault(BATCH_OUTPUT_VARIABLE, os.path.abspath(options.output))
     sys.argv = [os.path.abspath(options.entry_script), *runner_flags(options), *program_arguments]
     forming = tabular_mini_batches if kind == "tabular" else file_mini_batches
     return run_mini_batches(
         EntryScript(options.entry_script), forming(options.inputs, options.mini_batch_size),
         error_threshold=options.error_threshold, output_file=output_file, limit=limit,
+        run_max_try=options.run_max_try, allowed_failed_count=options.allowed_failed_count,
+        allowed_failed_percent=options.allowed_failed_percent,
     )
 
 

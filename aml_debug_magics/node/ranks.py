@@ -1,13 +1,15 @@
 """Where this process stands: its rank in a distributed run, and the addresses it is reached at.
 
-In: the launcher's environment variables (torch, MPI, Azure Batch) and this machine's network
-interfaces. Out: a :class:`Rank` and the node's IPv4 addresses, best first, for the announcement.
+In: the launcher's environment variables (torch, MPI, TensorFlow's TF_CONFIG, Azure Batch) and
+this machine's network interfaces. Out: a :class:`Rank` and the node's IPv4 addresses, best first,
+for the announcement.
 Standard library only: this file travels into a run's snapshot as ``aml_debug_ranks.py``.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
 import struct
 from dataclasses import dataclass
@@ -31,9 +33,24 @@ def _first_int(environ: dict[str, str], names: tuple[str, ...]) -> int | None:
     return None
 
 
+def _tensorflow_rank(environ: dict[str, str]) -> int | None:
+    """A TensorFlow task's place in ``TF_CONFIG``'s cluster: chief, workers, then parameter
+    servers, in that order."""
+    try:
+        config = json.loads(environ.get("TF_CONFIG") or "{}")
+        cluster, task = config.get("cluster") or {}, config.get("task") or {}
+        before = {"chief": 0, "worker": len(cluster.get("chief") or [])}
+        before["ps"] = before["worker"] + len(cluster.get("worker") or [])
+        return before[task["type"]] + int(task.get("index", 0))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+
+
 def detect_rank(environ: dict[str, str]) -> Rank:
-    """This process's rank from the launcher's variables (torch, MPI, Azure Batch)."""
+    """This process's rank from the launcher's variables (torch, MPI, TensorFlow, Azure Batch)."""
     rank = _first_int(environ, RANK_VARIABLES)
+    if rank is None:
+        rank = _tensorflow_rank(environ)
     local_rank = _first_int(environ, LOCAL_RANK_VARIABLES)
     if rank is None:
         is_master = environ.get("AZ_BATCH_IS_CURRENT_NODE_MASTER", "true").lower() != "false"

@@ -4,6 +4,9 @@ debug port on this machine's loopback.
     AML_DEBUG_RELAY_UP=<chain> AML_DEBUG_RELAY_DOWN=<chain> \\
         python aml_debug_relay.py --port P [--host 127.0.0.1] [--stop-file PATH] < secret
 
+Its chains: ``AML_DEBUG_RELAY_UP_<rank>`` / ``_DOWN_<rank>``, its own rank's, where the notebook
+relays several ranks of a distributed step, else ``AML_DEBUG_RELAY_UP`` / ``_DOWN``.
+
 In: the first line of its standard input, this end's Diffie-Hellman secret (hex; the bootstrap
 announces the matching public value in its log, which only the node writes); then frames read
 from the "down" chain (the node's read-only SAS), starting with the notebook's ``KEY``: on
@@ -31,12 +34,13 @@ import time
 
 try:
     from aml_debug_magics.node import relay_wire
-    from aml_debug_magics.node.options import RELAY_DOWN_VARIABLE, RELAY_UP_VARIABLE
+    from aml_debug_magics.node.options import RELAY_DOWN_VARIABLE, RELAY_UP_VARIABLE, relay_chain
 except ImportError:  # shipped into a run's snapshot beside this file
     import aml_debug_relay_wire as relay_wire  # type: ignore[no-redef]
     from aml_debug_options import (  # type: ignore[no-redef]
         RELAY_DOWN_VARIABLE,
         RELAY_UP_VARIABLE,
+        relay_chain,
     )
 
 SILENCE_VARIABLE = "AML_DEBUG_RELAY_SILENCE"  # --silence's default, where the bootstrap starts it
@@ -58,8 +62,9 @@ def main(argv: list[str]) -> int:
         default=float(os.environ.get(SILENCE_VARIABLE) or relay_wire.SILENCE_LIMIT),
         help="seconds without a frame from the notebook before the debugger is detached")
     args = parser.parse_args(argv)
-    up, down = os.environ.get(RELAY_UP_VARIABLE, ""), os.environ.get(RELAY_DOWN_VARIABLE, "")
-    if not up.strip() or not down.strip():
+    up = relay_chain(os.environ, RELAY_UP_VARIABLE)  # this rank's own, where each has one
+    down = relay_chain(os.environ, RELAY_DOWN_VARIABLE)
+    if not up or not down:
         say(f"${RELAY_UP_VARIABLE} and ${RELAY_DOWN_VARIABLE} must hold the blob URLs")
         return 2
     # the raw descriptor, never sys.stdin: a thread blocked in a buffered read holds its lock,

@@ -329,15 +329,16 @@ class AppendBlob:
     ) -> tuple[int, dict[str, str], bytes]:
         """One request (``query`` goes before the SAS); a network failure closes the connection
         and raises OSError."""
-        if self._connection is None:
+        connection = self._connection  # close() from another thread may clear the attribute
+        if connection is None:
             kind = http.client.HTTPSConnection if self._secure else http.client.HTTPConnection
-            self._connection = kind(self._host, timeout=REQUEST_TIMEOUT)
+            connection = self._connection = kind(self._host, timeout=REQUEST_TIMEOUT)
         headers = {"x-ms-version": API_VERSION, "Content-Length": str(len(body)), **headers}
         self.requests += 1
         try:
             target = f"{self._path}?{'&'.join(filter(None, (query, self._sas)))}"
-            self._connection.request(method, target, body=body or None, headers=headers)
-            response = self._connection.getresponse()
+            connection.request(method, target, body=body or None, headers=headers)
+            response = connection.getresponse()
             data = response.read()
         except (OSError, http.client.HTTPException) as error:
             self.close()

@@ -2,7 +2,8 @@
 
 In: the script or module name and its arguments. Out: its exit status; ``SystemExit`` passes
 through, an uncaught exception is reported to the debugger (when one is attached) and printed
-with a traceback that starts in the user's code. Standard library only: this file travels into
+with a traceback that starts in the user's code, then handed to the post-mortem (when nobody
+was attached and the bootstrap gave one). Standard library only: this file travels into
 a run's snapshot as ``aml_debug_script.py``.
 """
 
@@ -16,6 +17,7 @@ import runpy
 import signal
 import sys
 import types
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 try:
@@ -55,12 +57,15 @@ def run_script(
     debugger: debugger_module.Debugger | None = None,
     *,
     module: bool = False,
+    post_mortem: Callable[[BaseException], None] | None = None,
 ) -> int:
     """Run ``script`` as ``__main__`` with ``sys.argv = [script, *args]``; return its exit status.
     With ``module``, run the module named ``script`` as ``python -m script args`` would.
 
     ``SystemExit`` passes through untouched. An uncaught exception goes to ``sys.excepthook``
     with a traceback that starts in the user's script, as under plain python, and gives 1.
+    With no debugger attached at that moment, ``post_mortem`` gets it next (not a
+    ``KeyboardInterrupt``: a cancel ends the process at once); its frames are still alive.
     """
     path = os.path.abspath(module_file(script) or script) if module else os.path.abspath(script)
     sys.argv = [script, *args]
@@ -73,6 +78,7 @@ def run_script(
     except SystemExit:
         raise
     except BaseException as error:
+        attached = debugger is not None and debugger.client_connected()
         if debugger is not None:
             debugger.report_uncaught(error)
         traceback_tail = error.__traceback__
@@ -80,6 +86,9 @@ def run_script(
             traceback_tail = traceback_tail.tb_next
         error.with_traceback(traceback_tail or error.__traceback__)
         sys.excepthook(type(error), error, error.__traceback__)
+        if post_mortem is not None and not attached and not isinstance(error, KeyboardInterrupt):
+            sys.stderr.flush()  # the traceback is in the log before the wait
+            post_mortem(error)
         if isinstance(error, KeyboardInterrupt):
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGINT)

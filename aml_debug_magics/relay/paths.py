@@ -1,18 +1,20 @@
 """Which way the debugger reaches a node (``--via``), and each relayed step's relay, run here.
 
-In: the request's ``--via``, the workspace's storage account (``blobs.StorageAccount``), and
-the announcements the followed steps make. Before the submit, :func:`choose_paths` settles the
+In: the request's ``--via``, the workspace's storage account (``blobs.StorageAccount``), and the
+announcements the followed steps make. Before the submit, :func:`choose_paths` settles the
 ``--via`` the nodes take (the default ``auto`` becomes ``listen``, with one line on the panel
-saying why, where the relay cannot be made or cannot carry the step) and
-:meth:`RelayPaths.prepare` makes and signs each relayed step's blobs and gives the variables its
-node reads. When a step announces itself, :meth:`RelayPaths.arrived` decides the path:
+saying why, where the relay cannot be made or cannot carry the step) and :meth:`RelayPaths.prepare`
+makes and signs the blobs of each rank that waits in a relayed step (one pair of chains per rank)
+and gives the variables its node reads: ``AML_DEBUG_RELAY_UP`` / ``_DOWN`` where one rank waits,
+``AML_DEBUG_RELAY_UP_<rank>`` / ``_DOWN_<rank>`` for each where several do (the node's relay picks
+its own rank's). When a rank announces itself, :meth:`RelayPaths.arrived` decides the path:
 ``storage`` always relays; ``auto`` probes the node's own address first (with the prober the
 follower hands in) and relays only when this machine cannot reach it, without a new submit.
-Relaying serves ``127.0.0.1:<port>`` here (``end.StorageRelay``); out goes the announcement the
-row shows (the node's own, or that local port) and one line saying which path is in use. A
-missed window, a closed port, the run's end or Stop end the step's relay and delete its blobs,
-with tokens signed then; what a killed kernel leaves, the session's first ``prepare`` in that
-workspace sweeps once its tokens have expired (``blobs.sweep``).
+Relaying serves ``127.0.0.1:<port>`` here (``end.StorageRelay``); out goes the announcement the row
+shows (the node's own, or that local port) and one line saying which path is in use. A missed
+window, a closed port, the run's end or Stop end the step's relay and delete its blobs, with tokens
+signed then; what a killed kernel leaves, the session's first ``prepare`` in that workspace sweeps
+once its tokens have expired (``blobs.sweep``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from aml_debug_magics.errors import DebugInputError
 from aml_debug_magics.failures import first_line
 from aml_debug_magics.node.announce import Announcement
 from aml_debug_magics.relay.blobs import (
@@ -32,6 +35,7 @@ from aml_debug_magics.relay.blobs import (
     make_relay_blobs,
     sweep,
 )
+from aml_debug_magics.sources import distribution
 from aml_debug_magics.sources.parallel import is_parallel_node, is_parallel_step
 
 if TYPE_CHECKING:
@@ -55,7 +59,7 @@ def choose_paths(
 
     A typed ``--via storage`` or ``auto`` relays or fails the submit in one line. The default
     (``request.via_default``) never fails it: it listens, and adds to ``notes`` one line
-    saying why, for several ranks, ``--connect`` (no note: the user chose it) and when the
+    saying why, for ``--connect`` (no note: the user chose it) and when the
     relay's blobs cannot be made (naming the role that would allow them); a parallel step's
     worker, which the relay does not reach, listens while the other steps keep ``auto``.
     """
@@ -66,11 +70,6 @@ def choose_paths(
     if request.via_default:
         if request.connect is not None:
             return listening, None, {}
-        if not request.ranks.isdigit():
-            notes.append(f"--via listen: --ranks {request.ranks} makes several ranks wait and "
-                         "the storage relay carries one per step, so each rank is reached at "
-                         "its own port (--ranks 0 keeps the storage fallback)")
-            return listening, None, {}
         parallel = [spec.name for spec in relayed if _is_parallel(spec)]
         if parallel:
             notes.append(f"{', '.join(parallel)}: --via listen, a parallel step's worker is "
@@ -80,7 +79,7 @@ def choose_paths(
                 return listening, None, {}
     paths = RelayPaths(account, request.timeout, notes)
     try:
-        return request, paths, paths.prepare(relayed)
+        return request, paths, paths.prepare(relayed, request.ranks)
     except Exception as error:
         paths.close()
         if not request.via_default:
@@ -99,6 +98,30 @@ def _is_parallel(spec: StepSpec) -> bool:
     return is_parallel_step(spec.sdk_object) or is_parallel_node(spec.sdk_object)
 
 
+def waiting_ranks(ranks: str, spec: StepSpec) -> list[int]:
+    """The ranks of ``spec`` that wait for a debugger under ``--ranks``: the numbers given, or
+    for ``all`` every rank the distribution it declares starts. Raises ``RelayUnavailable`` for
+    ``all`` where the step declares none (a node may still start several processes: their
+    number is not known here)."""
+    if ranks != "all":
+        return sorted({int(rank) for rank in ranks.split(",")})
+    layout, problem = spec.distribution, "it declares no distribution"
+    if layout is None:
+        sdk = spec.sdk_object
+        runconfig = getattr(sdk, "_runconfig", None) or getattr(sdk, "run_config", None)
+        try:
+            layout = (distribution.read_v1(runconfig, spec.name) if runconfig is not None
+                      else distribution.read_v2(sdk, spec.name))
+        except DebugInputError as error:
+            problem = str(error)
+    if layout is None:
+        reason = f"how many ranks step {spec.name!r} starts is not known ({problem})"
+        remedy = "name the ranks that wait, like --ranks 0,1,"
+        raise RelayUnavailable(f"--ranks all with the storage relay: {reason}: {remedy[:-1]}",
+                               reason, remedy)
+    return list(range(layout.world_size))
+
+
 class RelayPaths:
     """The relays of one session's steps: their blobs, and a running relay per announced step."""
 
@@ -110,23 +133,34 @@ class RelayPaths:
         self._timeout = timeout
         self._notes = notes if notes is not None else []  # a sweep that failed says so here
         self._swept = swept
-        self.blobs: dict[str, RelayBlobs] = {}
-        self._running: dict[str, StorageRelay] = {}
+        self.blobs: dict[tuple[str, int], RelayBlobs] = {}  # by step and rank
+        self._running: dict[tuple[str, int], StorageRelay] = {}
         self._lock = threading.Lock()
         self._closed = False
 
-    def prepare(self, specs: list[StepSpec]) -> dict[str, dict[str, str]]:
-        """Make and sign each debugged step's blobs; the variables each step's node reads.
-        First, once per workspace in this Python process, sweep the relay folders whose tokens
-        have expired (a sweep that fails adds one line to the notes, never fails the submit)."""
+    def prepare(self, specs: list[StepSpec], ranks: str = "0") -> dict[str, dict[str, str]]:
+        """Make and sign the blobs of each rank that waits (``--ranks``) in each debugged
+        step; the variables each step's nodes read. First, once per workspace in this Python
+        process, sweep the relay folders whose tokens have expired (a sweep that fails adds one
+        line to the notes, never fails the submit)."""
         account = self._account()
         debugged = [spec for spec in specs if spec.debug]
         if debugged:
             self._sweep_once(account)
+        variables: dict[str, dict[str, str]] = {}
         for spec in debugged:
             lifetime = min(LONGEST_TOKEN, self._timeout + run_limit(spec))
-            self.blobs[spec.name] = make_relay_blobs(account, lifetime, spec.name)
-        return {name: blobs.node_environment() for name, blobs in self.blobs.items()}
+            waiting = waiting_ranks(ranks, spec)
+            variables[spec.name] = {}
+            for rank in waiting:
+                name = spec.name if len(waiting) == 1 else f"{spec.name}-rank{rank}"
+                blobs = make_relay_blobs(account, lifetime, name)
+                self.blobs[(spec.name, rank)] = blobs
+                made = blobs.node_environment()
+                if len(waiting) > 1:  # each rank's relay picks its own
+                    made = {f"{variable}_{rank}": url for variable, url in made.items()}
+                variables[spec.name].update(made)
+        return variables
 
     def _sweep_once(self, account: StorageAccount) -> None:
         workspace = (account.blob_endpoint, account.container)
@@ -152,52 +186,71 @@ class RelayPaths:
             if verdict == "reachable":
                 return announcement, DIRECT, f"{host}:{port} is reachable from this machine"
             fell_back = f"{host}:{port} {verdict} from here; "
-        port = self._start(step, announcement.relay_key, on_end)
+        port = self._start(self._key(step, announcement.rank), announcement.relay_key, on_end)
         shown = dataclasses.replace(announcement, addresses=("127.0.0.1",), port=port)
         return shown, VIA_STORAGE, (
             f"{fell_back}{VIA_STORAGE}: attach to 127.0.0.1:{port} here; the debugger's bytes "
             "go through the workspace's blob storage, the node opens no port"
         )
 
+    def _key(self, step: str, rank: int) -> tuple[str, int]:
+        """The relay of ``step``'s ``rank``; where the step has one relay, that one (the rank
+        that waits reads the unnumbered variables, whatever its number)."""
+        with self._lock:
+            own = [key for key in self.blobs if key[0] == step]
+        if (step, rank) not in self.blobs and len(own) == 1:
+            return own[0]
+        return (step, rank)
+
     def _start(
-        self, step: str, node_key: str | None, on_end: Callable[[str], None] | None
+        self, key: tuple[str, int], node_key: str | None, on_end: Callable[[str], None] | None
     ) -> int:
         def ended(reason: str) -> None:
             if on_end is not None:
                 on_end(reason)
-            threading.Thread(target=self.end_step, args=(step,), name="aml-debug-relay-end",
+            threading.Thread(target=self.end_step, args=key, name="aml-debug-relay-end",
                              daemon=True).start()
 
         with self._lock:
             if self._closed:
                 raise RuntimeError("the session's relays have ended")
-            if step not in self._running:
+            if key not in self._running:
                 from aml_debug_magics.relay.end import StorageRelay
 
-                relay = StorageRelay(*self.blobs[step].notebook_chains(), node_key, ended)
+                if key not in self.blobs:
+                    raise RuntimeError(f"rank {key[1]} of {key[0]!r} has no relay: it was not "
+                                       "among the --ranks that wait")
+                relay = StorageRelay(*self.blobs[key].notebook_chains(), node_key, ended)
                 relay.start()
-                self._running[step] = relay
-            return self._running[step].port
+                self._running[key] = relay
+            return self._running[key].port
 
-    def end_step(self, step: str) -> str:
-        """End the step's relay and delete its blobs (a missed window, a closed port); one line
-        saying which stay, and until when, where some could not be deleted, else ""."""
+    def end_step(self, step: str, rank: int | None = None) -> str:
+        """End the relay of the step's ``rank`` (default: each of the step's) and delete its
+        blobs (a missed window, a closed port); one line saying which stay, and until when,
+        where some could not be deleted, else ""."""
         with self._lock:
-            running = self._running.pop(step, None)
-            blobs = self.blobs.pop(step, None)
-        if running is not None:
-            running.stop()
-        if blobs is None:
-            return ""
-        blobs.delete()
-        return blobs.left_behind
+            keys = [key for key in {*self._running, *self.blobs} if key[0] == step]
+        if rank is not None:
+            keys = [self._key(step, rank)]
+        left = []
+        for key in sorted(keys):
+            with self._lock:
+                running = self._running.pop(key, None)
+                blobs = self.blobs.pop(key, None)
+            if running is not None:
+                running.stop()
+            if blobs is not None:
+                blobs.delete()
+                left.append(blobs.left_behind)
+        return "; ".join(filter(None, left))
 
     def close(self) -> str:
         """End every relay and delete every blob (the run ended, Stop, the kernel ends); one
         line saying which stay, where some could not be deleted, else ""."""
         with self._lock:
             self._closed = True
-            steps = {*self._running, *self.blobs}
+            steps = {key[0] for key in {*self._running, *self.blobs}}
         return "; ".join(filter(None, (self.end_step(step) for step in sorted(steps))))
 
 

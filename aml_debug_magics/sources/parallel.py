@@ -25,6 +25,7 @@ from typing import Any
 
 from aml_debug_magics.errors import DebugInputError
 from aml_debug_magics.records import Argument, DataFolder, DebugRequest, ExternalInput, StepSpec
+from aml_debug_magics.sources.batch import is_batch_deployment
 
 RUNNER = Path(__file__).resolve().parents[1] / "node" / "parallel_entry.py"
 SHIPPED_NAMES = {"parallel_entry.py": "aml_debug_parallel_entry.py"}  # node file -> snapshot
@@ -87,6 +88,8 @@ def read_parallel_step(
         "--error-threshold", str(step._error_threshold),
         "--output-action", config.output_action.lower(),
         "--append-row-file-name", config.append_row_file_name or "parallel_run_step.txt",
+        *_failure_options(config.run_max_try, config.allowed_failed_count,
+                          config.allowed_failed_percent),
     ]
     for primary in step._inputs or []:
         options += ["--input", primary]
@@ -145,9 +148,11 @@ def check_mini_batches(specs: list[StepSpec], mini_batches: int | None, target: 
 
 
 def is_parallel_spec(spec: StepSpec) -> bool:
-    """Whether ``spec`` is a parallel step's (``ParallelRunStep``, SDK v2 parallel node): its
-    script is the user's entry script, which the local target runs through :data:`RUNNER`."""
-    return is_parallel_step(spec.sdk_object) or is_parallel_node(spec.sdk_object)
+    """Whether ``spec`` is a parallel step's (``ParallelRunStep``, SDK v2 parallel node, a batch
+    deployment): its script is the user's entry script, which the local target runs through
+    :data:`RUNNER`."""
+    return (is_parallel_step(spec.sdk_object) or is_parallel_node(spec.sdk_object)
+            or is_batch_deployment(spec.sdk_object))
 
 
 def entry_stop_line(spec: StepSpec | None) -> int | None:
@@ -227,6 +232,7 @@ def read_parallel_node(
         "--entry-script", entry, "--input-kind", "tabular" if tabular else "files",
         "--mini-batch-size", str(node.mini_batch_size or ("1MB" if tabular else "10")),
         "--error-threshold", str(-1 if node.error_threshold is None else node.error_threshold),
+        *_failure_options(_max_retries(node), getattr(node, "mini_batch_error_threshold", None)),
         "--input", data,
     ]
     append_row_to = getattr(task, "append_row_to", None)
@@ -252,6 +258,29 @@ def read_parallel_node(
         debug=debug,
         sdk_object=node,
     )
+
+
+def _failure_options(
+    run_max_try: Any, allowed_failed_count: Any = None, allowed_failed_percent: Any = None
+) -> list[str]:
+    """The runner's options for what a failed mini-batch does: tried again up to
+    ``run_max_try`` times (Azure ML's default: 3), then counted against the allowed failed
+    mini-batches (SDK v1 ``allowed_failed_count`` / ``allowed_failed_percent``, SDK v2
+    ``mini_batch_error_threshold``)."""
+    options = ["--run-max-try", str(int(run_max_try) if run_max_try is not None else 3)]
+    if allowed_failed_count is not None:
+        options += ["--allowed-failed-count", str(int(allowed_failed_count))]
+    if allowed_failed_percent is not None:
+        options += ["--allowed-failed-percent", f"{float(allowed_failed_percent):g}"]
+    return options
+
+
+def _max_retries(node: Any) -> Any:
+    """An SDK v2 node's ``retry_settings.max_retries`` (an object or a dict), or None."""
+    settings = getattr(node, "retry_settings", None)
+    if isinstance(settings, dict):
+        return settings.get("max_retries")
+    return getattr(settings, "max_retries", None)
 
 
 def _placeholder_name(text: Any, node: str, field: str, kind: str) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 from aml_debug_magics.errors import DebugInputError
 from aml_debug_magics.records import Argument, DataFolder, ExternalInput, StepSpec
+from aml_debug_magics.sources import distribution
 from aml_debug_magics.sources.parallel import is_parallel_step, read_parallel_step
 from aml_debug_magics.sources.sweep import (
     hyperdrive_trial,
@@ -406,6 +407,7 @@ def _spec(
         debug=debug,
         sdk_object=sdk_object,
         named_inputs=named,
+        distribution=distribution.read_v1(runconfig, name),
     )
 
 
@@ -451,6 +453,8 @@ def _data_folder(item: Any, step: str) -> DataFolder | ExternalInput:
     names = _class_names(item)
     if "DatasetConsumptionConfig" in names:
         source = item.dataset
+        if "PipelineParameter" in _class_names(source):  # a dataset as a parameter's default
+            source = source.default_value
         if "OutputDatasetConfig" in _class_names(source):
             return DataFolder(source.name)
         if "PipelineOutputAbstractDataset" in _class_names(source):

@@ -28,9 +28,9 @@ from typing import Any
 
 from aml_debug_magics.errors import DebugInputError
 from aml_debug_magics.records import Argument, DataFolder, ExternalInput, ShellCommand, StepSpec
-from aml_debug_magics.sources import mldesigner, parallel, sweep
+from aml_debug_magics.sources import distribution, mldesigner, parallel, sweep
 from aml_debug_magics.sources.sdk_v1 import dependency_order
-from aml_debug_magics.sources.shell_line import PythonCall, read_line
+from aml_debug_magics.sources.shell_line import PythonCall, read_line, resolve_optional
 
 _PARENT_INPUT = re.compile(r"^\$\{\{\s*parent\.inputs\.(\w+)\s*\}\}$")
 _PARENT_JOB_OUTPUT = re.compile(r"^\$\{\{\s*parent\.jobs\.(\w+)\.outputs\.(\w+)\s*\}\}$")
@@ -235,6 +235,8 @@ def _node_spec(
     if asked and mldesigner.is_mldesigner_command(text):
         component_source = mldesigner.source_of(text)
         text = mldesigner.as_python(text, target)
+    if target == "local":  # on Azure ML, Azure ML resolves them
+        text = resolve_optional(text, lambda held: _given(held, job_node, base_directory))
     folder = _code_folder(name, node, job_node.scope.base, base_directory)
     line = read_line(text)
     debug = asked and bool(line.calls)
@@ -274,6 +276,7 @@ def _node_spec(
         sdk_object=node,
         command=ShellCommand(text, call.interpreter if call else None, placeholders),
         trial=trial,
+        distribution=distribution.read_v2(node, name) if target == "local" else None,
     )
 
 
@@ -352,6 +355,16 @@ def _placeholder(written_name: str, job_node: JobNode, base_directory: Path) -> 
                               "which it does not declare")
     raise DebugInputError(f"node {name!r}: its command holds ${{{{{written_name}}}}}, which "
                           "the local target cannot fill in (only inputs.X and outputs.Y)")
+
+
+def _given(written_name: str, job_node: JobNode, base_directory: Path) -> bool:
+    """Whether a placeholder of an optional block has a value (an optional input left out
+    has none)."""
+    try:
+        _placeholder(written_name, job_node, base_directory)
+    except DebugInputError:
+        return False
+    return True
 
 
 def _default(declared: Any) -> Argument | None:

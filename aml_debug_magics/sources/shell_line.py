@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 PLACEHOLDER = re.compile(r"\$\{\{\s*([\w.]+)\s*\}\}")
+OPTIONAL_BLOCK = re.compile(r"\$\[\[(.*?)\]\]", re.DOTALL)
 _INTERPRETER = re.compile(r"^python(3(\.\d+)?)?$")
 _ASSIGNMENT = re.compile(r"^[A-Za-z_]\w*=")
 _PREFIXES = {"exec", "time", "nohup", "command"}
@@ -277,3 +278,17 @@ def substitute(text: str, value_of: Callable[[str], str]) -> str:
         pieces += [text[last:placeholder.start], quoted]
         last = placeholder.end
     return "".join([*pieces, text[last:]])
+
+
+def resolve_optional(text: str, given: Callable[[str], bool]) -> str:
+    """The line's ``$[[ ... ]]`` blocks as Azure ML resolves them before running it: a block
+    whose every ``${{...}}`` is ``given`` (by the name it holds, ``inputs.lr``) is kept without
+    its brackets, any other is dropped.
+
+    >>> resolve_optional("python t.py $[[--lr ${{inputs.lr}}]]", lambda name: False)
+    'python t.py '
+    """
+    return OPTIONAL_BLOCK.sub(
+        lambda block: block[1] if all(given(n) for n in PLACEHOLDER.findall(block[1])) else "",
+        text,
+    )

@@ -43,6 +43,7 @@ def bootstrap_options(
     reattach_window: float | None = None,
     via: str = "listen",
     source_root: str | None = None,
+    post_mortem: str | None = None,
 ) -> list[str]:
     """The bootstrap's options: ``--connect`` where given, else ``--listen``; the node's own
     default is left unsaid for the optional ones (``None``, and ``via="listen"``)."""
@@ -56,4 +57,5 @@ def bootstrap_options(
         *(["--reattach-window", f"{reattach_window:g}"] if reattach_window is not None else []),
         *(["--via", via] if via != "listen" else []),
         *(["--source-root", source_root] if source_root is not None else []),
+        *(["--post-mortem", post_mortem] if post_mortem is not None else []),
     ]

@@ -182,7 +182,7 @@ def azureml_bootstrap_options(request: DebugRequest) -> list[str]:
     return bootstrap_options(
         listen=f"0.0.0.0:{request.port or DEFAULT_PORT}", connect=request.connect,
         timeout=request.timeout, ranks=request.ranks, just_my_code=request.just_my_code,
-        allow=allowed_sources(request.allow), via=request.via,
+        allow=allowed_sources(request.allow), via=request.via, post_mortem=request.post_mortem,
     )
 
 

@@ -390,7 +390,7 @@ class StepFollower:
             return
         if paths is not None and isinstance(news, AttachOutcome | PortClosed) and not getattr(
                 news, "attached", False):  # the window missed, or the port closed
-            paths.end_step(self.name)
+            paths.end_step(self.name, news.rank)
         self.events.step_news(self.name, news)
         if isinstance(news, Announcement):
             self.announced = True

@@ -6,10 +6,14 @@ to the session as each step runs. Never inside the kernel: ipykernel's own debug
 there, and ``debugpy.listen`` works once per process. The bootstrap always binds 127.0.0.1 here,
 so nothing on a laptop or a compute instance is exposed to its network. An SDK v2 command line
 runs as Azure ML runs it, through bash in the code folder, with only its debugged Python
-invocation wrapped by the bootstrap and ``python``/``python3`` meaning the kernel's interpreter.
+invocation wrapped by the bootstrap. Each step's Python, and ``python``, ``python3`` and ``pip``
+in its command, are its own layer over the kernel's environment (``job_env.py``: the packages
+its environment declares, and what its command installs); ``--env kernel``: the kernel's.
 An SDK v1 step gets its run context as on Azure ML: ``Run.get_context()`` in it answers
-``input_datasets`` with the local paths of its inputs (``local_run.py``, put in place by the
-``local_site/`` folder first on its ``PYTHONPATH``).
+``input_datasets`` with the local paths of its inputs, or the dataset objects over them for
+datasets consumed directly (``local_run.py``, put in place by the ``local_site/`` folder first
+on its ``PYTHONPATH``). Every step gets the variables every Azure ML job sees, its MLflow store
+the session's (``local_run.job_variables``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import queue
 import shlex
 import shutil
 import signal
@@ -29,9 +34,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aml_debug_magics import reaper
+from aml_debug_magics.errors import DebugInputError
 from aml_debug_magics.node import parallel_entry
 from aml_debug_magics.node.announce import Announcement, AttachOutcome, LogReader
-from aml_debug_magics.node.options import SOURCE_ROOT_VARIABLE
+from aml_debug_magics.node.options import SOURCE_ROOT_VARIABLE, parse_ranks
 from aml_debug_magics.records import (
     Argument,
     DataFolder,
@@ -40,17 +46,20 @@ from aml_debug_magics.records import (
     Status,
     StepSpec,
 )
-from aml_debug_magics.sources import parallel
+from aml_debug_magics.sources import distribution, parallel
+from aml_debug_magics.sources.batch import batch_output, is_batch_deployment
 from aml_debug_magics.sources.sdk_v1 import is_pipeline_step
 from aml_debug_magics.sources.shell_line import substitute
-from aml_debug_magics.targets import local_run
+from aml_debug_magics.targets import job_env, local_run
 from aml_debug_magics.targets.bootstrap_command import bootstrap_entry, bootstrap_options
+from aml_debug_magics.targets.local_ranks import debug_port, rank_environments, ranks_text
 
 if TYPE_CHECKING:
     from aml_debug_magics.records import DebugRequest
     from aml_debug_magics.session import DebugSession
 
 LOG_LINES_KEPT = 200
+ANNOUNCE_LIMIT = 60.0  # the longest the ranks that run on wait for those that wait to be attachable
 LOCAL_RUN_SITE = Path(__file__).resolve().parent / "local_site"  # first on a v1 step's path
 
 
@@ -87,6 +96,7 @@ class LocalProcess:
         listen: str = "127.0.0.1:0",
         allow: str = "any",
         reattach_window: float | None = None,
+        post_mortem: str | None = None,
         on_line: Callable[[str], None] | None = None,
         on_news: Callable[[Announcement | AttachOutcome], None] | None = None,
         shell_line: ShellCommand | None = None,
@@ -98,6 +108,7 @@ class LocalProcess:
         bootstrap = [*bootstrap_entry(node_files), *bootstrap_options(
             listen=listen, connect=connect, timeout=timeout, on_timeout=on_timeout, ranks=ranks,
             just_my_code=just_my_code, allow=allow, reattach_window=reattach_window,
+            post_mortem=post_mortem,
             source_root=str(self.cwd.resolve()) if shell_line is not None else None,
         ), "--"]
         self.env = {**os.environ, **(env or {})}
@@ -234,24 +245,47 @@ class LocalPipelineTarget:
             Path(tempfile.mkdtemp(prefix="aml_debug_data_"))
             if any(step.writes for step in request.steps) else None
         )
-        self._current: LocalProcess | None = None
+        for step in request.steps:
+            distribution.check_local(step.distribution, step.name)
+        # what each step's environment adds to the kernel's: a bad file is one line, now
+        self._plans = job_env.plans(request.steps, request.env)
+        self._current: list[LocalProcess] = []  # the step's process, or each of its ranks
         self._stopping = threading.Event()
+        self._notes: list[str] = []
         self._runner: threading.Thread | None = None
         self.pipeline_run_id = local_run.new_run_id()  # the parent of every pipeline step's run
 
     def start(self, events: DebugSession) -> None:
+        for said in job_env.notes(self._plans):  # before the data's folder: it ends the note
+            self._note(events, said)
         if any(step.writes for step in self.request.steps):
-            events.target_note(f"data passed between steps: {self.data_root}")
+            batch = all(is_batch_deployment(step.sdk_object) for step in self.request.steps)
+            what = "the batch deployment's output" if batch else "data passed between steps"
+            self._note(events, f"{what}: {self.data_root}")
         self._runner = threading.Thread(
             target=self._run_all, args=(events,), name="aml-debug-local-steps", daemon=True
         )
         self._runner.start()
 
+    def _output_said(self, step: StepSpec) -> str:
+        """A finished batch deployment's row: where its output file is, and its rows."""
+        written = batch_output(step)
+        if written is None:
+            return ""
+        output = self.folder_of(written[0]) / written[1]
+        if not output.is_file():
+            return f"no output file was written ({output})"
+        with output.open("rb") as lines:
+            rows = sum(1 for _ in lines)
+        return f"output file: {output} ({rows} row{'s' if rows != 1 else ''})"
+
+    def _note(self, events: DebugSession, note: str) -> None:
+        self._notes.append(note)
+        events.target_note("; ".join(self._notes))
+
     def stop(self) -> None:
         self._stopping.set()
-        current = self._current
-        if current is not None:
-            current.stop()
+        _stop_together(list(self._current))
         if self._runner is not None and self._runner is not threading.current_thread():
             self._runner.join(timeout=15)
 
@@ -268,6 +302,16 @@ class LocalPipelineTarget:
         return argument
 
     def _run_all(self, events: DebugSession) -> None:
+        try:
+            layers = job_env.build_all(
+                self._plans, limit=self.request.cache_limit,
+                progress=lambda step, said: events.step_status(step, Status.QUEUED, said),
+            )
+        except DebugInputError as error:
+            for step in self.request.steps:
+                events.step_status(step.name, Status.NOT_RUN, str(error))
+            events.target_done(failed=True)
+            return
         failed_step = None
         for step in self.request.steps:
             if self._stopping.is_set():
@@ -275,11 +319,23 @@ class LocalPipelineTarget:
             if failed_step is not None:
                 events.step_status(step.name, Status.NOT_RUN, f"step {failed_step!r} failed")
                 continue
-            code = self._run_one(step, events)
+            kernel = self.request.env == "kernel"
+            layer = None if kernel else job_env.JobLayer(layers.get(step.name))
+            metrics_before = local_run.metrics_logged(self.pipeline_run_id)
+            try:
+                code = self._run_one(step, events, layer)
+            finally:
+                if layer is not None:
+                    layer.remove()
             if self._stopping.is_set():
                 return
-            if code == 0:
-                events.step_status(step.name, Status.FINISHED, exit_code=0)
+            if step.distribution is not None:  # each rank's row says how it ended
+                failed_step = step.name if code else None
+            elif code == 0:
+                said = [self._output_said(step),
+                        local_run.metrics_note(self.pipeline_run_id, metrics_before)]
+                events.step_status(step.name, Status.FINISHED, "; ".join(filter(None, said)),
+                                   exit_code=0)
             else:
                 failed_step = step.name
                 events.step_status(step.name, Status.FAILED, _exit_detail(code), exit_code=code)
@@ -296,6 +352,9 @@ class LocalPipelineTarget:
                 name: Path(self._local_value(step, data))
                 for name, data in step.named_inputs.items()
             },
+            datasets={name: data for name, data in step.named_inputs.items()
+                      if isinstance(data, ExternalInput)},
+            outputs={data.name: self.folder_of(data) for data in step.writes},
         )
         path = environment.get("PYTHONPATH", os.environ.get("PYTHONPATH"))
         return {
@@ -303,7 +362,9 @@ class LocalPipelineTarget:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(LOCAL_RUN_SITE), path])),
         }
 
-    def _run_one(self, step: StepSpec, events: DebugSession) -> int:
+    def _run_one(
+        self, step: StepSpec, events: DebugSession, layer: job_env.JobLayer | None = None
+    ) -> int:
         for data in step.writes:
             self.folder_of(data).mkdir(parents=True, exist_ok=True)
         arguments = [self._local_value(step, a) for a in step.arguments]
@@ -312,13 +373,15 @@ class LocalPipelineTarget:
             environment[f"AZUREML_DATAREFERENCE_{data.name}"] = self._local_value(step, data)
         if step.command is None and step.sdk_object is not None:
             environment.update(self._run_context(step, environment))
+        environment.update(local_run.job_variables(
+            experiment=self.request.experiment, session_run_id=self.pipeline_run_id
+        ))
         if self.request.mini_batches is not None:  # read by a parallel step's runner only
             environment[parallel_entry.MINI_BATCHES_VARIABLE] = str(self.request.mini_batches)
         values = None if step.command is None else {
             written: self._local_value(step, value)
             for written, value in step.command.placeholders.items()
         }
-        events.step_status(step.name, Status.STARTING if step.debug else Status.RUNNING)
         script = step.script
         if parallel.is_parallel_spec(step):  # the runner runs, and calls the entry script
             script = parallel.RUNNER
@@ -326,31 +389,202 @@ class LocalPipelineTarget:
             environment[SOURCE_ROOT_VARIABLE] = str(step.source_directory)
             what = parallel_entry.describe(arguments, self.request.mini_batches)
             events.step_output(step.name, f"[aml-debug] {what}")  # before it waits
-        process = LocalProcess(
-            script,
-            arguments,
-            cwd=step.source_directory,
-            timeout=self.request.timeout,
-            listen=f"127.0.0.1:{self.request.port}",
-            connect=self.request.connect,
-            ranks=self.request.ranks,
-            just_my_code=self.request.just_my_code,
-            debug=step.debug,
-            env=environment,
-            on_line=lambda line: events.step_output(step.name, line),
-            on_news=lambda news: events.step_news(step.name, news),
-            shell_line=step.command,
-            values=values,
-        )
-        self._current = process
+
+        def process(
+            rank: int, variables: Mapping[str, str], port: int,
+            watch: _RankWatch | None = None,
+        ) -> LocalProcess:
+            def on_news(news: Announcement | AttachOutcome) -> None:
+                events.step_news(step.name, news)
+                if watch is not None:
+                    watch.news(news)
+
+            return LocalProcess(
+                script,
+                arguments,
+                cwd=step.source_directory,
+                timeout=self.request.timeout,
+                listen=f"127.0.0.1:{port}",
+                connect=self.request.connect,
+                ranks=self.request.ranks,
+                just_my_code=self.request.just_my_code,
+                post_mortem=self.request.post_mortem,
+                debug=step.debug,
+                env={**environment, **(layer.variables(environment) if layer else {}),
+                     **variables},
+                python=layer.python if layer else sys.executable,
+                on_line=lambda line: events.step_output(step.name, line, rank),
+                on_news=on_news,
+                shell_line=step.command,
+                values=values,
+            )
+
+        if step.distribution is not None:
+            return self._run_ranks(step, events, process)
+        events.step_status(step.name, Status.STARTING if step.debug else Status.RUNNING)
+        one = process(0, {}, self.request.port)
+        self._current = [one]
         try:
-            process.start()
+            one.start()
         except OSError as error:
-            events.step_output(step.name, f"cannot start {process.command[0]}: {error}")
+            events.step_output(step.name, f"cannot start {one.command[0]}: {error}")
             return 127
         if self._stopping.is_set():  # stop() came between the check and the start
-            process.stop()
-        return process.wait()
+            one.stop()
+        return one.wait()
+
+    def _run_ranks(
+        self, step: StepSpec, events: DebugSession,
+        process: Callable[[int, Mapping[str, str], int, _RankWatch], LocalProcess],
+    ) -> int:
+        """Every rank of a distributed step as its own process: the ranks that wait for a
+        debugger first, the others as soon as those are attachable (they would block in
+        their first collective with them anyway); when one fails, the others are ended, as
+        Azure ML ends a distributed job whose process failed. Its exit code: the first
+        failure's, or 0."""
+        layout = step.distribution
+        assert layout is not None
+        size = layout.world_size
+        choice = parse_ranks(self.request.ranks)  # checked before the session started
+        chosen = {r for r in range(size) if step.debug and choice.includes(r)}
+        watch = _RankWatch(step.name, events, size, chosen)
+        environments = rank_environments(layout)
+        ranks = [process(r, environments[r], debug_port(self.request.port, layout, r), watch)
+                 for r in range(size)]
+        ended: queue.Queue[tuple[int, int]] = queue.Queue()
+        self._current = ranks
+        started, start_failed, described = 0, False, False
+        for r in sorted(range(size), key=lambda r: r not in chosen):
+            if r not in chosen and not described:
+                self._describe_ranks(step, events, chosen)  # while the waiting ranks start
+                described = True
+                # the others once the waiting ranks are attachable: started with them, on a
+                # 2-core machine they delay rank 0's port by half
+                for waiting in chosen:
+                    ranks[waiting].announced.wait(ANNOUNCE_LIMIT)
+                if self._stopping.is_set():
+                    break
+            events.step_status(step.name, Status.STARTING if r in chosen else Status.RUNNING,
+                               watch.running_detail(r), rank=r)
+            try:
+                ranks[r].start()
+            except OSError as error:
+                events.step_output(step.name, f"cannot start {ranks[r].command[0]}: {error}", r)
+                ended.put((r, 127))
+                start_failed = True
+                for never in range(size):
+                    if never != r and ranks[never].pid is None:
+                        events.step_status(step.name, Status.NOT_RUN,
+                                           f"rank {r} could not start", rank=never)
+                break
+            started += 1
+            threading.Thread(target=lambda r=r: ended.put((r, ranks[r].wait())),
+                             name=f"aml-debug-rank-{r}", daemon=True).start()
+        if not described:  # every rank waits, or one could not start
+            self._describe_ranks(step, events, chosen)
+        if self._stopping.is_set():
+            _stop_together(ranks)
+        failure: tuple[int, int] | None = None
+        for _ in range(started + (1 if start_failed else 0)):
+            rank, code = ended.get()
+            if self._stopping.is_set():
+                continue
+            if code != 0 and failure is None:
+                failure = (rank, code)
+                watch.failed(rank, code)
+                events.step_status(step.name, Status.FAILED, _exit_detail(code),
+                                   exit_code=code, rank=rank)
+                threading.Thread(target=_stop_together, args=(ranks,), daemon=True,
+                                 name="aml-debug-end-ranks").start()
+            elif failure is not None and code != 0:
+                events.step_status(step.name, Status.STOPPED, watch.ended_detail(),
+                                   exit_code=code, rank=rank)
+            else:
+                watch.finished(rank)
+                events.step_status(step.name, Status.FINISHED, exit_code=code, rank=rank)
+        return failure[1] if failure else 0
+
+
+    def _describe_ranks(self, step: StepSpec, events: DebugSession, chosen: set[int]) -> None:
+        """A row per rank, and the panel's line saying what runs here for ``step``."""
+        layout = step.distribution
+        assert layout is not None
+        size = layout.world_size
+        events.rank_rows(step.name, [layout.node_of(r) for r in range(size)], chosen)
+        emulated = f"{step.name}: {layout.describe()} as {size} local processes"
+        if chosen:
+            others = sorted(set(range(size)) - chosen)
+            emulated += f"; {ranks_text(sorted(chosen))} {_verb(chosen, 'wait')} for a debugger"
+            if others:
+                emulated += f", {ranks_text(others)} for {'it' if len(chosen) == 1 else 'them'}" \
+                            " in a collective"
+        self._note(events, emulated)
+
+
+class _RankWatch:
+    """What each rank's row says about the others: the ranks that run on while some wait for
+    a debugger block in their first collective with a waiting rank, as they would on Azure ML.
+    Only the waits are known here, not where each rank is: the row says so."""
+
+    def __init__(self, step: str, events: DebugSession, size: int, chosen: set[int]) -> None:
+        self.step, self.events, self.size = step, events, size
+        self.waiting = set(chosen)  # until its debugger attached or its window ended
+        self.chosen = chosen
+        self.done: set[int] = set()
+        self.failure: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+
+    def running_detail(self, rank: int) -> str:
+        others = sorted(self.waiting - {rank})
+        if rank in self.chosen or not others:
+            return ""
+        one = len(others) == 1
+        return (f"a collective with {ranks_text(others)} blocks here until "
+                f"{'it is' if one else 'they are'} past {'its' if one else 'their'} wait for a "
+                "debugger")
+
+    def ended_detail(self) -> str:
+        assert self.failure is not None
+        rank, code = self.failure
+        return (f"ended: rank {rank} failed ({_exit_detail(code)}), and a distributed job ends "
+                "every process when one fails, as on Azure ML")
+
+    def failed(self, rank: int, code: int) -> None:
+        with self._lock:
+            self.failure = (rank, code)
+            self.done.add(rank)
+
+    def finished(self, rank: int) -> None:
+        with self._lock:
+            self.done.add(rank)
+            self.waiting.discard(rank)
+
+    def news(self, news: Announcement | AttachOutcome) -> None:
+        """A rank's debugger attached or its window ended: the rows of the ranks that run on
+        say who they still wait for."""
+        if not isinstance(news, AttachOutcome):
+            return
+        with self._lock:
+            self.waiting.discard(news.rank)
+            if self.failure is not None:
+                return
+            others = [r for r in range(self.size) if r not in self.chosen | self.done]
+        for rank in others:
+            self.events.step_status(self.step, Status.RUNNING, self.running_detail(rank),
+                                    rank=rank)
+
+
+def _verb(ranks: set[int], verb: str) -> str:
+    return f"{verb}s" if len(ranks) == 1 else verb
+
+
+def _stop_together(processes: Sequence[LocalProcess]) -> None:
+    """Stop every process at once: each gets its SIGTERM now, not after the others' grace."""
+    stoppers = [threading.Thread(target=p.stop, daemon=True) for p in processes]
+    for stopper in stoppers:
+        stopper.start()
+    for stopper in stoppers:
+        stopper.join()
 
 
 def _interpreter_folder(python: str) -> Path:

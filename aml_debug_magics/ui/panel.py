@@ -26,6 +26,7 @@ from aml_debug_magics.ui.ticker import TICKER, Ticker
 
 STATUS_COLOURS = {
     Status.WAITING: "#b26a00",
+    Status.POST_MORTEM: "#cf222e",
     Status.ATTACHED: "#1a7f37",
     Status.FINISHED: "#1a7f37",
     Status.FAILED: "#cf222e",

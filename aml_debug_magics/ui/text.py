@@ -31,7 +31,7 @@ def format_left(seconds: float | None) -> str:
 def row_line(row: StepRow, now: float) -> str:
     """One line with what a row shows: status, where to attach, time left, why it ended."""
     parts = [f"[{row.label}] {row.status}"]
-    if row.address and row.status == Status.WAITING:
+    if row.address and row.status in (Status.WAITING, Status.POST_MORTEM):
         verb = "listen on" if row.announcement.mode == "connect" else "attach to"
         parts.append(f"{verb} {row.address}" + (f" {row.path}" if row.path else ""))
     elif row.address and row.status == Status.ATTACHED:
@@ -39,7 +39,7 @@ def row_line(row: StepRow, now: float) -> str:
     elif not row.debugged:
         parts.append("(no debugger)")
     deadline = row.announcement.attach_deadline if row.announcement else None
-    if row.status == Status.WAITING and deadline:
+    if row.status in (Status.WAITING, Status.POST_MORTEM) and deadline:
         clock_time = time.strftime("%H:%M:%S", time.localtime(deadline))
         parts.append(f"until {clock_time} ({format_left(row.seconds_left(now))})")
     if row.detail:
@@ -58,7 +58,8 @@ def session_text(session: DebugSession, now: float) -> str:
         lines.append(session.note)
     for row in session.rows:
         lines.append(row_line(row, now))
-        config = row.attach_config() if row.status == Status.WAITING else None
+        waits = row.status in (Status.WAITING, Status.POST_MORTEM)
+        config = row.attach_config() if waits else None
         if config:
             lines.append(json.dumps(config, indent=4))
     if session.service is not None:
