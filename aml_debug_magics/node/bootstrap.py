@@ -108,6 +108,7 @@ ENTRY_SHIPPED_NAMES = {  # a scoring image's entry script too
 }
 EXIT_USAGE = 2
 EXIT_NOT_ATTACHED = 3
+CANCEL_WAIT = 1.0  # seconds for each helper process to end on SIGTERM
 def _tag_run_in_background(line: str, rank: int) -> None:
     """Tag the Azure ML run with the announcement: tags arrive before late log uploads."""
     if not os.environ.get("AZUREML_RUN_ID"):
@@ -186,11 +187,12 @@ def debug_and_run(options: Options, rank: Rank) -> int:
     post_mortem_gates: list[GateHandle] = []
 
     def on_sigterm(signum: int, frame: object) -> None:  # a cancel: end at once, no post-mortem
+        # short waits: whoever sent SIGTERM kills after its own grace (Stop: 5 s in all)
         for gate in [gate_handle, *post_mortem_gates]:
             if gate is not None:
-                gate.close_now()
+                gate.close_now(wait=CANCEL_WAIT)
         if relay_handle is not None:
-            relay_handle.close_now()
+            relay_handle.close_now(wait=CANCEL_WAIT)
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 

@@ -358,17 +358,18 @@ class GateHandle:
         self._watcher = hide_from_debugger(threading.Thread(target=watch, name="aml-debug-gate"))
         self._watcher.start()
 
-    def close_now(self) -> None:
-        """Close the port and every connection, end the adapter, and wait until that is done."""
+    def close_now(self, wait: float = 5.0) -> None:
+        """Close the port and every connection, end the adapter, and wait until that is done
+        (at most ``wait`` seconds for each part, then the gate is killed)."""
         self._closing = True
         self.tell("close")
-        self.release()
+        self.release(wait)
         try:
-            self._process.wait(timeout=5)
+            self._process.wait(timeout=wait)
         except subprocess.TimeoutExpired:
             self._process.kill()
 
-    def release(self) -> None:
+    def release(self, wait: float = 5.0) -> None:
         """The script is over: the gate lets open sessions finish, then ends the adapter."""
         self._closing = True
         with contextlib.suppress(OSError):
@@ -377,7 +378,7 @@ class GateHandle:
         if self._watcher is not None and self._watcher is not threading.current_thread():
             # over before the interpreter's own end: a thread that ends during it makes debugpy
             # 1.8.21 on Python 3.13 print "Exception ignored in ... _DeleteDummyThreadOnDel"
-            self._watcher.join(timeout=5)
+            self._watcher.join(timeout=wait)
 
 
 def bind_public_port(address: Address) -> socket.socket:
@@ -439,11 +440,11 @@ class RelayHandle:
         with contextlib.suppress(OSError):
             self._process.stdin.close()  # type: ignore[union-attr]
 
-    def close_now(self) -> None:
-        """End the relay at once (the process is being stopped)."""
+    def close_now(self, wait: float = 5.0) -> None:
+        """End the relay at once (the process is being stopped); killed after ``wait`` s."""
         self.release()
         self._process.terminate()
         try:
-            self._process.wait(timeout=5)
+            self._process.wait(timeout=wait)
         except subprocess.TimeoutExpired:
             self._process.kill()
