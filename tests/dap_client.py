@@ -98,8 +98,10 @@ class DapClient:
         found = self._next(lambda m: m.get("type") == "event" and m.get("event") == name, timeout)
         return found.get("body") or {}
 
-    def attach(self, config: dict[str, Any], breakpoints: dict[str, list[int]]) -> None:
-        """initialize, attach, breakpoints, configurationDone: VS Code's order."""
+    def attach(self, config: dict[str, Any], breakpoints: dict[str, list[int]],
+               exception_filters: list[str] | None = None) -> None:
+        """initialize, attach, breakpoints (and exception filters, like ``["uncaught"]``),
+        configurationDone: VS Code's order."""
         self.request("initialize", clientID="vscode", adapterID="debugpy", pathFormat="path",
                      linesStartAt1=True, columnsStartAt1=True, supportsRunInTerminalRequest=False)
         attach_seq = self.send("attach", **config)
@@ -107,6 +109,8 @@ class DapClient:
         for path, lines in breakpoints.items():
             self.request("setBreakpoints", source={"path": path},
                          breakpoints=[{"line": line} for line in lines])
+        if exception_filters is not None:
+            self.request("setExceptionBreakpoints", filters=exception_filters)
         self.request("configurationDone")
         self.response(attach_seq)
 

@@ -136,13 +136,7 @@ def test_a_debugger_attached_after_the_failure_stops_at_the_raise(node, script):
         config = attach_config(failure.attach, script.parent)
         client = DapClient.connect(config["connect"]["host"], config["connect"]["port"])
         try:
-            client.request("initialize", clientID="vscode", adapterID="debugpy",
-                           pathFormat="path", linesStartAt1=True, columnsStartAt1=True)
-            attach_seq = client.send("attach", **config)
-            client.event("initialized")
-            client.request("setExceptionBreakpoints", filters=["uncaught"])
-            client.request("configurationDone")
-            client.response(attach_seq)
+            client.attach(config, {}, exception_filters=["uncaught"])
             stopped = client.event("stopped", timeout=60)
             assert stopped["reason"] == "exception"
             thread = stopped["threadId"]
@@ -295,13 +289,7 @@ def test_the_row_waits_at_the_exception_and_the_debugger_stops_there(ip, tmp_pat
     config = row.attach_config()
     client = DapClient.connect(config["connect"]["host"], config["connect"]["port"])
     try:
-        client.request("initialize", clientID="vscode", adapterID="debugpy", pathFormat="path",
-                       linesStartAt1=True, columnsStartAt1=True)
-        attach_seq = client.send("attach", **config)
-        client.event("initialized")
-        client.request("setExceptionBreakpoints", filters=["uncaught"])
-        client.request("configurationDone")
-        client.response(attach_seq)
+        client.attach(config, {}, exception_filters=["uncaught"])
         frame = client.wait_stopped(60)
         assert (frame["source"]["path"], frame["line"]) == (str(script), WAITING_RAISE_LINE)
         assert client.locals_of(frame)["divisor"] == "0"

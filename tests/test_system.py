@@ -568,13 +568,7 @@ def test_a_step_that_fails_after_its_window_waits_at_the_exception_on_its_node(
     config = train.attach_config()
     client = DapClient.connect(config["connect"]["host"], config["connect"]["port"])
     try:
-        client.request("initialize", clientID="vscode", adapterID="debugpy", pathFormat="path",
-                       linesStartAt1=True, columnsStartAt1=True)
-        attach_seq = client.send("attach", **config)
-        client.event("initialized")
-        client.request("setExceptionBreakpoints", filters=["uncaught"])
-        client.request("configurationDone")
-        client.response(attach_seq)
+        client.attach(config, {}, exception_filters=["uncaught"])
         frame = client.wait_stopped(60)
         assert frame["source"]["path"] == str(project / "train" / "train.py")  # mapped back
         assert frame["line"] == TRAIN_FAILS_RAISE

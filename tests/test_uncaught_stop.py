@@ -112,13 +112,7 @@ def stops_until_the_end(run: BootstrapProcess, script: Path) -> list[dict]:
     client = DapClient.connect(config["connect"]["host"], config["connect"]["port"])
     stops = []
     try:
-        client.request("initialize", clientID="vscode", adapterID="debugpy", pathFormat="path",
-                       linesStartAt1=True, columnsStartAt1=True)
-        attach_seq = client.send("attach", **config)
-        client.event("initialized")
-        client.request("setExceptionBreakpoints", filters=["uncaught"])
-        client.request("configurationDone")
-        client.response(attach_seq)
+        client.attach(config, {}, exception_filters=["uncaught"])
         while True:
             try:
                 stopped = client.event("stopped", timeout=60)
