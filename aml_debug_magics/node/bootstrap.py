@@ -188,13 +188,15 @@ def debug_and_run(options: Options, rank: Rank) -> int:
 
     def on_sigterm(signum: int, frame: object) -> None:  # a cancel: end at once, no post-mortem
         # short waits: whoever sent SIGTERM kills after its own grace (Stop: 5 s in all)
-        for gate in [gate_handle, *post_mortem_gates]:
-            if gate is not None:
-                gate.close_now(wait=CANCEL_WAIT)
-        if relay_handle is not None:
-            relay_handle.close_now(wait=CANCEL_WAIT)
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
+        try:
+            for gate in [gate_handle, *post_mortem_gates]:
+                if gate is not None:
+                    gate.close_now(wait=CANCEL_WAIT)
+            if relay_handle is not None:
+                relay_handle.close_now(wait=CANCEL_WAIT)
+        finally:  # whatever the signal interrupted, the process dies of it
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
 
     signal.signal(signal.SIGTERM, on_sigterm)
 

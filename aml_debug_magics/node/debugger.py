@@ -375,10 +375,13 @@ class GateHandle:
         with contextlib.suppress(OSError):
             self._control.shutdown(socket.SHUT_RDWR)  # wakes the watcher, which then ends
         self._control.close()
-        if self._watcher is not None and self._watcher is not threading.current_thread():
+        watcher = self._watcher
+        # a SIGTERM may come while the watcher is being started: one not running yet is not joined
+        if (watcher is not None and watcher.ident is not None
+                and watcher is not threading.current_thread()):
             # over before the interpreter's own end: a thread that ends during it makes debugpy
             # 1.8.21 on Python 3.13 print "Exception ignored in ... _DeleteDummyThreadOnDel"
-            self._watcher.join(timeout=wait)
+            watcher.join(timeout=wait)
 
 
 def bind_public_port(address: Address) -> socket.socket:
