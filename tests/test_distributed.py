@@ -30,6 +30,8 @@ ALL_GATHER = textwrap.dedent(
     where = (os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]))
     if os.environ.get("FAIL_RANK") == str(rank):
         sys.exit(3)
+    if os.environ.get("RAISE_RANK") == str(rank):
+        shard = world // (rank - rank)  # the rank's own bug, before its first collective
     print(f"rank {rank} of {world} on node {os.environ['NODE_RANK']} joins {where[1]}", flush=True)
     if rank == 0:
         server = socket.create_server(where)
@@ -51,7 +53,8 @@ ALL_GATHER = textwrap.dedent(
     print(f"rank {rank} gathered {gathered}", flush=True)
     """
 )
-GATHERED_LINE = 24  # print(...gathered), right after the all-gather
+GATHERED_LINE = 26  # print(...gathered), right after the all-gather
+RAISE_LINE = 7
 
 MPI_READER = textwrap.dedent(
     """\
@@ -179,6 +182,37 @@ def test_a_failed_rank_ends_the_others_and_stop_ends_every_rank(ip, src):
     wait_for(lambda: all(rows[r].last_lines for r in (1, 2, 3)), 30, "every rank to start")
     ip.run_line_magic("aml_debug_job", "--stop")
     assert all(rows[r].status == Status.STOPPED for r in range(4))
+    assert children_of() == []
+
+
+def test_a_failing_rank_gets_its_own_post_mortem_while_the_others_wait_for_it(ip, src):
+    """Rank 1 (the one debugged) missed its window and then raised: its row waits at the
+    exception with its own window while the others run on (blocked in the collective, as on
+    Azure ML); a debugger stops at the raise in rank 1's frames; after it detaches rank 1
+    exits 1 and the others are ended, as Azure ML ends a job whose process failed."""
+    v2_job(ip, "PyTorchDistribution(process_count_per_instance=3)",
+           variables={"RAISE_RANK": "1"})
+    ip.run_line_magic("aml_debug_job", "job --timeout 0.5 --ranks 1 --post-mortem 120")
+    session = current_session("job")
+    rows = rows_of(session, 3)
+    wait_for(lambda: rows[1].status == Status.POST_MORTEM, 60, "rank 1's post-mortem")
+    assert rows[1].detail == f"ZeroDivisionError at train.py:{RAISE_LINE} in <module>"
+    assert rows[0].status == rows[2].status == Status.RUNNING  # they wait for rank 1
+    config = rows[1].attach_config()
+    client = DapClient.connect(config["connect"]["host"], config["connect"]["port"])
+    try:
+        client.attach(config, {}, exception_filters=["uncaught"])
+        frame = client.wait_stopped(60)
+        assert (frame["source"]["path"], frame["line"]) == (str(src / "train.py"), RAISE_LINE)
+        assert client.evaluate(frame, "(rank, world)") == "(1, 3)"
+        assert rows[0].status == rows[2].status == Status.RUNNING
+    finally:
+        client.close()
+    assert session.wait(60) == "failed"
+    assert (rows[1].status, rows[1].exit_code) == (Status.FAILED, 1)
+    for rank in (0, 2):
+        assert rows[rank].status == Status.STOPPED
+        assert rows[rank].detail.startswith("ended: rank 1 failed (exit status 1)")
     assert children_of() == []
 
 

@@ -59,8 +59,18 @@ if TYPE_CHECKING:
     from aml_debug_magics.session import DebugSession
 
 LOG_LINES_KEPT = 200
-ANNOUNCE_LIMIT = 60.0  # the longest the ranks that run on wait for those that wait to be attachable
+RANK_NICENESS = 10  # the ranks that run on while others wait: their CPU comes second
 LOCAL_RUN_SITE = Path(__file__).resolve().parent / "local_site"  # first on a v1 step's path
+
+
+def _lower_priority(pid: int, niceness: int) -> None:
+    """Give the process (a session of its own) ``niceness`` more than ours. Where Linux groups
+    each session's CPU time (autogroup), a process's niceness counts only within its session:
+    the session's group is niced too."""
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, pid, os.getpriority(os.PRIO_PROCESS, 0) + niceness)
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/autogroup").write_text(str(niceness))
 
 
 class LocalProcess:
@@ -101,8 +111,10 @@ class LocalProcess:
         on_news: Callable[[Announcement | AttachOutcome], None] | None = None,
         shell_line: ShellCommand | None = None,
         values: Mapping[str, str] | None = None,
+        niceness: int = 0,
     ) -> None:
         self.cwd = Path(cwd) if cwd else Path.cwd()
+        self.niceness = niceness  # added to the process's, before it starts any child
         # node_files: a folder holding only the shipped files, run as a node without this
         # package runs them (PYTHONPATH left alone)
         bootstrap = [*bootstrap_entry(node_files), *bootstrap_options(
@@ -163,6 +175,8 @@ class LocalProcess:
             start_new_session=True,  # stop() ends the script's children too
         )
         reaper.watch(self._process.pid)  # and so does the kernel's death
+        if self.niceness:  # Popen returns once python is exec'd: long before it starts a child
+            _lower_priority(self._process.pid, self.niceness)
         self._pump = threading.Thread(target=self._read, name="aml-debug-local-log", daemon=True)
         self._pump.start()
 
@@ -392,7 +406,7 @@ class LocalPipelineTarget:
 
         def process(
             rank: int, variables: Mapping[str, str], port: int,
-            watch: _RankWatch | None = None,
+            watch: _RankWatch | None = None, niceness: int = 0,
         ) -> LocalProcess:
             def on_news(news: Announcement | AttachOutcome) -> None:
                 events.step_news(step.name, news)
@@ -417,6 +431,7 @@ class LocalPipelineTarget:
                 on_news=on_news,
                 shell_line=step.command,
                 values=values,
+                niceness=niceness,
             )
 
         if step.distribution is not None:
@@ -435,13 +450,14 @@ class LocalPipelineTarget:
 
     def _run_ranks(
         self, step: StepSpec, events: DebugSession,
-        process: Callable[[int, Mapping[str, str], int, _RankWatch], LocalProcess],
+        process: Callable[[int, Mapping[str, str], int, _RankWatch, int], LocalProcess],
     ) -> int:
-        """Every rank of a distributed step as its own process: the ranks that wait for a
-        debugger first, the others as soon as those are attachable (they would block in
-        their first collective with them anyway); when one fails, the others are ended, as
-        Azure ML ends a distributed job whose process failed. Its exit code: the first
-        failure's, or 0."""
+        """Every rank of a distributed step as its own process, all started at once: the
+        ranks that wait for a debugger first, the others at a lower CPU priority
+        (``RANK_NICENESS``), so that on a small machine they do not delay the waiting ranks'
+        ports (they would block in their first collective with them anyway); when one fails,
+        the others are ended, as Azure ML ends a distributed job whose process failed. Its
+        exit code: the first failure's, or 0."""
         layout = step.distribution
         assert layout is not None
         size = layout.world_size
@@ -449,7 +465,8 @@ class LocalPipelineTarget:
         chosen = {r for r in range(size) if step.debug and choice.includes(r)}
         watch = _RankWatch(step.name, events, size, chosen)
         environments = rank_environments(layout)
-        ranks = [process(r, environments[r], debug_port(self.request.port, layout, r), watch)
+        ranks = [process(r, environments[r], debug_port(self.request.port, layout, r), watch,
+                         0 if r in chosen else RANK_NICENESS)
                  for r in range(size)]
         ended: queue.Queue[tuple[int, int]] = queue.Queue()
         self._current = ranks
@@ -458,12 +475,8 @@ class LocalPipelineTarget:
             if r not in chosen and not described:
                 self._describe_ranks(step, events, chosen)  # while the waiting ranks start
                 described = True
-                # the others once the waiting ranks are attachable: started with them, on a
-                # 2-core machine they delay rank 0's port by half
-                for waiting in chosen:
-                    ranks[waiting].announced.wait(ANNOUNCE_LIMIT)
-                if self._stopping.is_set():
-                    break
+            if self._stopping.is_set():
+                break
             events.step_status(step.name, Status.STARTING if r in chosen else Status.RUNNING,
                                watch.running_detail(r), rank=r)
             try:
