@@ -213,6 +213,38 @@ def test_the_scripts_own_exit_is_no_failure(status, tmp_path):
     assert "Traceback" not in stderr
 
 
+def test_an_exception_in_another_thread_is_reported_and_the_main_flow_decides(tmp_path):
+    """A thread's uncaught exception is printed as Python prints it (its traceback on standard
+    error); it is no failure of the script: no post-mortem wait, and the exit status is the
+    main flow's."""
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent("""\
+        import sys, threading
+        def load():
+            rows = [1, 2]
+            return rows[5]
+        sys.stdin.readline()
+        loader = threading.Thread(target=load, name="loader")
+        loader.start()
+        loader.join()
+        print("main goes on", flush=True)
+        sys.exit(4)
+        """))
+    run = FailingRun("3.11-venv", script, post_mortem="600")
+    try:
+        run.next_news(AttachOutcome)
+        run.process.stdin.write("go\n")  # type: ignore[union-attr]
+        run.process.stdin.flush()  # type: ignore[union-attr]
+        exit_status, stderr = run.finish(timeout=60)
+    finally:
+        run.stop()
+    assert exit_status == 4
+    assert "main goes on\n" in run.output
+    assert "Exception in thread loader:" in stderr
+    assert stderr.strip().splitlines()[-1] == "IndexError: list index out of range"
+    assert not any(" failed " in line for line in run.output)
+
+
 @pytest.mark.parametrize("value", ["-1", "soon", "0", "inf"])
 def test_a_bad_post_mortem_value_is_one_line(value, script):
     result = subprocess.run(
