@@ -294,6 +294,10 @@ class AmlDebugMagics(Magics):
 
             workspace = find_ml_client(self.shell.user_ns, args.workspace)
             submit.update(sdk="v2", submitted=job, workspace=workspace)
+        elif args.workspace:  # the local target reads registered environments through it
+            from aml_debug_magics.targets.azureml_v2 import find_ml_client
+
+            submit["workspace"] = find_ml_client(self.shell.user_ns, args.workspace)
         self._open("job", f"%aml_debug_job {args.job}", specs, args, **submit)
 
     # -- %aml_debug_deploy ----------------------------------------------------------------
@@ -415,13 +419,57 @@ class AmlDebugMagics(Magics):
         frame's locals, or the children of NAME (a long value in parts of 10,000 characters,
         from FROM); eval evaluates in the current frame; break sets a breakpoint, or clears the
         one there, and says the line the debugger bound it to; stop detaches and lets the
-        script run on.
+        script run on. While no debugger is attached, where and vars read the last failure's
+        snapshot (from the row's log, Show frames or %aml_debug_postmortem; vars N: the
+        locals of frame N of the call stack, 0 the innermost).
 
         Example: %aml_debug_step break train.py:42
         """
         from aml_debug_magics.debugger.commands import run_command
 
         print(run_command(line))
+
+    # -- %aml_debug_postmortem ---------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("run_id", help="the failed run: an SDK v1 run id (a step's, a script's or a "
+              "pipeline's, whose steps are read) or an SDK v2 job name")
+    @argument("--workspace", metavar="VARIABLE", help="a variable holding the Workspace (v1 "
+              "run ids) or the MLClient (v2 job names); default: Workspace.from_config()")
+    @line_magic
+    @one_line_errors
+    def aml_debug_postmortem(self, line: str) -> None:
+        """Show where a finished run's debugged script failed: the snapshot its log holds.
+
+        A script debugged by these magics that fails writes its frames (file, line, function,
+        the source around it) and their locals, redacted, into its log. This reads them back
+        and shows them as the row's Show frames does, read-only, with the traceback as text;
+        %aml_debug_step where and vars read them too. A run without one says why in one line.
+
+        Example: %aml_debug_postmortem train_1712345678_abcd1234 --workspace ws
+        """
+        from aml_debug_magics.debugger.commands import where_text
+        from aml_debug_magics.debugger.snapshot import SnapshotDebugger, remember_snapshot
+        from aml_debug_magics.targets.postmortem import postmortem_workspace, read_snapshots
+        from aml_debug_magics.ui import widgets_render_here
+
+        args = self._parse(self.aml_debug_postmortem, line)
+        seam = postmortem_workspace(self.shell.user_ns, args.workspace)
+        found = read_snapshots(seam, args.run_id)
+        widgets = self.view == "widgets" or (self.view == "auto" and widgets_render_here())
+        for number, each in enumerate(found):
+            snapshot = SnapshotDebugger(each.snapshot, title=each.label)
+            if number == 0:
+                remember_snapshot(snapshot)
+            truncated = each.snapshot.get("truncated")
+            print(where_text(snapshot.state(), snapshot.title)
+                  + (f"\n(the snapshot was cut: {truncated})" if truncated else ""))
+            if widgets:
+                from IPython.display import display
+
+                from aml_debug_magics.ui.debugger_view import snapshot_view
+
+                display(snapshot_view(snapshot))
 
     def _batch_deployment(self, args: argparse.Namespace, target: str) -> None:
         """``%aml_debug_deploy BATCH_DEPLOYMENT --input PATH``: its scoring script run here as

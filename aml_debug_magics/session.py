@@ -20,8 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from aml_debug_magics.debugger.snapshot import (
+    SNAPSHOT_LINE,
+    SnapshotDebugger,
+    forget_snapshots,
+    remember_snapshot,
+)
 from aml_debug_magics.errors import DebugInputError
 from aml_debug_magics.node.announce import Announcement, AttachOutcome, Failure, PortClosed
+from aml_debug_magics.node.snapshot import SnapshotReader
 from aml_debug_magics.ports import check_port_free, free_port
 from aml_debug_magics.records import ENDED, DebugRequest, ServiceInfo, Status
 from aml_debug_magics.redaction import redact
@@ -51,9 +58,12 @@ class StepRow:
     port_closed: bool = False  # the debug port closed for good while the script runs on
     node: int | None = None  # a distributed step's rank: the node it runs on
     failure: Failure | None = None  # the script's uncaught exception, once it failed
+    snapshot: dict[str, Any] | None = None  # its frames and locals, once the log held them all
     last_lines: collections.deque[str] = field(
         default_factory=lambda: collections.deque(maxlen=LINES_SHOWN)
     )
+    snapshot_parts: SnapshotReader = field(default_factory=SnapshotReader, repr=False,
+                                           compare=False)  # a snapshot's lines, until complete
 
     @property
     def label(self) -> str:
@@ -91,6 +101,11 @@ class StepRow:
             self.announcement is not None and not self.port_closed
             and self.status not in ENDED and self.status != Status.TIMED_OUT
         )
+
+    def source_roots(self) -> list[tuple[str, str]]:
+        """``(node folder, local folder)`` of each of the attach config's path mappings."""
+        config = self.attach_config() or {}
+        return [(m["remoteRoot"], m["localRoot"]) for m in config.get("pathMappings", [])]
 
     def attach_config(self) -> dict[str, Any] | None:
         if self.announcement is None:
@@ -168,6 +183,7 @@ class DebugSession:
     def stop(self) -> None:
         """End the session's processes and close its ports; rows still running say stopped."""
         self._target.stop()
+        forget_snapshots(self)
         for debugger in list(self.debuggers.values()):  # after the target: nothing runs on
             debugger.close()
         with self._lock:
@@ -239,7 +255,8 @@ class DebugSession:
                     row.status = status
                     row.detail = redact(detail)
                     row.exit_code = exit_code
-                if status == Status.FAILED and row.failure is not None:
+                if status == Status.FAILED and row.failure is not None \
+                        and self.request.deployment is None:  # a server's end is not a request's
                     row.detail = redact(f"{row.failure_headline}; {detail}" if detail
                                         else row.failure_headline)
                 self.view.refresh(row)
@@ -250,7 +267,12 @@ class DebugSession:
         with self._lock:
             row = self.row(step, news.rank)
             if isinstance(news, Failure):
-                self._failed(row, news)
+                if self.request.deployment is not None:  # a request failed: it serves on
+                    row.failure = news
+                    row.detail = redact(f"serving; the last request failed: "
+                                        f"{row.failure_headline} (HTTP 500)")
+                else:
+                    self._failed(row, news)
             elif isinstance(news, Announcement):
                 row.announcement = news
                 row.status = Status.WAITING
@@ -314,11 +336,39 @@ class DebugSession:
 
     def step_output(self, step: str, line: str, rank: int = 0) -> None:
         """A line of the step's output: into its rank's row where that rank has one (it
-        announced itself), else into the step's first row."""
+        announced itself), else into the step's first row. A snapshot's part goes to that
+        row's reader instead; the whole snapshot, to the row of the rank it names."""
         with self._lock:
             rows = [r for r in self.rows if r.step == step]
             row = next((r for r in rows if r.rank == rank), None) or rows[0]
-            row.last_lines.append(redact(line))
+            if SNAPSHOT_LINE not in line:
+                row.last_lines.append(redact(line))
+                return
+            found = row.snapshot_parts.feed(line)
+            if found is None:
+                return
+            row = self.row(step, found[0])
+            row.snapshot = found[1]
+        # %aml_debug_step reads it while no debugger is attached
+        remember_snapshot(SnapshotDebugger(found[1], title=row.label, roots=row.source_roots()),
+                          owner=self)
+        self.view.refresh(row)
+
+    def show_frames(self, row: StepRow) -> Any:
+        """Open the notebook debugger's view on ``row``'s snapshot (its Show frames button),
+        read-only; the snapshot's debugger, or None when the row has no snapshot."""
+        if row.snapshot is None:
+            self.message = f"{row.label} has no snapshot of a failure"
+            self.view.refresh(None)
+            return None
+        snapshot = SnapshotDebugger(row.snapshot, title=row.label, roots=row.source_roots())
+        remember_snapshot(snapshot, owner=self)
+        show = getattr(self.view, "show_snapshot", None)
+        if show is not None:
+            show(row, snapshot)
+        self.message = f"showing the frames of {row.label}'s failure, from its log"
+        self.view.refresh(None)
+        return snapshot
 
     def target_done(self, failed: bool) -> None:
         with self._lock:

@@ -75,6 +75,15 @@ TF_READER = textwrap.dedent(
     """
 )
 
+# what torch.distributed raises for backend="nccl" on a machine without GPUs (torch's own text)
+ASKS_FOR_NCCL = textwrap.dedent(
+    """\
+    import os
+    if os.environ["RANK"] == "1":
+        raise RuntimeError("ProcessGroupNCCL is only supported with GPUs, no GPUs found!")
+    """
+)
+
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
@@ -85,6 +94,7 @@ def src(tmp_path):
     (folder / "train.py").write_text(ALL_GATHER)
     (folder / "mpi.py").write_text(MPI_READER)
     (folder / "tf.py").write_text(TF_READER)
+    (folder / "nccl.py").write_text(ASKS_FOR_NCCL)
     return folder
 
 
@@ -213,6 +223,18 @@ def test_a_failing_rank_gets_its_own_post_mortem_while_the_others_wait_for_it(ip
     for rank in (0, 2):
         assert rows[rank].status == Status.STOPPED
         assert rows[rank].detail.startswith("ended: rank 1 failed (exit status 1)")
+    assert children_of() == []
+
+
+def test_a_rank_that_asks_for_nccl_without_gpus_says_what_to_use_here(ip, src):
+    v2_job(ip, "PyTorchDistribution(process_count_per_instance=2)", script="nccl.py")
+    ip.run_line_magic("aml_debug_job", "job --timeout 0.5 --post-mortem off")
+    session = current_session("job")
+    assert session.wait(60) == "failed"
+    failed = rows_of(session, 2)[1]
+    assert failed.status == Status.FAILED and "\n" not in failed.detail
+    assert failed.detail.startswith('NCCL needs GPUs and this machine has none: use '
+                                    'backend="gloo" locally'), failed.detail
     assert children_of() == []
 
 

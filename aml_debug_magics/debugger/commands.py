@@ -5,7 +5,9 @@ debugger opened last (a row's Debug here, or ``--debug-here``). Out: the text to
 panel's text style: where the script stands, its variables, an evaluation's result. A command
 that lets the script run (continue, next, step, out, pause) waits for the next stop or the end.
 A value too long to print is printed in slices of ``TEXT_VALUE_SHOWN`` characters, each
-saying how to print the next (``vars NAME FROM``).
+saying how to print the next (``vars NAME FROM``). While no debugger is attached, the last
+failure's snapshot (``debugger/snapshot.py``) answers ``where`` and ``vars`` (``vars N``: the
+locals of frame N of the call stack, 0 the innermost); what needs the process says it has ended.
 """
 
 from __future__ import annotations
@@ -15,6 +17,12 @@ from typing import Any
 
 from aml_debug_magics.debugger.controller import DebuggerController, latest
 from aml_debug_magics.debugger.dap import DapError
+from aml_debug_magics.debugger.snapshot import (
+    NOT_EVALUATED,
+    NOT_RUN,
+    SnapshotDebugger,
+    latest_snapshot,
+)
 from aml_debug_magics.errors import DebugInputError
 
 USAGE = ("%aml_debug_step [continue|next|step|out|pause|stop|where|vars [NAME [FROM]]|eval EXPR|"
@@ -26,9 +34,10 @@ TEXT_VALUE_SHOWN = 10_000  # characters of one value printed at once
 GROUPS = ("special variables", "function variables")  # debugpy's folders of dunders, methods
 
 
-def run_command(line: str, controller: DebuggerController | None = None) -> str:
+def run_command(line: str, controller: DebuggerController | SnapshotDebugger | None = None
+                ) -> str:
     """Do what ``%aml_debug_step LINE`` asks of the debugger; the text to print."""
-    controller = controller or latest()
+    controller = controller or _driven()
     if controller is None:
         raise DebugInputError("no debugger is open: click Debug here on a row, or run the magic "
                               "with --debug-here")
@@ -36,6 +45,8 @@ def run_command(line: str, controller: DebuggerController | None = None) -> str:
     rest = rest.strip()
     word = word or "where"
     try:
+        if isinstance(controller, SnapshotDebugger):
+            return _on_snapshot(controller, word, rest)
         if word in MOVES or word == "pause":
             return _move(controller, word)
         if word == "stop":
@@ -54,6 +65,31 @@ def run_command(line: str, controller: DebuggerController | None = None) -> str:
             return _toggle_breakpoint(controller, rest)
     except DapError as error:
         raise DebugInputError(str(error)) from None
+    raise DebugInputError(f"unknown debugger command {word!r}: {USAGE}")
+
+
+def _driven() -> DebuggerController | SnapshotDebugger | None:
+    """The attached debugger; while none is, the last failure's snapshot; else the debugger
+    that ended (which says why)."""
+    live = latest()
+    if live is not None and live.active:
+        return live
+    return latest_snapshot() or live
+
+
+def _on_snapshot(snapshot: SnapshotDebugger, word: str, rest: str) -> str:
+    """A command on a snapshot: where and vars read it; what needs the process says it ended."""
+    if word == "where":
+        return where_text(snapshot.state(), snapshot.title)
+    if word == "vars" and rest.isdigit():
+        snapshot.select_frame(snapshot.frame_numbered(int(rest)))
+        return _variables_text(snapshot, "")
+    if word == "vars":
+        return _variables_text(snapshot, rest)
+    if word == "eval":
+        return NOT_EVALUATED
+    if word in (*MOVES, "pause", "stop", "break"):
+        return NOT_RUN
     raise DebugInputError(f"unknown debugger command {word!r}: {USAGE}")
 
 
@@ -85,8 +121,12 @@ def _heading(state: dict[str, Any], title: str) -> str:
     frames = state.get("frames") or []
     if state["status"] == "stopped" and stopped and frames:
         top = next((f for f in frames if f["id"] == state.get("frame_id")), frames[0])
-        text = f"{label}stopped at {top['path']}:{top['line']} in {top['name']} " \
-               f"({stopped['reason']})"
+        if state.get("read_only"):
+            text = f"{label}failed at {top['path']}:{top['line']} in {top['name']} " \
+                   f"(a snapshot from the log: the process has ended)"
+        else:
+            text = f"{label}stopped at {top['path']}:{top['line']} in {top['name']} " \
+                   f"({stopped['reason']})"
         exception = stopped.get("exception")
         if exception:
             text += f"\n{exception['id']}: {exception['description']}"
@@ -128,7 +168,7 @@ def _variable_line(variable: dict[str, Any] | None) -> str:
     return f"{variable['name']}{kind} = {variable['value']}{more}"
 
 
-def _variables_text(controller: DebuggerController, words: str) -> str:
+def _variables_text(controller: DebuggerController | SnapshotDebugger, words: str) -> str:
     """The selected frame's first scope, or the children of the variable ``NAME`` in it, or its
     value (from character ``FROM``): ``words`` is "", "NAME" or "NAME FROM"."""
     name, _, start = words.rpartition(" ")
@@ -158,8 +198,8 @@ def _variables_text(controller: DebuggerController, words: str) -> str:
     return "\n".join(lines)
 
 
-def _value_text(controller: DebuggerController, reference: int, variable: dict[str, Any],
-                start: int) -> str:
+def _value_text(controller: DebuggerController | SnapshotDebugger, reference: int,
+                variable: dict[str, Any], start: int) -> str:
     """``TEXT_VALUE_SHOWN`` characters of the variable's value from ``start``; where they sit
     in the whole, and the command that prints the next ones."""
     name = variable["name"]

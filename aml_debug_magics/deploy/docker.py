@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aml_debug_magics import reaper
+from aml_debug_magics.deploy.failures import RecentFailures, tell_row
 from aml_debug_magics.deploy.local import DEBUGGING_TIMEOUT_S, Deployment, post_json
-from aml_debug_magics.node.announce import Announcement
+from aml_debug_magics.node.announce import Announcement, Failure
 from aml_debug_magics.records import Status
 
 if TYPE_CHECKING:
@@ -132,6 +133,7 @@ class DockerDeployTarget:
         self._follower: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self.failures = RecentFailures()  # the requests run() failed, newest first
 
     def start(self, events: DebugSession) -> None:
         shown = "\n".join(shlex.join(command) for command in self.commands)
@@ -169,8 +171,13 @@ class DockerDeployTarget:
         for raw in client.stdout:
             line = raw.rstrip("\n")
             last = line.strip() or last
+            self.failures.line(line)
             events.step_output(self.name, line)
             for news in reader.feed(line):
+                if isinstance(news, Failure):  # run() raised: a 500, and the server serves on
+                    self.failures.failed(news)
+                    tell_row(events, self.name, news)
+                    continue
                 if isinstance(news, Announcement):
                     news = self.as_seen_from_here(news)
                 events.step_news(self.name, news)

@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from aml_debug_magics.deploy.failures import RecentFailures, tell_row
 from aml_debug_magics.errors import DebugInputError
 from aml_debug_magics.failures import user_error
+from aml_debug_magics.node.announce import Announcement, AttachOutcome, Failure, PortClosed
 from aml_debug_magics.records import Status
 from aml_debug_magics.targets.environment import NODE_FILES
 from aml_debug_magics.targets.local import LocalProcess
@@ -111,6 +113,7 @@ class LocalDeployTarget:
         self._watcher: threading.Thread | None = None
         self._events: DebugSession | None = None
         self._laid_out: Path | None = None  # azureml-models/ made for --model, removed at stop
+        self.failures = RecentFailures()  # the requests run() failed, newest first
 
     def _lay_out_models(self) -> Path | None:
         """``--model NAME[:VERSION]`` with ``--model-dir``: ``azureml-models/NAME/VERSION/`` in
@@ -156,13 +159,26 @@ class LocalDeployTarget:
                 self.request, deployment, f"127.0.0.1:{self.request.port}",
                 model_dir=model_folder or deployment.model_dir,
             ),
-            on_line=lambda line: events.step_output(self.name, line),
-            on_news=lambda news: events.step_news(self.name, news),
+            on_line=lambda line: self._output(events, line),
+            on_news=lambda news: self._news(events, news),
         ).start()
         self._watcher = threading.Thread(
             target=self._watch, args=(events,), name="aml-debug-deploy-health", daemon=True
         )
         self._watcher.start()
+
+    def _output(self, events: DebugSession, line: str) -> None:
+        self.failures.line(line)
+        events.step_output(self.name, line)
+
+    def _news(
+        self, events: DebugSession, news: Announcement | AttachOutcome | PortClosed | Failure
+    ) -> None:
+        if isinstance(news, Failure):  # run() raised: the request got a 500, the server serves on
+            self.failures.failed(news)
+            tell_row(events, self.name, news)
+        else:
+            events.step_news(self.name, news)
 
     def _watch(self, events: DebugSession) -> None:
         healthy = False

@@ -58,6 +58,7 @@ try:
         Address,
         Options,
         UsageError,
+        on_azure_ml,
         parse_address,
         parse_options,
     )
@@ -80,6 +81,7 @@ except ImportError:  # shipped into a run's snapshot beside this file
         Address,
         Options,
         UsageError,
+        on_azure_ml,
         parse_address,
         parse_options,
     )
@@ -111,7 +113,7 @@ EXIT_NOT_ATTACHED = 3
 CANCEL_WAIT = 1.0  # seconds for each helper process to end on SIGTERM
 def _tag_run_in_background(line: str, rank: int) -> None:
     """Tag the Azure ML run with the announcement: tags arrive before late log uploads."""
-    if not os.environ.get("AZUREML_RUN_ID"):
+    if not on_azure_ml(os.environ):
         return
 
     def tag() -> None:

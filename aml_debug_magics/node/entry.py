@@ -4,7 +4,8 @@
 the gate, on ``AML_DEBUG_LISTEN``, and only when that is set at run time: ``worker_debugger.py``,
 which may have started it already when the worker was forked), loads ``score.py``
 as the server would, and hands it over as its ``driver_module``: the server then calls
-score.py's own ``run()`` (decorators intact), and ``init()`` through here, which first waits
+score.py's own ``run()`` (decorators intact) through one call that tells its failures
+(``worker_debugger.run_with_failures_told``), and ``init()`` through here, which first waits
 for a debugger when ``AML_DEBUG_WAIT_IN_INIT=1``. Standard library and debugpy only: it is
 shipped into images as ``aml_debug_entry.py``.
 """
@@ -28,6 +29,7 @@ _spec = importlib.util.spec_from_file_location("score", _script)
 driver_module = importlib.util.module_from_spec(_spec)
 sys.modules["score"] = driver_module
 _spec.loader.exec_module(driver_module)
+driver_module.run = worker_debugger.run_with_failures_told(driver_module.run)
 run = driver_module.run
 
 

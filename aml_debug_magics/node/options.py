@@ -28,10 +28,17 @@ MAX_TIMEOUT = 24 * 3600.0
 VIA_CHOICES = ("listen", "storage", "auto")
 RELAY_UP_VARIABLE = "AML_DEBUG_RELAY_UP"  # the "up" blob's URL with the node's add-only SAS
 RELAY_DOWN_VARIABLE = "AML_DEBUG_RELAY_DOWN"  # the "down" blob's URL with its read-only SAS
+LOCAL_VARIABLE = "AML_DEBUG_LOCAL"  # "1" in every step the local target runs; absent on Azure ML
 
 
 class UsageError(Exception):
     """Bad input: reported as one line and exit status 2."""
+
+
+def on_azure_ml(environ: Mapping[str, str]) -> bool:
+    """Whether this process is an Azure ML job's: it has the run's id (``AZUREML_RUN_ID``) and
+    the local target, which gives its steps a run id too, did not start it."""
+    return bool(environ.get("AZUREML_RUN_ID")) and not environ.get(LOCAL_VARIABLE)
 
 
 def relay_chain(environ: Mapping[str, str], variable: str) -> str:

@@ -9,10 +9,12 @@ Two uses, one way of calling the user's ``init()`` / ``run(mini_batch)`` / ``shu
   with ``sys.argv`` holding the runner's flags and the program arguments (so an ``argparse``
   ``parse_known_args`` in it sees them, as on Azure ML), then ``run()`` once per mini-batch:
   a list of file paths (``--mini-batch-size`` files; each input partitioned on its own) or,
-  for tabular inputs, a pandas DataFrame of about ``--mini-batch-size`` bytes of rows (``1MB``,
-  ``100KB``, a number of bytes). Then ``shutdown()`` if it has one. Out: ``append_row`` writes
-  what each ``run()`` returned, one element (or DataFrame row) per line, into
-  ``OUTPUT/APPEND_ROW_FILE_NAME``; ``summary_only`` writes nothing. A ``run()`` that raises
+  for tabular inputs (files, or an MLTable folder read by the job's ``mltable`` where it has
+  one), a pandas DataFrame of about ``--mini-batch-size`` bytes of rows (``1MB``,
+  ``100KB``, a number of bytes) or, with ``--partition-keys``, one DataFrame per value of the
+  keys (see :func:`partitioned_mini_batches`). Then ``shutdown()`` if it has one. Out:
+  ``append_row`` writes what each ``run()`` returned, one element (or DataFrame row) per line,
+  into ``OUTPUT/APPEND_ROW_FILE_NAME``; ``summary_only`` writes nothing. A ``run()`` that raises
   fails its whole mini-batch, and so does one that returns anything but a list or a pandas
   DataFrame (one line names the type, as Azure ML's runner refuses it); one that returns fewer
   elements than it was given fails the rest; past ``--error-threshold`` failed items (``-1``:
@@ -28,22 +30,26 @@ Two uses, one way of calling the user's ``init()`` / ``run(mini_batch)`` / ``shu
   ``AML_DEBUG_TIMEOUT``), then the user's script (``AML_DEBUG_USER_SCRIPT``, relative to this
   file) is loaded and each call is handed to it.
 
-Standard library and debugpy only; pandas is imported only for a tabular input.
+Standard library and debugpy only; pandas is imported only for a tabular input, the job's
+``mltable`` package only for an MLTable folder, azureml-core only for a partitioned dataset
+consumed by name (``--input-name``).
 """
 
 import argparse
 import importlib.util
+import json
 import os
 import re
 import sys
 import traceback
 from types import ModuleType
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 DEFAULT_APPEND_ROW_FILE_NAME = "parallel_run_step.txt"
 MINI_BATCHES_VARIABLE = "AML_DEBUG_MINI_BATCHES"
 BATCH_OUTPUT_VARIABLE = "AZUREML_BI_OUTPUT_PATH"  # the output folder, as batch endpoints give it
 TABULAR_SUFFIXES = (".csv", ".tsv", ".parquet")
+MLTABLE_FILE = "MLTable"  # an mltable input's folder holds it
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024 ** 2, "mb": 1024 ** 2,
           "g": 1024 ** 3, "gb": 1024 ** 3}
@@ -148,15 +154,51 @@ def _read_table(path: str) -> Any:
     return pandas.read_csv(path, sep="\t" if path.endswith(".tsv") else ",")
 
 
+_mltables: Dict[str, Any] = {}  # each MLTable folder's rows, read once
+
+
+def _mltable(folder: str) -> Any:
+    """The rows of the MLTable file in ``folder``, read as Azure ML reads an ``mltable`` input:
+    by the ``mltable`` package, with the file's own paths and transformations; None where the
+    job's environment has no mltable (said once)."""
+    if folder not in _mltables:
+        try:
+            import mltable
+        except ImportError:
+            say(f"{os.path.join(folder, MLTABLE_FILE)}: its paths and transformations were not "
+                "applied, because the job's environment has no mltable package: its .csv, .tsv "
+                "and .parquet files are read with pandas' defaults (declare mltable in the job's "
+                "environment to read it as Azure ML does)")
+            _mltables[folder] = None
+        else:
+            try:
+                _mltables[folder] = mltable.load(folder).to_pandas_dataframe()
+            except Exception as error:  # the file's own mistake, as Azure ML would meet it
+                first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                raise SystemExit(f"{os.path.join(folder, MLTABLE_FILE)}: mltable cannot read "
+                                 f"it: {first}") from None
+    return _mltables[folder]
+
+
+def _tables(path: str) -> Iterator["tuple[Any, int]"]:
+    """Each table of an input with its size in bytes: an MLTable folder's rows as one table
+    (:func:`_mltable`), else each .csv, .tsv or .parquet file under ``path``."""
+    if os.path.isfile(os.path.join(path, MLTABLE_FILE)):
+        table = _mltable(path)
+        if table is not None:
+            yield table, sum(os.path.getsize(found) for found in files_under(path))
+            return
+    for table_file in files_under(path):
+        if table_file.endswith(TABULAR_SUFFIXES):
+            yield _read_table(table_file), os.path.getsize(table_file)
+
+
 def tabular_mini_batches(inputs: List[str], size: str) -> Iterator[Any]:
-    """DataFrames of about ``size`` bytes of each input file's rows (one row at least)."""
+    """DataFrames of about ``size`` bytes of each input table's rows (one row at least)."""
     wanted = size_in_bytes(size)
     for path in inputs:
-        for table_file in files_under(path):
-            if not table_file.endswith(TABULAR_SUFFIXES):
-                continue
-            table = _read_table(table_file)
-            row_bytes = os.path.getsize(table_file) / max(1, len(table))
+        for table, table_bytes in _tables(path):
+            row_bytes = table_bytes / max(1, len(table))
             rows = max(1, int(wanted // max(1.0, row_bytes)))
             for start in range(0, len(table), rows):
                 yield table.iloc[start:start + rows]
@@ -165,6 +207,62 @@ def tabular_mini_batches(inputs: List[str], size: str) -> Iterator[Any]:
 def count_mini_batches(inputs: List[str], size: str, kind: str) -> int:
     forming = tabular_mini_batches if kind == "tabular" else file_mini_batches
     return sum(1 for _ in forming(inputs, size))
+
+
+def _partitioned_table(path: str, name: Optional[str], keys: List[str]) -> Any:
+    """The input's rows, with the partition keys among its columns.
+
+    A dataset consumed by ``name`` is the step's run context's (``Run.get_context()
+    .input_datasets[name]``, the SDK's ``TabularDataset``): its keys must be among its
+    ``partition_keys``, which its ``partition_format`` extracts from its files' paths, as Azure
+    ML requires. Any other input (or any, without azureml-core in the job's environment) is
+    read as a table whose columns hold the keys.
+    """
+    dataset = None
+    if name:
+        try:
+            from azureml.core import Run
+        except ImportError:  # no run context without azureml-core: read as a table below
+            pass
+        else:
+            given = getattr(Run.get_context(), "input_datasets", None) or {}  # offline: none
+            dataset = given.get(name)
+    if hasattr(dataset, "to_pandas_dataframe"):
+        known = list(getattr(dataset, "partition_keys", None) or [])
+        missing = [key for key in keys if key not in known]
+        if missing:
+            raise SystemExit(
+                f"partition_keys {keys}: {', '.join(missing)} not among the partition keys of the "
+                f"input {name!r} ({', '.join(known) or 'none'}): Azure ML requires them among "
+                "its partition_format's keys"
+            )
+        return dataset.to_pandas_dataframe()
+    tables = [table for table, _ in _tables(path)]
+    if not tables:
+        raise SystemExit(f"partition_keys {keys}: no table (.csv, .tsv, .parquet) under {path}")
+    table = _pandas().concat(tables, ignore_index=True)
+    missing = [key for key in keys if key not in table.columns]
+    if missing:
+        raise SystemExit(f"partition_keys {keys}: {', '.join(missing)} not among the columns of "
+                         f"{path} ({', '.join(map(str, table.columns))})")
+    return table
+
+
+def partitioned_mini_batches(
+    inputs: List[str], names: List[str], keys: List[str]
+) -> List[Any]:
+    """One DataFrame per value of ``keys`` in each input (``names``: each input's name in the
+    run context, where it has one), as Azure ML's runner forms mini-batches with
+    ``partition_keys``: every row of one value together, the keys' columns included, indexed
+    from 0. Azure ML does not say in which order the runner hands them out: here the values
+    come in the order of their first row, and each mini-batch's rows in the table's order."""
+    mini_batches = []
+    for position, path in enumerate(inputs):
+        name = names[position] if position < len(names) else None
+        table = _partitioned_table(path, name, keys)
+        for _, rows in table.groupby(keys, sort=False, dropna=False):
+            mini_batches.append(rows.reset_index(drop=True))
+    return mini_batches
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,6 +381,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parallel_entry.py", description=__doc__.split("\n")[0])
     parser.add_argument("--entry-script", required=True)
     parser.add_argument("--input", action="append", default=[], dest="inputs")
+    parser.add_argument("--input-name", action="append", default=[], dest="input_names")
+    parser.add_argument("--partition-keys", type=json.loads, default=None)
     parser.add_argument("--input-kind", choices=("files", "tabular"), default="files")
     parser.add_argument("--mini-batch-size", default=None)
     parser.add_argument("--error-threshold", type=int, default=-1)
@@ -307,6 +407,8 @@ def runner_flags(options: argparse.Namespace) -> List[str]:
         flags += ["--append_row_file_name", options.append_row_file_name]
     if options.output:
         flags += ["--output", options.output]
+    if options.partition_keys:
+        flags += ["--partition_keys", json.dumps(options.partition_keys)]
     return flags
 
 
@@ -319,18 +421,33 @@ def parse_options(argv: List[str]) -> argparse.Namespace:
     return options
 
 
-def describe(argv: List[str], limit: Optional[int] = None) -> str:
-    """What the run is, e.g. ``parallel: 3 mini-batch(es) of 2 files, ...`` (a tabular input is
-    counted only where pandas is: on the node)."""
+def describe(argv: List[str], limit: Optional[int] = None,
+             mini_batches: Optional[int] = None) -> str:
+    """What the run is, e.g. ``parallel: 3 mini-batch(es) of 2 files, ...``: ``mini_batches``
+    is the count the node formed; without it file inputs are counted here, tabular ones only
+    where pandas is, and neither an MLTable folder (read by mltable on the node) nor a
+    partitioned input."""
     options = parse_options(argv)
     tabular = options.input_kind == "tabular"
-    count = "" if tabular and "pandas" not in sys.modules else (
-        f"{count_mini_batches(options.inputs, options.mini_batch_size, options.input_kind)} ")
     size = str(options.mini_batch_size)
-    what = (f"about {size + ' bytes' if size.isdigit() else size} of rows" if tabular
+    unknown = options.partition_keys or (tabular and (
+        "pandas" not in sys.modules
+        or any(os.path.isfile(os.path.join(path, MLTABLE_FILE)) for path in options.inputs)))
+    if mini_batches is not None:
+        count = f"{mini_batches} "
+    elif unknown:
+        count = ""
+    else:
+        count = f"{count_mini_batches(options.inputs, size, options.input_kind)} "
+    if options.partition_keys:
+        keys = " and ".join(options.partition_keys)
+        what = f"mini-batch(es), one per value of the partition keys {keys}"
+    else:
+        what = "mini-batch(es) of " + (
+            f"about {size + ' bytes' if size.isdigit() else size} of rows" if tabular
             else f"{size} files")
     shown = f", the first {limit} run (--mini-batches)" if limit is not None else ""
-    return (f"parallel: {count}mini-batch(es) of {what}, one worker process: init() once, "
+    return (f"parallel: {count}{what}, one worker process: init() once, "
             f"run() per mini-batch, shutdown(){shown}")
 
 
@@ -341,8 +458,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     limit_text = os.environ.get(MINI_BATCHES_VARIABLE)
     limit = int(limit_text) if limit_text else None
     if kind == "tabular":
-        _pandas()  # loaded now, so the description counts the mini-batches
-    say(describe(argv, limit))
+        _pandas()  # said now if missing, before anything is read
+    mini_batches: Iterator[Any]
+    if options.partition_keys:
+        formed = partitioned_mini_batches(options.inputs, options.input_names,
+                                          options.partition_keys)
+        say(describe(argv, limit, len(formed)))
+        mini_batches = iter(formed)
+    else:
+        counted = (count_mini_batches(options.inputs, options.mini_batch_size, kind)
+                   if kind == "tabular" else None)
+        say(describe(argv, limit, counted))
+        forming = tabular_mini_batches if kind == "tabular" else file_mini_batches
+        mini_batches = forming(options.inputs, options.mini_batch_size)
     output_file = None
     if options.output_action == "append_row":
         if not options.output:
@@ -352,9 +480,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if options.output:  # where a batch deployment's script writes files of its own
         os.environ.setdefault(BATCH_OUTPUT_VARIABLE, os.path.abspath(options.output))
     sys.argv = [os.path.abspath(options.entry_script), *runner_flags(options), *program_arguments]
-    forming = tabular_mini_batches if kind == "tabular" else file_mini_batches
     return run_mini_batches(
-        EntryScript(options.entry_script), forming(options.inputs, options.mini_batch_size),
+        EntryScript(options.entry_script), mini_batches,
         error_threshold=options.error_threshold, output_file=output_file, limit=limit,
         run_max_try=options.run_max_try, allowed_failed_count=options.allowed_failed_count,
         allowed_failed_percent=options.allowed_failed_percent,

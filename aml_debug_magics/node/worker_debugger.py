@@ -5,7 +5,9 @@ In: ``AML_DEBUG_LISTEN`` (no debugger without it: a deployed image never opens a
 ``AML_DEBUG_WAIT_IN_INIT``, ``AML_DEBUG_JUST_MY_CODE``, ``AML_DEBUG_FOLLOW_CHILDREN`` and the
 source root. Out: :func:`debugger_of_this_worker`, the ``wait`` of
 ``bootstrap.debug_in_this_process`` (None without a listen address), which ``entry.py`` calls
-before the scoring script's ``init()``.
+before the scoring script's ``init()``; :func:`run_with_failures_told`, the scoring script's
+``run()`` as the server calls it, whose failures are told (a stop in a debugger, or the
+``failed`` and snapshot lines in the server's output) before the server answers them with a 500.
 
 debugpy answers debuggers from the worker itself (with debugpy 1.8.22 or later), without the
 adapter process it would otherwise spawn and wait for, unless ``AML_DEBUG_FOLLOW_CHILDREN=1``
@@ -21,6 +23,7 @@ debugpy only: it is shipped into images as ``aml_debug_worker_debugger.py``, whe
 """
 
 import contextlib
+import functools
 import os
 import sys
 import threading
@@ -35,6 +38,7 @@ except ImportError:  # shipped next to aml_debug_bootstrap.py
 FOLLOW_CHILDREN = "AML_DEBUG_FOLLOW_CHILDREN"  # "1": debug what score.py starts, slower start
 _starter = None  # the thread that starts it in a forked worker, if one was forked
 _outcome = []  # [wait] or [the error the start raised], once started
+_telling = threading.Lock()  # one failure's lines at a time, in one piece in the output
 
 
 def user_script() -> str:
@@ -122,3 +126,82 @@ def _tracing_this_thread_only(beside_the_worker: bool):  # type: ignore[no-untyp
         yield
     finally:
         server._settrace = settrace
+
+
+# The call between the server and run(), compiled under a name debugpy leaves out of every stack
+# (as it does Python's frozen modules): to debugpy an exception leaving run() leaves the user's
+# code there, which is where its user-unhandled filter stops, in run(). Its only closure is
+# run, as the schema decorators' reader (inference_schema) expects of a decorator.
+_TOLD_CALL = """\
+def told(run):
+    def run_told(*args, **kwargs):
+        try:
+            return run(*args, **kwargs)
+        except Exception as error:
+            tell(error)
+            raise
+    return run_told
+"""
+_TOLD_CALL_NAME = "<frozen aml_debug_magics: run() and its failures>"
+
+
+def run_with_failures_told(run):  # type: ignore[no-untyped-def]
+    """``run`` as the server is to call it: the same function to the server (its signature and
+    its schema decorators are read through it), and an exception it raises is told before it
+    goes on to the server, which answers the request with a 500.
+
+    Told how: a debugger attached with debugpy's "User Uncaught Exceptions" (or "Raised
+    Exceptions") on has stopped at the raise already; one with only "Uncaught Exceptions" on
+    (VS Code's default) is stopped now, on ``run()``'s frames, as at an uncaught exception
+    (debugpy 1.8.22 and later); with no debugger attached the ``failed`` line (no post-mortem:
+    the server serves on) and the snapshot of the frames go into the server's output. ``run``
+    itself without ``AML_DEBUG_LISTEN``: a deployed image tells nothing.
+
+    The cost before a failure is one call more per request.
+    """
+    if not os.environ.get("AML_DEBUG_LISTEN"):
+        return run
+    namespace = {"tell": _tell}
+    exec(compile(_TOLD_CALL, _TOLD_CALL_NAME, "exec"), namespace)
+    return functools.wraps(run)(namespace["told"](run))
+
+
+def _tell(error: BaseException) -> None:
+    """Stop a debugger at ``error``, or write its lines when none is attached; never raises."""
+    outer = error.__traceback__
+    inner = outer.tb_next if outer is not None and outer.tb_next is not None else outer
+    debugpy = sys.modules.get("debugpy")
+    try:
+        if debugpy is not None and debugpy.is_client_connected():
+            _stop_at(debugpy, (type(error), error, inner))
+            return
+        with _telling:
+            error.__traceback__ = inner  # from run()'s own frame: the call's is left out
+            try:
+                _write_failure(error)
+            finally:
+                error.__traceback__ = outer
+    except Exception as failed:  # telling must never change what the server answers
+        bootstrap.say(f"could not tell run()'s failure: {type(failed).__name__}: {failed}")
+
+
+def _stop_at(debugpy, excinfo) -> None:  # type: ignore[no-untyped-def]
+    import pydevd
+
+    py_db = pydevd.get_global_debugger()
+    if py_db is None or py_db.break_on_user_uncaught_exceptions or py_db.break_on_caught_exceptions:
+        return  # stopped at the raise already (or nothing to stop)
+    if hasattr(debugpy, "trigger_exception_handler"):  # debugpy 1.8.22 and later
+        debugpy.trigger_exception_handler(excinfo, as_uncaught=True)
+
+
+def _write_failure(error: BaseException) -> None:
+    announce, snapshot = bootstrap.announce, bootstrap.snapshot
+    file, line, function = bootstrap._where_it_failed(error)
+    for part in snapshot.encode_lines(snapshot.take(error)):
+        announce.emit(part)
+    announce.emit(announce.format_failure(announce.Failure(
+        exception=type(error).__name__, message=str(error), file=file, line=line,
+        function=function, pid=os.getpid(),
+    )))
+

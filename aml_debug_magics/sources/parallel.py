@@ -6,17 +6,19 @@ built from it; a v2 node's task, ``input_data``, ``mini_batch_size``, ``error_th
 ``append_row_to``). Out: a :class:`StepSpec` whose script is the user's entry script (its row
 is named after it and maps its folder), which the local target runs through the node's runner
 (:data:`RUNNER`, ``node/parallel_entry.py``) in that folder, with the runner's options (the
-entry script, each primary input, file or tabular, the mini-batch size, output action,
-append-row file name, error threshold, the output folder) and, after ``--``, the program
-arguments; inputs and outputs are read as the step's SDK reads them elsewhere (a dataset
-becomes an ``--input NAME=PATH`` stand-in, a ``PipelineData`` or node output a folder). For a
-target that submits (``azureml``), the spec only names the entry script; the debug copy there
-names the shipped shim (``SHIPPED_NAMES``) as the entry script instead.
+entry script, each primary input, file or tabular, the mini-batch size or the partition keys
+with each input's name in the run context, output action, append-row file name, error
+threshold, the output folder) and, after ``--``, the program arguments; inputs and outputs
+are read as the step's SDK reads them elsewhere (a dataset becomes an ``--input NAME=PATH``
+stand-in, a ``PipelineData`` or node output a folder). For a target that submits
+(``azureml``), the spec only names the entry script; the debug copy there names the shipped
+shim (``SHIPPED_NAMES``) as the entry script instead.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import re
 import shlex
 from collections.abc import Callable
@@ -76,15 +78,12 @@ def read_parallel_step(
             f"step {step.name!r}: entry script not found: {folder / config.entry_script} "
             "(check the ParallelRunConfig's source_directory and entry_script)"
         )
-    if getattr(step, "_partition_keys", None):
-        raise DebugInputError(
-            f"step {step.name!r} partitions its input by keys (partition_keys), which the local "
-            "target cannot do yet: use --target azureml"
-        )
     kind = "tabular" if step._input_ds_type == "tabular" else "files"
+    keys = _partition_keys(getattr(step, "_partition_keys", None), f"step {step.name!r}", kind)
     options: list[Any] = [
         "--entry-script", config.entry_script, "--input-kind", kind,
-        "--mini-batch-size", str(step._mini_batch_size),
+        *(["--partition-keys", json.dumps(keys)] if keys
+          else ["--mini-batch-size", str(step._mini_batch_size)]),
         "--error-threshold", str(step._error_threshold),
         "--output-action", config.output_action.lower(),
         "--append-row-file-name", config.append_row_file_name or "parallel_run_step.txt",
@@ -93,6 +92,8 @@ def read_parallel_step(
     ]
     for primary in step._inputs or []:
         options += ["--input", primary]
+        if keys and getattr(primary, "name", None):  # its dataset, from the run context
+            options += ["--input-name", primary.name]
     outputs = list(step._output or [])
     if outputs:
         options += ["--output", outputs[0]]
@@ -219,18 +220,16 @@ def read_parallel_node(
     if target != "local":
         return StepSpec(name=name, source_directory=folder, script_name=entry, debug=debug,
                         sdk_object=node)
-    if getattr(node, "partition_keys", None):
-        raise DebugInputError(
-            f"node {name!r} partitions its input by keys (partition_keys), which the local "
-            "target cannot do yet: use --target azureml"
-        )
     port = _placeholder_name(node.input_data, name, "input_data", "inputs")
     data = resolve(f"inputs.{port}")
     declared = (getattr(node.component, "inputs", None) or {}).get(port)
     tabular = str(getattr(declared, "type", "")).lower() == "mltable"
+    keys = _partition_keys(getattr(node, "partition_keys", None), f"node {name!r}",
+                           "tabular" if tabular else "files")
     options: list[Argument] = [
         "--entry-script", entry, "--input-kind", "tabular" if tabular else "files",
-        "--mini-batch-size", str(node.mini_batch_size or ("1MB" if tabular else "10")),
+        *(["--partition-keys", json.dumps(keys)] if keys else
+          ["--mini-batch-size", str(node.mini_batch_size or ("1MB" if tabular else "10"))]),
         "--error-threshold", str(-1 if node.error_threshold is None else node.error_threshold),
         *_failure_options(_max_retries(node), getattr(node, "mini_batch_error_threshold", None)),
         "--input", data,
@@ -258,6 +257,27 @@ def read_parallel_node(
         debug=debug,
         sdk_object=node,
     )
+
+
+def _partition_keys(keys: Any, what: str, kind: str) -> list[str]:
+    """A step's or node's ``partition_keys`` as a list (a ``PipelineParameter``'s default is
+    their JSON, as the SDK asks); empty without. The local target partitions tabular inputs
+    (a ``TabularDataset``, an ``mltable``): a file input's are refused in one line."""
+    keys = getattr(keys, "default_value", keys)
+    if isinstance(keys, str):
+        try:
+            keys = json.loads(keys)
+        except ValueError:
+            keys = [key.strip() for key in keys.split(",")]
+    if keys and not isinstance(keys, list | tuple):
+        keys = [keys]
+    keys = [str(key) for key in keys or []]
+    if keys and kind != "tabular":
+        raise DebugInputError(
+            f"{what} partitions a file input by keys (partition_keys), which the local target "
+            "does for tabular inputs only (a TabularDataset, an mltable): use --target azureml"
+        )
+    return keys
 
 
 def _failure_options(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import shlex
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,10 +129,11 @@ def debug_ready_v2(
     the storage relay's blob URLs); yields it while the bootstrap's files are in their code
     folders."""
     submitted, copies = detached_copy(request.submitted)
+    private: set[int] = set()  # the pipeline nodes given their own component on the way
     for spec in specs:
         if not spec.debug:
             continue
-        node = copies[id(spec.sdk_object)]
+        node = _own_node(submitted, spec.name, private) or copies[id(spec.sdk_object)]
         if node is not submitted:  # a pipeline's: the nodes made from its component keep theirs
             node._component = detached_copy(node.component)[0]
         if parallel.is_parallel_node(node):
@@ -147,6 +148,25 @@ def debug_ready_v2(
     with shipped_bootstrap(folders, parallel.SHIPPED_NAMES if shim else None, with_debugpy=True):
         notes.append(shipped_debugpy_note())
         yield submitted
+
+
+def _own_node(submitted: Any, name: str, private: set[int]) -> Any:
+    """The node ``name`` (``outer.inner``) of the copy to submit, reached through components
+    of its own: a pipeline component is shared by every node made from it (``outer1`` and
+    ``outer2`` of one ``load_component``), so each pipeline node on the way gets its own copy
+    of it before anything inside changes. None where ``name`` is no path of nodes."""
+    if not is_pipeline(submitted):
+        return None
+    first, *inner = name.split(".")
+    node = submitted.jobs.get(first)
+    for part in inner:
+        if node is None or not hasattr(node.component, "jobs"):
+            return None
+        if id(node) not in private:
+            node._component = detached_copy(node.component)[0]
+            private.add(id(node))
+        node = node.component.jobs.get(part)
+    return node
 
 
 def debug_parallel_node(name: str, node: Any, request: DebugRequest, notes: list[str]) -> None:
@@ -186,11 +206,20 @@ class V2Workspace:
         created = self.ml_client.jobs.create_or_update(job, experiment_name=experiment)
         return V2Run(self.ml_client, created)
 
+    def get_run(self, name: str) -> V2Run:
+        """The job named ``name`` (a pipeline's, a node's, a command job's)."""
+        return V2Run(self.ml_client, self.ml_client.jobs.get(name))
+
     def relay_account(self) -> Any:
         """The default datastore's storage account, for ``--via storage``'s blobs."""
         from aml_debug_magics.relay.blobs import account_of_v2
 
         return account_of_v2(self.ml_client)
+
+    def environment(self, name: str, version: str | None, label: str | None) -> Any:
+        """The environment registered as ``name`` at ``version`` (or ``label``: latest), as
+        ``ml_client.environments.get`` reads it: its conda file, or its image alone."""
+        return self.ml_client.environments.get(name, version=version, label=label)
 
 
 class V2Run:
@@ -230,6 +259,36 @@ class V2Run:
 
     def get_portal_url(self) -> str:
         return getattr(self.job, "studio_url", "") or ""
+
+
+def environment_reader(workspace: Any) -> Callable[[str, str | None, str | None], Any]:
+    """Reads a registered environment through ``workspace`` (a :class:`V2Workspace`; any
+    other, or none: the MLClient of ``config.json``, found on the first read). Raises
+    ``DebugInputError`` when there is no workspace to read through."""
+    found: list[V2Workspace] = [workspace] if isinstance(workspace, V2Workspace) else []
+
+    def read(name: str, version: str | None, label: str | None) -> Any:
+        if not found:
+            found.append(_configured_ml_client())
+        return found[0].environment(name, version, label)
+
+    return read
+
+
+def _configured_ml_client() -> V2Workspace:
+    """The MLClient of the ``config.json`` next to the notebook (or above it, or in a
+    ``.azureml`` folder: where ``MLClient.from_config`` looks)."""
+    here = Path.cwd().resolve()
+    if not any((folder / name).is_file() for folder in (here, *here.parents)
+               for name in ("config.json", ".azureml/config.json")):
+        raise DebugInputError("no workspace to read it through: no config.json here or above")
+    try:
+        from azure.ai.ml import MLClient
+        from azure.identity import DefaultAzureCredential
+
+        return V2Workspace(MLClient.from_config(DefaultAzureCredential()))
+    except Exception as error:
+        raise DebugInputError(f"no workspace to read it through ({first_line(error)})") from None
 
 
 def find_ml_client(user_ns: dict[str, Any], variable: str | None) -> V2Workspace:

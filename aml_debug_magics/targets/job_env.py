@@ -16,8 +16,10 @@ process ends; environment layers stay until ``%aml_debug_cache clear`` or the ca
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -29,7 +31,7 @@ import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,8 @@ AZUREML_RUNTIME = {"azureml-defaults", "azureml-inference-server-http"}
 CONDA_BASICS = {"python", "pip", "setuptools", "wheel"}
 GPU_ONLY = re.compile(r"^(nvidia-.*|cupy-cuda.*|.*-cu\d+|tensorrt.*|cudatoolkit.*|cudnn.*)$")
 INDEX_OPTIONS = ("--index-url", "--extra-index-url", "--find-links", "-i", "-f")
+# reads an environment registered on Azure ML: (name, version, label) -> azure-ai-ml Environment
+Registered = Callable[[str, "str | None", "str | None"], Any]
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ class Declared:
     source: str
     pip: tuple[str, ...] = ()
     conda: tuple[str, ...] = ()
+    file: str = ""  # the conda file's name, when it was read from one: ``conda.yaml``
+    unknown: str = ""  # why its packages cannot be known here (a curated image's, say)
 
 
 @dataclass
@@ -81,10 +87,12 @@ class Plan:
 # -- what the job's environment declares ---------------------------------------------------
 
 
-def declared_by(sdk_object: Any) -> Declared | None:
+def declared_by(sdk_object: Any, registered: Registered | None = None) -> Declared | None:
     """The environment of a step's SDK object (v1 step or ScriptRunConfig, v2 node), or None
-    when it has none of its own, or one only Azure ML can read (``azureml:NAME:VERSION``, a
-    curated or registry environment): the kernel's packages are then what it gets."""
+    when it has none of its own. One named on Azure ML (``azureml:NAME:VERSION``,
+    ``azureml:NAME@latest``) is read through ``registered`` (a workspace's
+    ``environments.get``); where it cannot be (no workspace, a curated or registry one, an
+    image alone) its ``unknown`` says why, and the kernel's packages are what it gets."""
     environment = _v1_environment(sdk_object)
     if environment is not None:
         return _from_v1(environment)
@@ -93,9 +101,50 @@ def declared_by(sdk_object: Any) -> Declared | None:
                              for name in ("component", "task", "trial"))]
     environment = next((found for found in (getattr(h, "environment", None) for h in holders)
                         if _is_v2_environment(found)), None)
-    if environment is None or isinstance(environment, str):
+    if environment is None:
         return None
+    if isinstance(environment, str):
+        return _from_azure_ml(environment, registered)
     return _from_v2(environment)
+
+
+def _from_azure_ml(reference: str, registered: Registered | None) -> Declared:
+    """An environment named on Azure ML, read through the workspace where it can be."""
+    source = f"environment {reference!r}"
+    name, version, label = _named(reference)
+    if not name:
+        return Declared(source, unknown="an environment of a registry, read only on Azure ML")
+    if registered is None:
+        return Declared(source, unknown="no workspace to read it through")
+    try:
+        environment = registered(name, version, label)
+    except DebugInputError as error:
+        return Declared(source, unknown=str(error))
+    except Exception as error:  # the service's answer, whatever its kind: one line
+        curated = " (a curated environment?)" if name.startswith("AzureML-") else ""
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return Declared(source, unknown=f"the workspace cannot read it{curated}: {reason[:200]}")
+    declared = _from_v2(environment)
+    if declared is None:
+        return Declared(source, unknown="its image brings its packages, which only Azure ML "
+                                        "reads")
+    return replace(declared, source=source)
+
+
+def _named(reference: str) -> tuple[str, str | None, str | None]:
+    """``azureml:NAME:VERSION``, ``azureml:NAME@LABEL`` or an ARM id's ``.../environments/NAME/
+    versions/VERSION`` -> (name, version, label); no name for a registry's."""
+    bare = reference.removeprefix("azureml:")
+    if bare.startswith("//registries/") or "/registries/" in bare:
+        return "", None, None
+    arm = re.search(r"/environments/([^/]+)(?:/versions/([^/]+))?", bare)
+    if arm:
+        return arm.group(1), arm.group(2), None if arm.group(2) else "latest"
+    name, at, label = bare.partition("@")
+    if at:
+        return name, None, label
+    name, _, version = name.partition(":")
+    return name, version or None, None if version else "latest"
 
 
 def _is_v2_environment(value: Any) -> bool:
@@ -118,6 +167,10 @@ def _v1_environment(sdk_object: Any) -> Any:
 def _from_v1(environment: Any) -> Declared | None:
     python = environment.python
     if getattr(python, "user_managed_dependencies", False):
+        name = getattr(environment, "name", None) or ""
+        if name.startswith("AzureML-"):  # a curated image: say its packages are not known here
+            return Declared(f"environment {name!r}",
+                            unknown="a curated environment: its image brings its packages")
         return None  # the image brings everything: nothing declared to add here
     conda = getattr(python, "conda_dependencies", None)
     if conda is None:
@@ -131,9 +184,12 @@ def _from_v2(environment: Any) -> Declared | None:
     source = f"environment {getattr(environment, 'name', None) or 'of the job'!r}"
     if content is None:
         return None
+    path = getattr(environment, "_conda_file_path", None) or (
+        content if isinstance(content, (str, os.PathLike)) else None)
     if isinstance(content, (str, os.PathLike)):
         content = conda_file(Path(content))
-    return from_conda(content, source)
+    declared = from_conda(content, source)
+    return replace(declared, file=Path(path).name) if path else declared
 
 
 def conda_file(path: Path) -> dict[str, Any]:
@@ -238,28 +294,95 @@ def plan(declared: Declared, kernel: Mapping[str, str] | None = None) -> Plan:
             result.other_versions.append(f"{requirement} (the kernel: {have})")
         result.needed.append(line)
     for package in declared.conda:
-        wanted = normalized(re.split(r"[=<>!\s]", package.split("::")[-1].strip(), maxsplit=1)[0])
+        wanted = _conda_name(package)
         if wanted in CONDA_BASICS or wanted in kernel:
             continue
         result.not_here.append(package)
     return result
 
 
-def plans(steps: Iterable[Any], env: str) -> dict[str, Plan]:
+def _conda_name(package: str) -> str:
+    """``conda-forge::lightgbm=3.3`` -> ``lightgbm``."""
+    return normalized(re.split(r"[=<>!\s]", package.split("::")[-1].strip(), maxsplit=1)[0])
+
+
+def plans(
+    steps: Iterable[Any], env: str, registered: Registered | None = None
+) -> dict[str, Plan]:
     """Each step's plan by its name (none with ``--env kernel``, or for a step whose
-    environment declares nothing); read before anything runs, so a bad file is one line."""
+    environment declares nothing); read before anything runs, so a bad file is one line.
+    ``registered`` reads the environments named on Azure ML, each once."""
     if env == "kernel":
         return {}
     found = {}
     kernel = kernel_packages()
+    read = _once(registered) if registered is not None else None
     for step in steps:
-        declared = declared_by(step.sdk_object)
+        declared = declared_by(step.sdk_object, read)
         if "pip" not in kernel:  # a kernel made by uv: the job's `pip` must still work
             declared = declared or Declared("the job's environment")
-            declared = Declared(declared.source, (*declared.pip, "pip"), declared.conda)
+            declared = replace(declared, pip=(*declared.pip, "pip"))
         if declared is not None:
             found[step.name] = plan(declared, kernel)
     return found
+
+
+def _once(registered: Registered) -> Registered:
+    """``registered`` asked once for each environment: its answer, or its error, kept."""
+    answers: dict[tuple[str, str | None, str | None], tuple[Any, BaseException | None]] = {}
+
+    def read(name: str, version: str | None, label: str | None) -> Any:
+        key = (name, version, label)
+        if key not in answers:
+            try:
+                answers[key] = (registered(name, version, label), None)
+            except Exception as error:
+                answers[key] = (None, error)
+        answer, error = answers[key]
+        if error is not None:
+            raise error
+        return answer
+
+    return read
+
+
+def said_before_run(
+    sdk_object: Any, step_plan: Plan | None, env: str, kernel: Mapping[str, str] | None = None,
+) -> list[str]:
+    """What a step's row says before it runs: with the job's layer, that its environment's
+    packages are unknown here (a curated image's, or one no workspace can read); with
+    ``--env kernel``, each package its environment pins (``pandas==1.5.3``) that the kernel
+    has at another major version (with the job's layer the pin installs: nothing to say)."""
+    if env != "kernel":
+        unknown = step_plan.declared.unknown if step_plan is not None else ""
+        return [f"{step_plan.declared.source}: its packages are unknown here ({unknown}); the "
+                "run goes on in the kernel's packages"] if step_plan and unknown else []
+    try:
+        declared = declared_by(sdk_object)
+    except DebugInputError:  # the kernel's packages run it: its file is not needed
+        return []
+    return _other_majors(declared, kernel_packages() if kernel is None else kernel) \
+        if declared is not None else []
+
+
+def _other_majors(declared: Declared, kernel: Mapping[str, str]) -> list[str]:
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.version import InvalidVersion, Version
+
+    said = []
+    for line in declared.pip:
+        try:
+            requirement = Requirement(line.strip())
+            pinned = next(s.version for s in requirement.specifier
+                          if s.operator in ("==", "===") and "*" not in s.version)
+            have = kernel[normalized(requirement.name)]
+            if Version(pinned).major == Version(have).major:
+                continue
+        except (InvalidRequirement, InvalidVersion, StopIteration, KeyError):
+            continue
+        said.append(f"the job's {declared.source} pins {requirement.name} {pinned}; this "
+                    f"kernel has {have}: --env job installs the pin")
+    return said
 
 
 def notes(step_plans: Mapping[str, Plan]) -> list[str]:
@@ -279,6 +402,135 @@ def build_all(
         )
         for name, layout in step_plans.items()
     }
+
+
+# -- what a failed step could not import ------------------------------------------------------
+
+MISSING_MODULE = re.compile(r"\bModuleNotFoundError: No module named '([^']+)'")
+# distributions imported by another name, for those not installed here to read it from
+IMPORT_NAMES = {
+    "scikit-learn": "sklearn", "scikit-image": "skimage", "pillow": "PIL", "pyyaml": "yaml",
+    "opencv-python": "cv2", "opencv-python-headless": "cv2", "opencv-contrib-python": "cv2",
+    "beautifulsoup4": "bs4", "python-dateutil": "dateutil", "pyjwt": "jwt",
+    "python-dotenv": "dotenv", "attrs": "attr", "pycryptodome": "Crypto",
+    "protobuf": "google", "faiss-cpu": "faiss", "faiss-gpu": "faiss",
+}
+
+
+def missing_module(lines: Iterable[str]) -> str | None:
+    """The module a failed step could not import: the last
+    ``ModuleNotFoundError: No module named 'X'`` of its output, or None."""
+    found = None
+    for line in lines:
+        match = MISSING_MODULE.search(line)
+        if match:
+            found = match.group(1)
+    return found
+
+
+def missing_module_hint(
+    module: str, declared: Declared | None, *, env: str, layer: Path | None = None
+) -> str:
+    """What a failed step's row says about ``module`` it could not import: which of the job's
+    environments declared it and why it is not here, or that none did. ``layer``: the step's
+    environment layer, whose distributions say which modules they hold. For
+    ``Declared("environment 'train'", conda=("lightgbm",), file="conda.yaml")``:
+    ``lightgbm is declared by the job's environment 'train' (conda.yaml) but did not install:
+    lightgbm is a conda package, ...``.
+    """
+    top = module.split(".")[0]
+    if declared is not None and declared.unknown:
+        return (f"{module} may come with the job's {declared.source}, whose packages are "
+                f"unknown here ({declared.unknown}): pip install it in the kernel")
+    entry = _declaring(top, declared, layer) if declared is not None else None
+    if declared is None or entry is None:
+        return _undeclared(module, declared, env)
+    where = f"the job's {declared.source}" + (f" ({declared.file})" if declared.file else "")
+    kind, text = entry
+    if kind == "marker":
+        why = f"its marker excludes this machine ({text})"
+    elif kind == "conda":
+        why = (f"{text} is a conda package, and conda packages are not installed here: add it "
+               "to the pip: section, or pip install it in the kernel")
+    elif GPU_ONLY.match(_name_of(text)) or "+cu" in text:
+        why = f"{text} is GPU-only, which is not installed here: it runs on Azure ML's GPU image"
+    elif env == "kernel":
+        return (f"{module} is declared by {where}, but --env kernel runs the job with the "
+                f"kernel's packages, which lack it: --env job installs it")
+    else:  # in the layer, or the kernel's: the step's Python is another one
+        return (f"{module} is declared by {where} ({text}) and installed in the job's layer, "
+                "but the step's Python did not see it: does its command start another Python "
+                "than python or python3?")
+    return f"{module} is declared by {where} but did not install: {why}"
+
+
+def _declaring(top: str, declared: Declared, layer: Path | None) -> tuple[str, str] | None:
+    """The entry of ``declared`` whose distribution holds the module ``top``: (``pip``,
+    ``conda`` or ``marker`` (its marker left it out), the entry as written)."""
+    from packaging.markers import default_environment
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    holds = _modules_of_distributions(layer)
+    for line in declared.pip:
+        line = line.strip()
+        if not line or line.startswith(("#", "-")):
+            continue
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if _holds(normalized(requirement.name), top, holds):
+            excluded = requirement.marker and not requirement.marker.evaluate(
+                default_environment())
+            return ("marker" if excluded else "pip", line)
+    for package in declared.conda:
+        if _holds(_conda_name(package), top, holds):
+            return ("conda", package)
+    return None
+
+
+def _holds(distribution: str, top: str, holds: Mapping[str, set[str]]) -> bool:
+    """Whether ``distribution`` (normalized) is imported as ``top``: by its files where it is
+    installed, else by its name (``cupy-cuda12x`` -> ``cupy``, ``python-dateutil`` ->
+    ``dateutil``)."""
+    if top in holds.get(distribution, ()) or IMPORT_NAMES.get(distribution) == top:
+        return True
+    bare = re.sub(r"-(cuda|cu)\d+x?$", "", distribution)
+    bare = re.sub(r"^(python|py)-", "", bare)
+    return top.lower() in {distribution.replace("-", "_"), bare.replace("-", "_")}
+
+
+def _modules_of_distributions(layer: Path | None) -> dict[str, set[str]]:
+    """Normalized distribution name -> its top-level modules, for the layer's and the
+    kernel's distributions, as ``importlib.metadata.packages_distributions()`` reads them."""
+    paths = [*([str(layer / "site-packages")] if layer else []), *kernel_site_dirs()]
+    found: dict[str, set[str]] = {}
+    for dist in importlib.metadata.distributions(path=paths):
+        name = normalized(dist.metadata["Name"] or "")
+        tops = set((dist.read_text("top_level.txt") or "").split())
+        if not tops:  # inferred from its files, as packages_distributions() does
+            tops = {file.parts[0].split(".")[0] for file in dist.files or ()
+                    if len(file.parts) > 1 or file.suffix == ".py"}
+        found.setdefault(name, set()).update(tops)
+    return found
+
+
+def _undeclared(module: str, declared: Declared | None, env: str) -> str:
+    """No environment of the job declares ``module``: where to add it."""
+    if declared is not None and declared.file:
+        where = declared.file
+    elif declared is not None:
+        where = f"the job's {declared.source}"
+    else:
+        where = "the job's Environment (its conda file or pip requirements)"
+    if env == "kernel":
+        return (f"no environment of this job declares {module}, and the kernel lacks it: "
+                f"add it to {where}, or pip install it in the kernel")
+    with contextlib.suppress(ImportError, ValueError):
+        if importlib.util.find_spec(module.split(".")[0]) is not None:
+            return (f"no environment of this job declares {module}: add it to {where}, or "
+                    "--env kernel to use the kernel's packages")
+    return f"no environment of this job declares {module}: add it to {where}"
 
 
 # -- the environment layer: built once, cached ------------------------------------------------

@@ -12,8 +12,9 @@ its environment declares, and what its command installs); ``--env kernel``: the 
 An SDK v1 step gets its run context as on Azure ML: ``Run.get_context()`` in it answers
 ``input_datasets`` with the local paths of its inputs, or the dataset objects over them for
 datasets consumed directly (``local_run.py``, put in place by the ``local_site/`` folder first
-on its ``PYTHONPATH``). Every step gets the variables every Azure ML job sees, its MLflow store
-the session's (``local_run.job_variables``).
+on its ``PYTHONPATH``). Every step gets the variables every Azure ML job sees
+(``local_run.job_variables``): its run's id, its MLflow store the session's, and its own MLflow
+run there, made before it starts (:class:`_MlflowRuns`).
 """
 
 from __future__ import annotations
@@ -29,14 +30,15 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aml_debug_magics import reaper
 from aml_debug_magics.errors import DebugInputError
 from aml_debug_magics.node import parallel_entry
-from aml_debug_magics.node.announce import Announcement, AttachOutcome, LogReader
+from aml_debug_magics.node.announce import Announcement, AttachOutcome, Failure, LogReader
 from aml_debug_magics.node.options import SOURCE_ROOT_VARIABLE, parse_ranks
 from aml_debug_magics.records import (
     Argument,
@@ -52,7 +54,12 @@ from aml_debug_magics.sources.sdk_v1 import is_pipeline_step
 from aml_debug_magics.sources.shell_line import substitute
 from aml_debug_magics.targets import job_env, local_run
 from aml_debug_magics.targets.bootstrap_command import bootstrap_entry, bootstrap_options
-from aml_debug_magics.targets.local_ranks import debug_port, rank_environments, ranks_text
+from aml_debug_magics.targets.local_ranks import (
+    debug_port,
+    rank_environments,
+    ranks_text,
+    with_backend_hint,
+)
 
 if TYPE_CHECKING:
     from aml_debug_magics.records import DebugRequest
@@ -147,11 +154,13 @@ class LocalProcess:
         self.last_lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES_KEPT)
         self.announcement: Announcement | None = None
         self.outcome: AttachOutcome | None = None
+        self.failure: Failure | None = None  # the exception that ended the script, if said
         self.announced = threading.Event()
         self._on_line = on_line
         self._on_news = on_news
         self._reader = LogReader()
         self._process: subprocess.Popen[str] | None = None
+        self._started_at: int | None = None
         self._pump: threading.Thread | None = None
 
     def start(self) -> LocalProcess:
@@ -175,6 +184,7 @@ class LocalProcess:
             start_new_session=True,  # stop() ends the script's children too
         )
         reaper.watch(self._process.pid)  # and so does the kernel's death
+        self._started_at = reaper.start_time(self._process.pid)  # tells its group from a reuse
         if self.niceness:  # Popen returns once python is exec'd: long before it starts a child
             _lower_priority(self._process.pid, self.niceness)
         self._pump = threading.Thread(target=self._read, name="aml-debug-local-log", daemon=True)
@@ -201,6 +211,8 @@ class LocalProcess:
                     self.announced.set()
                 elif isinstance(news, AttachOutcome):
                     self.outcome = news
+                elif isinstance(news, Failure):
+                    self.failure = news
                 if self._on_news:
                     self._on_news(news)
         self.announced.set()  # ended without announcing: wake whoever waits
@@ -210,6 +222,7 @@ class LocalProcess:
         assert self._process is not None
         code = self._process.wait(timeout)
         reaper.forget(self._process.pid)
+        self.end_leftovers()  # as on Azure ML, where a job's processes end with its main one
         if self._pump:
             self._pump.join(timeout=5)
         self._remove_interpreters()
@@ -221,8 +234,12 @@ class LocalProcess:
             self._interpreters = None
 
     def stop(self, grace: float = 5.0) -> None:
-        """End the script, its children and its debug adapter; safe to call more than once."""
-        if self._process is None or self._process.poll() is not None:
+        """End the script, its children and its debug adapter, and what it started and left
+        running when it exited; safe to call more than once."""
+        if self._process is None:
+            return
+        if self._process.poll() is not None:
+            self.end_leftovers(grace)
             self._remove_interpreters()
             return
         try:  # one try: a Ctrl-C right after the SIGTERM still ends in the SIGKILL below
@@ -241,6 +258,54 @@ class LocalProcess:
             if self._process.poll() is not None:
                 reaper.forget(self._process.pid)
                 self._remove_interpreters()
+        self.end_leftovers(grace)  # a child that outlived the script, or ignored the SIGTERM
+
+    def end_leftovers(self, grace: float = 5.0) -> None:
+        """End what is left of the script's process group once it has exited (a child it
+        started, ``subprocess.Popen(["sleep", "600"])``): SIGTERM, then SIGKILL after
+        ``grace``. An empty group's number may go to another process: that is never signalled
+        (its leader's start time differs)."""
+        if self._process is None or self._process.poll() is None:
+            return
+        group = self._process.pid
+        for sent in (signal.SIGTERM, signal.SIGKILL):
+            if not self._group_running(group):
+                return
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, sent)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and self._group_running(group):
+                time.sleep(0.05)
+
+    def _group_running(self, group: int) -> bool:
+        leader_started = reaper.start_time(group)
+        if leader_started is not None and leader_started != self._started_at:
+            return False  # the number is another process's now
+        return _live_members(group)
+
+
+def _live_members(group: int) -> bool:
+    """Whether a process of ``group`` still runs: a zombie that nobody reaps (an init that does
+    not reap, in a container) does not count."""
+    try:
+        entries = [entry for entry in os.listdir("/proc") if entry.isdigit()]
+    except OSError:  # no /proc: the group's members, zombies included
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == group and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
 
 
 class LocalPipelineTarget:
@@ -262,12 +327,15 @@ class LocalPipelineTarget:
         for step in request.steps:
             distribution.check_local(step.distribution, step.name)
         # what each step's environment adds to the kernel's: a bad file is one line, now
-        self._plans = job_env.plans(request.steps, request.env)
+        self._plans = job_env.plans(request.steps, request.env, registered_environments(request))
+        self._layers: dict[str, Path | None] = {}  # each step's environment layer, once built
         self._current: list[LocalProcess] = []  # the step's process, or each of its ranks
         self._stopping = threading.Event()
         self._notes: list[str] = []
         self._runner: threading.Thread | None = None
         self.pipeline_run_id = local_run.new_run_id()  # the parent of every pipeline step's run
+        self._mlflow = _MlflowRuns(local_run.tracking_store(self.pipeline_run_id),
+                                   request.experiment)
 
     def start(self, events: DebugSession) -> None:
         for said in job_env.notes(self._plans):  # before the data's folder: it ends the note
@@ -276,6 +344,12 @@ class LocalPipelineTarget:
             batch = all(is_batch_deployment(step.sdk_object) for step in self.request.steps)
             what = "the batch deployment's output" if batch else "data passed between steps"
             self._note(events, f"{what}: {self.data_root}")
+        kernel = job_env.kernel_packages() if self.request.env == "kernel" else None
+        for step in self.request.steps:  # on its row, not in the note: the note names the data
+            for said in job_env.said_before_run(step.sdk_object, self._plans.get(step.name),
+                                                self.request.env, kernel):
+                events.step_output(step.name, f"[aml-debug] {said}")
+        self._mlflow.prepare()  # while the environments are prepared
         self._runner = threading.Thread(
             target=self._run_all, args=(events,), name="aml-debug-local-steps", daemon=True
         )
@@ -326,6 +400,7 @@ class LocalPipelineTarget:
                 events.step_status(step.name, Status.NOT_RUN, str(error))
             events.target_done(failed=True)
             return
+        self._layers = layers
         failed_step = None
         for step in self.request.steps:
             if self._stopping.is_set():
@@ -336,11 +411,13 @@ class LocalPipelineTarget:
             kernel = self.request.env == "kernel"
             layer = None if kernel else job_env.JobLayer(layers.get(step.name))
             metrics_before = local_run.metrics_logged(self.pipeline_run_id)
+            code = None
             try:
                 code = self._run_one(step, events, layer)
             finally:
                 if layer is not None:
                     layer.remove()
+                self._mlflow.end(step.name, None if self._stopping.is_set() else code)
             if self._stopping.is_set():
                 return
             if step.distribution is not None:  # each rank's row says how it ended
@@ -352,14 +429,46 @@ class LocalPipelineTarget:
                                    exit_code=0)
             else:
                 failed_step = step.name
-                events.step_status(step.name, Status.FAILED, _exit_detail(code), exit_code=code)
+                events.step_status(step.name, Status.FAILED,
+                                   self._failed_detail(step, self._current, code), exit_code=code)
         events.target_done(failed=failed_step is not None)
 
-    def _run_context(self, step: StepSpec, environment: Mapping[str, str]) -> dict[str, str]:
+    def _failed_detail(
+        self, step: StepSpec, processes: Sequence[LocalProcess], code: int
+    ) -> str:
+        """How a failed step ended; when it could not import a module, which environment of
+        the job declared it and why it is not here, or that none did."""
+        lines = [line for p in processes for line in p.last_lines]
+        lines += [f"{p.failure.exception}: {p.failure.message}"
+                  for p in processes if p.failure is not None]
+        module = job_env.missing_module(lines)
+        if module is None:
+            return _exit_detail(code)
+        try:
+            known = self._plans.get(step.name)
+            declared = known.declared if known else job_env.declared_by(step.sdk_object)
+        except DebugInputError:  # read before the run with the job's layer; not with the kernel
+            declared = None
+        hint = job_env.missing_module_hint(module, declared, env=self.request.env,
+                                           layer=self._layers.get(step.name))
+        return f"{hint}; {_exit_detail(code)}"
+
+    def _run_id(self, step: StepSpec) -> str:
+        """The step's run id (its ``AZUREML_RUN_ID``): for a step with a run context, shaped as
+        Azure ML shapes it (a pipeline step's a GUID, a script run's ``EXPERIMENT_SECONDS_HEX``),
+        which ``Run.get_context().id`` answers too; else the step's name and the session's id."""
+        if step.command is None and step.sdk_object is not None:
+            pipeline_step = is_pipeline_step(step.sdk_object)
+            return local_run.new_run_id(None if pipeline_step else self.request.experiment)
+        return f"{step.name}_{self.pipeline_run_id}"
+
+    def _run_context(
+        self, step: StepSpec, environment: Mapping[str, str], run_id: str
+    ) -> dict[str, str]:
         """What an SDK v1 step needs for ``Run.get_context()`` to answer as on Azure ML."""
         pipeline_step = is_pipeline_step(step.sdk_object)
         described = local_run.describe(
-            run_id=local_run.new_run_id(None if pipeline_step else self.request.experiment),
+            run_id=run_id,
             experiment=self.request.experiment,
             parent_id=self.pipeline_run_id if pipeline_step else None,
             inputs={
@@ -385,10 +494,12 @@ class LocalPipelineTarget:
         environment = dict(step.environment)
         for data in [*step.reads, *step.writes, *step.external]:
             environment[f"AZUREML_DATAREFERENCE_{data.name}"] = self._local_value(step, data)
+        run_id = self._run_id(step)
         if step.command is None and step.sdk_object is not None:
-            environment.update(self._run_context(step, environment))
+            environment.update(self._run_context(step, environment, run_id))
         environment.update(local_run.job_variables(
-            experiment=self.request.experiment, session_run_id=self.pipeline_run_id
+            experiment=self.request.experiment, session_run_id=self.pipeline_run_id,
+            run_id=run_id, mlflow_run=self._mlflow.run_for(step.name),
         ))
         if self.request.mini_batches is not None:  # read by a parallel step's runner only
             environment[parallel_entry.MINI_BATCHES_VARIABLE] = str(self.request.mini_batches)
@@ -505,7 +616,9 @@ class LocalPipelineTarget:
             if code != 0 and failure is None:
                 failure = (rank, code)
                 watch.failed(rank, code)
-                events.step_status(step.name, Status.FAILED, _exit_detail(code),
+                detail = self._failed_detail(step, [ranks[rank]], code)
+                events.step_status(step.name, Status.FAILED,
+                                   with_backend_hint(ranks[rank].last_lines, detail),
                                    exit_code=code, rank=rank)
                 threading.Thread(target=_stop_together, args=(ranks,), daemon=True,
                                  name="aml-debug-end-ranks").start()
@@ -587,6 +700,87 @@ class _RankWatch:
                                     rank=rank)
 
 
+class _MlflowRuns:
+    """Each step's run in the session's MLflow store, made before the step starts: on Azure ML
+    a job's ``MLFLOW_RUN_ID`` names its own run, which ``mlflow.start_run()`` (no arguments)
+    resumes; an id naming no run would make it fail. Made with the kernel's mlflow where the
+    kernel has imported it already: importing it for this would put 2 s to 8 s and 160 MB in
+    front of the first step. A run the script left running is ended as its step ended. Where
+    the kernel has not imported mlflow, none is made and ``MLFLOW_RUN_ID`` is not set: the
+    script's ``mlflow.start_run()`` makes its own run, in the same store and experiment."""
+
+    def __init__(self, store: Path, experiment: str) -> None:
+        self.store = store
+        self.experiment = experiment
+        self._client: Any = None  # mlflow's MlflowClient, once loaded
+        self._experiment_id = ""
+        self._runs: dict[str, str] = {}  # step -> its run's id
+        self._loader: threading.Thread | None = None
+
+    def prepare(self) -> None:
+        if "mlflow" not in sys.modules:  # see above: never imported for this
+            return
+        self._loader = threading.Thread(target=self._load, name="aml-debug-mlflow", daemon=True)
+        self._loader.start()
+
+    def _load(self) -> None:
+        try:
+            from mlflow.tracking import MlflowClient
+
+            with _file_store_allowed():
+                client = MlflowClient(tracking_uri=self.store.as_uri())
+                found = client.get_experiment_by_name(self.experiment)
+                self._experiment_id = (found.experiment_id if found
+                                       else client.create_experiment(self.experiment))
+            self._client = client
+        except Exception:  # an mlflow that cannot write here: the script makes its own run
+            self._client = None
+
+    def run_for(self, step: str) -> tuple[str, str] | None:
+        """The experiment's id and the step's new run's id, or None (no mlflow here)."""
+        if self._loader is not None:
+            self._loader.join()
+        if self._client is None:
+            return None
+        try:
+            with _file_store_allowed():
+                run = self._client.create_run(self._experiment_id, run_name=step)
+        except Exception:
+            return None
+        self._runs[step] = run.info.run_id
+        return self._experiment_id, run.info.run_id
+
+    def end(self, step: str, code: int | None) -> None:
+        """End the step's run as the step ended (``code`` None: stopped), unless its script
+        ended it."""
+        run_id = self._runs.pop(step, None)
+        if run_id is None or self._client is None:
+            return
+        status = "KILLED" if code is None else ("FINISHED" if code == 0 else "FAILED")
+        with contextlib.suppress(Exception), _file_store_allowed():
+            if self._client.get_run(run_id).info.status == "RUNNING":
+                self._client.set_terminated(run_id, status)
+
+
+_FILE_STORE_CALLS = threading.Lock()
+
+
+@contextlib.contextmanager
+def _file_store_allowed() -> Iterator[None]:
+    """MLflow 3.7 and later refuse a file store unless ``MLFLOW_ALLOW_FILE_STORE`` is set: set
+    for the kernel's own calls into the session's store only, then as it was."""
+    with _FILE_STORE_CALLS:  # two sessions at once must not restore it under each other
+        before = os.environ.get("MLFLOW_ALLOW_FILE_STORE")
+        os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop("MLFLOW_ALLOW_FILE_STORE", None)
+            else:
+                os.environ["MLFLOW_ALLOW_FILE_STORE"] = before
+
+
 def _verb(ranks: set[int], verb: str) -> str:
     return f"{verb}s" if len(ranks) == 1 else verb
 
@@ -598,6 +792,14 @@ def _stop_together(processes: Sequence[LocalProcess]) -> None:
         stopper.start()
     for stopper in stoppers:
         stopper.join()
+
+
+def registered_environments(request: DebugRequest) -> job_env.Registered:
+    """How a SDK v2 step's environment named on Azure ML is read: through the request's
+    workspace (an MLClient's), else the one ``config.json`` names, once one is asked for."""
+    from aml_debug_magics.targets.azureml_v2 import environment_reader
+
+    return environment_reader(request.workspace)
 
 
 def _interpreter_folder(python: str) -> Path:

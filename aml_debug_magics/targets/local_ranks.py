@@ -18,11 +18,14 @@ The ranks' debug ports are another matter: ``debug_port`` spreads ``--port`` ove
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 
 from aml_debug_magics.ports import free_port
 from aml_debug_magics.records import Distribution
 
 LOCAL_HOST = "127.0.0.1"
+# what torch.distributed says when a script asks for NCCL where there is no GPU (or no NCCL)
+NO_NCCL = ("ProcessGroupNCCL is only supported with GPUs", "doesn't have NCCL built in")
 
 
 def rank_environments(distribution: Distribution) -> list[dict[str, str]]:
@@ -84,3 +87,16 @@ def ranks_text(ranks: list[int]) -> str:
     if ranks == list(range(ranks[0], ranks[-1] + 1)):
         return f"ranks {ranks[0]}-{ranks[-1]}"
     return "ranks " + ", ".join(str(r) for r in ranks)
+
+
+def with_backend_hint(lines: Iterable[str], detail: str) -> str:
+    """A failed rank's ``detail``, led by what to do when it failed asking for NCCL here.
+
+    >>> with_backend_hint(["RuntimeError: ProcessGroupNCCL is only supported with GPUs, no GPUs "
+    ...                    "found!"], "exit status 1")[:57]
+    'NCCL needs GPUs and this machine has none: use backend="g'
+    """
+    if not any(marker in line for line in lines for marker in NO_NCCL):
+        return detail
+    return ('NCCL needs GPUs and this machine has none: use backend="gloo" locally (e.g. "nccl" '
+            f'if torch.cuda.is_available() else "gloo"); {detail}')

@@ -27,6 +27,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from aml_debug_magics.node.options import LOCAL_VARIABLE
 from aml_debug_magics.sources.inputs import cache_root
 
 ENVIRONMENT_VARIABLE = "AML_DEBUG_LOCAL_RUN"  # local_site/sitecustomize.py looks for it
@@ -81,20 +82,31 @@ def _is_downloaded(path: Path) -> bool:
     return path.is_relative_to(root) and not path.is_relative_to(root / "stand-ins")
 
 
-def job_variables(*, experiment: str, session_run_id: str) -> dict[str, str]:
+def job_variables(
+    *, experiment: str, session_run_id: str, run_id: str,
+    mlflow_run: tuple[str, str] | None = None,
+) -> dict[str, str]:
     """What Azure ML gives every job in its environment, as far as it holds on this machine:
-    the experiment (``AZUREML_ARM_PROJECT_NAME``) and an MLflow tracking store, so
-    ``mlflow.start_run()`` and ``mlflow.log_metric`` record locally (a file store under the
-    session's folder, never the code folder). Not set: the workspace's variables
-    (``AZUREML_ARM_SUBSCRIPTION`` ...: there is no workspace here) and ``AZUREML_RUN_ID``
-    (it tells the bootstrap that it runs on Azure ML); the run's id is ``Run.get_context().id``.
+    the run's id (``AZUREML_RUN_ID``), the experiment (``AZUREML_ARM_PROJECT_NAME``) and an
+    MLflow tracking store, so ``mlflow.start_run()`` and ``mlflow.log_metric`` record locally
+    (a file store under the session's folder, never the code folder); with ``mlflow_run`` (the
+    experiment's id and the step's run's id in that store), ``MLFLOW_EXPERIMENT_ID`` and
+    ``MLFLOW_RUN_ID``, which ``mlflow.start_run()`` resumes as on Azure ML. ``AML_DEBUG_LOCAL``
+    tells the bootstrap it does not run on Azure ML, whose jobs have an ``AZUREML_RUN_ID`` too.
+    Not set: the workspace's variables (``AZUREML_ARM_SUBSCRIPTION`` ...: there is no workspace
+    here); without them azureml-core's ``Run.get_context()`` stays offline, as outside a run.
     """
-    return {
+    variables = {
+        LOCAL_VARIABLE: "1",
+        "AZUREML_RUN_ID": run_id,
         "AZUREML_ARM_PROJECT_NAME": experiment,
         "MLFLOW_TRACKING_URI": tracking_store(session_run_id).as_uri(),
         "MLFLOW_EXPERIMENT_NAME": experiment,
         "MLFLOW_ALLOW_FILE_STORE": "true",  # MLflow 3.7 and later refuse a file store without it
     }
+    if mlflow_run is not None:
+        variables["MLFLOW_EXPERIMENT_ID"], variables["MLFLOW_RUN_ID"] = mlflow_run
+    return variables
 
 
 def tracking_store(session_run_id: str) -> Path:

@@ -46,6 +46,12 @@ class SdkWorkspace:
             workspace = what._graph_context._workspace
         return Experiment(workspace, experiment).submit(what)
 
+    def get_run(self, run_id: str) -> Any:
+        """The SDK run ``run_id`` in this workspace (a pipeline's, a step's, a script's)."""
+        from azureml.core import Run
+
+        return Run.get(self.workspace, run_id)
+
     def relay_account(self) -> Any:
         """The default datastore's storage account, for ``--via storage``'s blobs."""
         from aml_debug_magics.relay.blobs import account_of_v1

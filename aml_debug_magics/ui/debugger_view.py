@@ -104,3 +104,12 @@ class DebuggerView(anywidget.AnyWidget):
         if on_close is not None:
             on_close()
         super().close()
+
+
+def snapshot_view(snapshot: Any) -> DebuggerView:
+    """The view, read-only, on a failure's snapshot (``debugger/snapshot.py``)."""
+    from aml_debug_magics.debugger.controller import attach_view
+
+    view = DebuggerView()
+    attach_view(snapshot, view)
+    return view

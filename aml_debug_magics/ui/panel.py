@@ -81,6 +81,9 @@ class RowWidgets:
                                     tooltip="step through the script in this notebook",
                                     layout={"width": "auto"})
         self.debug.on_click(lambda _: panel.session.debug_here(self.row))
+        self.frames = widgets.Button(description="Show frames", layout={"display": "none"},
+                                     tooltip="the failure's frames and locals, from the log")
+        self.frames.on_click(lambda _: panel.session.show_frames(self.row))
         self.debugger = widgets.VBox()  # the debugger view, once opened
         self.panel = panel
         self.show_output = widgets.ToggleButton(
@@ -97,6 +100,7 @@ class RowWidgets:
             (self.attached, "aml-debug-attached"),
             (self.write, "aml-debug-write"),
             (self.debug, "aml-debug-debug-here"),
+            (self.frames, "aml-debug-show-frames"),
             (self.copied, "aml-debug-copied"),
             (self.show_output, "aml-debug-output"),
             (self.config, "aml-debug-config"),
@@ -107,8 +111,8 @@ class RowWidgets:
             layout={"align_items": "center", "flex_flow": "row wrap"},
         )
         # A step without a debugger has nothing to attach to: only its output is offered.
-        actions = [self.copy, self.copied, self.write, self.debug, self.show_output] \
-            if row.debugged else [
+        actions = [self.copy, self.copied, self.write, self.debug, self.frames,
+                   self.show_output] if row.debugged else [
             self.show_output
         ]
         buttons = widgets.HBox(actions, layout={"flex_flow": "row wrap"})
@@ -142,6 +146,9 @@ class RowWidgets:
             session is not None and session.debugger_of(row) is not None
         )
         self.config.value = _pre(text) if config else ""
+        self.frames.layout.display = None if row.snapshot is not None else "none"
+        # a live debugger's view is not replaced by the snapshot's
+        self.frames.disabled = session is not None and session.debugger_of(row) is not None
         self.tick(now)
         self.update_lines()
 
@@ -276,6 +283,10 @@ class PanelView:
                 row_widgets.update(self.now())
 
         debugger.listen(offer_again)
+
+    def show_snapshot(self, row: StepRow, snapshot: Any) -> None:
+        """The notebook's debugger view, read-only, on ``row``'s snapshot (Show frames)."""
+        self.show_debugger(row, snapshot)
 
     def tick(self) -> bool:
         now = self.now()

@@ -85,6 +85,7 @@ class TextView:
         self._write = write
         self._session: DebugSession | None = None
         self._shown: dict[tuple[str, int], tuple] = {}
+        self._snapshots_told: set[tuple[str, int]] = set()
         self._state = ""
         self._message = ""
 
@@ -124,6 +125,12 @@ class TextView:
         if row.status == Status.FAILED and row.last_lines:
             tail = list(row.last_lines)[-LINES_ON_FAILURE:]
             self._write("\n".join(f"    {line}" for line in tail))
+        told = (row.step, row.rank)
+        if row.status in (Status.FAILED, Status.POST_MORTEM) and row.snapshot is not None \
+                and told not in self._snapshots_told:
+            self._snapshots_told.add(told)
+            self._write(f"[{row.label}] its frames and locals at the failure: "
+                        "%aml_debug_step where, %aml_debug_step vars")
 
     def show_debugger(self, row: StepRow, debugger: Any) -> None:
         """The notebook's debugger opened on ``row``: how to drive it, where it first stops,
@@ -141,6 +148,12 @@ class TextView:
             self._write(where_text(state, debugger.title))
 
         debugger.listen(say)
+
+    def show_snapshot(self, row: StepRow, snapshot: Any) -> None:
+        """``row``'s snapshot (its frames from the log) where no widget can show it."""
+        from aml_debug_magics.debugger.commands import where_text
+
+        self._write(where_text(snapshot.state(), snapshot.title))
 
     def close(self) -> None:
         """The session ended: nothing more prints, whatever a target still reports."""

@@ -4,6 +4,8 @@
 // ({reply: request_id, ...}).
 // Out: custom messages to the kernel: stepping actions, breakpoint toggles, frame and process
 // selection, variables / full value / evaluate requests, the raised-exceptions setting.
+// A state with `read_only` (a failure's snapshot, read from a log) shows its frames, source
+// and locals with that line as its status, and offers no stepping, breakpoints or evaluation.
 
 import styles from "./view.css";
 import { SourceView } from "./source_view.js";
@@ -99,12 +101,13 @@ function render({ model, el }) {
   const stack = element("div", "aml-dbg-stack");
   const variables = element("div", "aml-dbg-variables");
   const evaluate = element("div", "aml-dbg-evaluate");
+  const evaluateHeading = element("div", "aml-dbg-heading", "Evaluate");
   side.append(
     element("div", "aml-dbg-heading", "Call stack"),
     stack,
     element("div", "aml-dbg-heading", "Variables"),
     variables,
-    element("div", "aml-dbg-heading", "Evaluate"),
+    evaluateHeading,
     evaluate,
   );
   body.append(sourcePane, side);
@@ -112,7 +115,8 @@ function render({ model, el }) {
 
   const source = new SourceView(editorHost, (line) => {
     const path = source.path;
-    if (path) model.send({ action: "toggle_breakpoint", path, line });
+    const readOnly = (model.get("state") || {}).read_only;
+    if (path && !readOnly) model.send({ action: "toggle_breakpoint", path, line });
   });
   const tree = new VariablesTree(ask);
 
@@ -200,8 +204,16 @@ function render({ model, el }) {
     root.dataset.status = current;
     const stop = current === "stopped" && state.stopped;
     const why = stop && (stop.description || stop.reason);
-    status.textContent = state.message || (why ? `stopped: ${why}` : current);
-    for (const step of STEPS) buttons[step.action].disabled = !ENABLED[step.action](current);
+    const readOnly = state.read_only || "";
+    root.classList.toggle("aml-dbg-read-only", Boolean(readOnly));
+    const blocked = current === "unsupported" && state.message;
+    status.textContent = blocked || readOnly || state.message || (why ? `stopped: ${why}` : current);
+    for (const step of STEPS) {
+      buttons[step.action].hidden = Boolean(readOnly);
+      buttons[step.action].disabled = Boolean(readOnly) || !ENABLED[step.action](current);
+    }
+    raisedLabel.hidden = Boolean(readOnly);
+    evaluateHeading.hidden = evaluate.hidden = Boolean(readOnly);
     raised.checked = Boolean(state.exceptions && state.exceptions.raised);
     raised.disabled = current === "ended" || current === "unsupported" || current === "error";
     showProcesses(state);
