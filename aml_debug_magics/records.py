@@ -13,9 +13,14 @@ from typing import Any
 
 @dataclass(frozen=True)
 class DataFolder:
-    """A piece of data passed between steps (a PipelineData or an OutputFileDatasetConfig)."""
+    """A piece of data passed between steps (a PipelineData or an OutputFileDatasetConfig; an
+    SDK v2 node's output). ``kind`` is what the writing node declared: a folder (``uri_folder``,
+    and every SDK v1 kind), ``uri_file`` (the path is the file itself) or ``primitive`` (an
+    integer, number, string or boolean output: the writer gets a folder, and mldesigner writes
+    the value into its ``output`` file; a reader gets the value)."""
 
     name: str
+    kind: str = "uri_folder"
 
 
 @dataclass(frozen=True)

@@ -123,3 +123,68 @@ def test_on_azureml_the_node_runs_the_component_command_under_the_bootstrap(
     assert "trained 9 steps at 0.5" in ran.stdout, ran
     assert (out / "model.txt").read_text() == "9 0.5\n"
     current_session("job").stop()
+
+
+FUNCTIONS = '''\
+from mldesigner import Input, Output, command_component
+
+
+@command_component(environment="azureml:AzureML-sklearn-1.5@latest")
+def count_rows(rows: Input(type="uri_folder")) -> Output(type="integer", is_control=True):
+    import pathlib
+    return sum(len(f.read_text().split()) for f in pathlib.Path(rows).glob("*.txt"))
+
+
+@command_component(environment="azureml:AzureML-sklearn-1.5@latest")
+def report(count: int, summary: Output(type="uri_file")):
+    with open(summary, "w") as file:
+        file.write(f"{count} rows\\n")
+
+
+@command_component(environment="azureml:AzureML-sklearn-1.5@latest")
+def publish(summary: Input(type="uri_file")):
+    with open(summary) as file:
+        text = file.read().strip()
+    print("published:", text, flush=True)
+'''
+
+RETURNS_A_VALUE = """
+from azure.ai.ml import Input, dsl
+from functions import count_rows, publish, report
+
+@dsl.pipeline(compute="cpu-cluster")
+def count_and_report(rows):
+    counted = count_rows(rows=rows)
+    reported = report(count=counted.outputs.output)
+    publish(summary=reported.outputs.summary)
+
+value_job = count_and_report(rows=Input(type="uri_folder", path="rows"))
+"""
+
+
+def test_a_returned_value_reaches_the_next_node_and_a_uri_file_output_is_a_file(
+    ip, tmp_path, installed, monkeypatch
+):
+    """Function components as azureml-examples' control-output samples write them: one returns
+    an integer (a primitive output, which Azure ML hands the next node as its value), the next
+    writes a ``uri_file`` output (the path is the file itself), the last reads that file.
+    Run by the published mldesigner; the middle one stopped in the debugger with the value."""
+    (tmp_path / "functions.py").write_text(FUNCTIONS)
+    (tmp_path / "rows").mkdir()
+    (tmp_path / "rows" / "a.txt").write_text("1 2 3\n4 5\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert ip.run_cell(RETURNS_A_VALUE).success
+    ip.run_line_magic("aml_debug_job", "value_job --node reported --timeout 60")
+    session = current_session("job")
+    row = session.row("reported")
+    wait_for(lambda: row.status == Status.WAITING or session.state in ("finished", "failed"),
+             90, "the node to wait")
+    assert row.status == Status.WAITING, "\\n".join(
+        line for r in session.rows for line in r.last_lines)
+    seen = evaluate_at_first_stop(row.attach_config(), {str(tmp_path / "functions.py"): [14]},
+                                  "(count, __import__('os').path.isdir(summary))")
+    assert seen == "(5, False)"  # the value itself; a path that is no folder
+    assert session.wait(90) == "finished", "\\n".join(
+        line for r in session.rows for line in r.last_lines)
+    assert any("published: 5 rows" in line for line in session.row("publish").last_lines)

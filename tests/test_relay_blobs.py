@@ -398,7 +398,7 @@ def test_a_sweep_that_fails_adds_one_note_and_the_blobs_are_still_made(workspace
     variables = paths.prepare([debugged("train")])
     assert len(notes) == 1 and "were not swept" in notes[0]
     assert set(variables["train"]) == {"AML_DEBUG_RELAY_UP", "AML_DEBUG_RELAY_DOWN"}
-    assert names_in(container) == sorted(paths.blobs[("train", 0)].names)
+    assert names_in(container) == sorted(paths.blobs[("train", 0, "start")].names)
     assert paths.close() == ""
     assert names_in(container) == []
 

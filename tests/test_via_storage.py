@@ -548,3 +548,53 @@ def test_each_waiting_rank_of_a_distributed_run_has_its_own_relay(
             client.close()
     assert session.wait(60) == "finished"
     wait_for(lambda: existing(azurite, names) == [], 30, "the relays' blobs to be deleted")
+
+
+FAILING_TRAIN = (
+    "import argparse, pathlib\n"
+    "parser = argparse.ArgumentParser()\n"
+    "parser.add_argument('--data')\n"
+    "args = parser.parse_args()\n"
+    "numbers = [int(n) for n in pathlib.Path(args.data, 'numbers.txt').read_text().split()]\n"
+    "mean = sum(numbers) / (len(numbers) - 5)\n"
+)
+FAILING_LINE = 6
+
+
+def test_a_failure_after_a_missed_window_gets_its_post_mortem_through_its_own_relay(
+    ip, project, cluster, azurite  # noqa: F811
+):
+    """--via storage and a step that fails long after its window: the node relays its
+    post-mortem through the second pair of chains made before the submit (the first pair was
+    deleted at the window's end); a debugger attached to the notebook's end stops at the raise
+    with the step's locals; after its detach the step fails as it would have, and every blob
+    is deleted."""
+    (project / "train" / "train.py").write_text(FAILING_TRAIN)
+    assert ip.run_cell(PIPELINE).success
+    ip.run_line_magic("aml_debug_pipeline", "steps --step train --target azureml --workspace ws "
+                      "--timeout 1 --post-mortem 120 --via storage")
+    session = current_session("pipeline")
+    train = session.row("train")
+    wait_for(lambda: train.path, 90, "train to be relayed")
+    names = relay_blobs_of(session)
+    variables = cluster.seen_variables[0]["train"]
+    assert {"AML_DEBUG_RELAY_UP_PM", "AML_DEBUG_RELAY_DOWN_PM"} <= set(variables)
+    wait_for(lambda: train.status == Status.POST_MORTEM and train.path, 90,
+             "the failure's relay")
+    assert train.detail == f"ZeroDivisionError at train.py:{FAILING_LINE} in <module>"
+    host, port = train.address.split(":")
+    assert (host, train.path) == ("127.0.0.1", "via storage")
+    assert not port_open(cluster.nodes[0].address, 5678)
+    client = DapClient.connect(host, int(port))
+    try:
+        client.attach(train.attach_config(), {}, exception_filters=["uncaught"])
+        frame = client.wait_stopped(60)
+        assert (frame["source"]["path"], frame["line"]) == (
+            str(project / "train" / "train.py"), FAILING_LINE)
+        assert client.evaluate(frame, "numbers") == "[3, 1, 4, 1, 5]"
+    finally:
+        client.close()
+    assert session.wait(90) == "failed"
+    assert train.status == Status.FAILED
+    assert any("ZeroDivisionError: division by zero" in line for line in train.last_lines)
+    wait_for(lambda: existing(azurite, names) == [], 30, "every relay blob to be deleted")

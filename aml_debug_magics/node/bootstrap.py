@@ -54,6 +54,8 @@ try:
         import_debugpy,
     )
     from aml_debug_magics.node.options import (
+        POST_MORTEM_CHAINS,
+        RELAY_UP_VARIABLE,
         SOURCE_ROOT_VARIABLE,
         Address,
         Options,
@@ -61,6 +63,7 @@ try:
         on_azure_ml,
         parse_address,
         parse_options,
+        relay_chain,
     )
     from aml_debug_magics.node.ranks import Rank, detect_rank, node_addresses
     from aml_debug_magics.node.script import run_script, script_path
@@ -77,6 +80,8 @@ except ImportError:  # shipped into a run's snapshot beside this file
         import_debugpy,
     )
     from aml_debug_options import (  # type: ignore[no-redef]
+        POST_MORTEM_CHAINS,
+        RELAY_UP_VARIABLE,
         SOURCE_ROOT_VARIABLE,
         Address,
         Options,
@@ -84,6 +89,7 @@ except ImportError:  # shipped into a run's snapshot beside this file
         on_azure_ml,
         parse_address,
         parse_options,
+        relay_chain,
     )
     from aml_debug_ranks import Rank, detect_rank, node_addresses  # type: ignore[no-redef]
     from aml_debug_script import run_script, script_path  # type: ignore[no-redef]
@@ -187,6 +193,7 @@ def debug_and_run(options: Options, rank: Rank) -> int:
         relay_handle = RelayHandle(Address(_loopback(gate_address.host), gate_handle.port))
     debugger = Debugger()
     post_mortem_gates: list[GateHandle] = []
+    post_mortem_relays: list[RelayHandle] = []
 
     def on_sigterm(signum: int, frame: object) -> None:  # a cancel: end at once, no post-mortem
         # short waits: whoever sent SIGTERM kills after its own grace (Stop: 5 s in all)
@@ -194,8 +201,9 @@ def debug_and_run(options: Options, rank: Rank) -> int:
             for gate in [gate_handle, *post_mortem_gates]:
                 if gate is not None:
                     gate.close_now(wait=CANCEL_WAIT)
-            if relay_handle is not None:
-                relay_handle.close_now(wait=CANCEL_WAIT)
+            for relayed in [relay_handle, *post_mortem_relays]:
+                if relayed is not None:
+                    relayed.close_now(wait=CANCEL_WAIT)
         finally:  # whatever the signal interrupted, the process dies of it
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
@@ -275,7 +283,7 @@ def debug_and_run(options: Options, rank: Rank) -> int:
                 gate_handle.close_now()
             if relay_handle is not None:
                 relay_handle.release()
-            _post_mortem(error, options, rank, debugger, post_mortem_gates)
+            _post_mortem(error, options, rank, debugger, post_mortem_gates, post_mortem_relays)
 
         return run_script(options.script, options.script_args, debugger, module=options.module,
                           post_mortem=post_mortem)
@@ -283,8 +291,9 @@ def debug_and_run(options: Options, rank: Rank) -> int:
         for gate in [gate_handle, *post_mortem_gates]:
             if gate is not None:
                 gate.release()
-        if relay_handle is not None:
-            relay_handle.release()
+        for relayed in [relay_handle, *post_mortem_relays]:
+            if relayed is not None:
+                relayed.release()
 
 
 def _where_it_failed(error: BaseException) -> tuple[str, int, str]:
@@ -316,14 +325,15 @@ def _write_snapshot(error: BaseException, rank: Rank) -> None:
 
 def _post_mortem(
     error: BaseException, options: Options, rank: Rank, debugger: Debugger,
-    gates: list[GateHandle],
+    gates: list[GateHandle], relays: list[RelayHandle],
 ) -> None:
     """The script failed with nobody attached: say so in a ``failed`` line, and for
     ``--post-mortem`` seconds let a debugger attach and stop at the exception.
 
     debugpy starts anew (tracing stopped at the first window's end: nothing of this ran before
-    the failure) behind a new gate on the same address; the exception's frames stay alive
-    meanwhile, since ``error`` holds its traceback.
+    the failure) behind a new gate on the same address, and with ``--via storage`` or ``auto``
+    a relay of its own over the second pair of chains the notebook made for a failure; the
+    exception's frames stay alive meanwhile, since ``error`` holds its traceback.
     """
     file, line, function = _where_it_failed(error)
     _write_snapshot(error, rank)
@@ -337,17 +347,22 @@ def _post_mortem(
         why_not = "--post-mortem off"
     elif options.mode != "listen":
         why_not = "a post-mortem needs the node to listen (--connect was given)"
-    elif options.via == "storage":
-        why_not = "a post-mortem needs the debug port (--via storage gives none)"
+    relayed = options.via != "listen" and bool(
+        relay_chain(os.environ, RELAY_UP_VARIABLE + POST_MORTEM_CHAINS))
+    if options.via == "storage" and not relayed and not why_not:
+        why_not = ("the notebook made no storage relay for a failure: the session had "
+                   "--post-mortem off")
     if why_not:
         emit(announce.format_failure(failure))
         say(f"{failure.headline()}; no post-mortem ({why_not}): the process exits now")
         return
     deadline = time.time() + window
+    relay_handle: RelayHandle | None = None
     with debugger.children_not_followed():
+        gate_address = _gate_address(options, rank)
         try:
             gate = GateHandle(
-                bind_public_port(_gate_address(options, rank)), allow=_gate_allow(options),
+                bind_public_port(gate_address), allow=_gate_allow(options),
                 reattach_window=options.reattach_window, rank=rank.rank or 0,
             )
         except UsageError as refused:  # the port was taken meanwhile
@@ -355,6 +370,10 @@ def _post_mortem(
             say(f"{failure.headline()}; no post-mortem ({refused}): the process exits now")
             return
         gates.append(gate)
+        if relayed:  # before debugpy starts, which would follow it as the debuggee's child
+            relay_handle = RelayHandle(Address(_loopback(gate_address.host), gate.port),
+                                       post_mortem=True)
+            relays.append(relay_handle)
         upstream, adapter_marker = debugger.listen_anew()
     gate.tell(f"upstream {upstream}")
     gate.tell(f"adapter {adapter_marker}")
@@ -364,8 +383,17 @@ def _post_mortem(
         rank=rank.rank or 0, local_rank=rank.local_rank, script=script_path(options),
         cwd=os.getcwd(), hostname=socket.gethostname(), just_my_code=options.just_my_code,
         source_root=options.source_root or None,
+        via=options.via if relay_handle is not None else "listen",
+        relay_key=relay_handle.public_key if relay_handle is not None else None,
     )
     emit(announce.format_failure(dataclasses.replace(failure, attach=attach)))
+    if relay_handle is not None and options.via == "storage":  # the debugger's only path
+
+        def relay_gone() -> None:
+            say("the storage relay ended, so the debugger's only path to the exception is gone")
+            debugger.cancel_wait()
+
+        relay_handle.when_gone(relay_gone)
     say(f"{failure.headline()}: waiting up to {window:g} s for a debugger at the exception "
         f"on port {gate.port} (--post-mortem)")
     attached = debugger.wait_until(deadline)

@@ -413,12 +413,13 @@ class RelayHandle:
     input closes (:meth:`release`, or this process ending) and its connections are done.
     """
 
-    def __init__(self, gate_address: Address) -> None:
+    def __init__(self, gate_address: Address, *, post_mortem: bool = False) -> None:
         keys = relay.relay_wire.KeyPair()
         self.public_key = keys.encoded  # the announcement carries it: only this node writes that
         self._process = subprocess.Popen(
             [sys.executable, "-u", os.path.abspath(relay.__file__),
-             "--host", gate_address.host, "--port", str(gate_address.port)],
+             "--host", gate_address.host, "--port", str(gate_address.port),
+             *(["--post-mortem"] if post_mortem else [])],
             stdin=subprocess.PIPE,
         )
         with contextlib.suppress(OSError):  # a relay that died at once is told by when_gone

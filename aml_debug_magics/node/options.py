@@ -29,6 +29,7 @@ VIA_CHOICES = ("listen", "storage", "auto")
 RELAY_UP_VARIABLE = "AML_DEBUG_RELAY_UP"  # the "up" blob's URL with the node's add-only SAS
 RELAY_DOWN_VARIABLE = "AML_DEBUG_RELAY_DOWN"  # the "down" blob's URL with its read-only SAS
 LOCAL_VARIABLE = "AML_DEBUG_LOCAL"  # "1" in every step the local target runs; absent on Azure ML
+POST_MORTEM_CHAINS = "_PM"  # after either name: the second pair, the relay of a failure's window
 
 
 class UsageError(Exception):

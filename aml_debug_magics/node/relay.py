@@ -5,7 +5,9 @@ debug port on this machine's loopback.
         python aml_debug_relay.py --port P [--host 127.0.0.1] [--stop-file PATH] < secret
 
 Its chains: ``AML_DEBUG_RELAY_UP_<rank>`` / ``_DOWN_<rank>``, its own rank's, where the notebook
-relays several ranks of a distributed step, else ``AML_DEBUG_RELAY_UP`` / ``_DOWN``.
+relays several ranks of a distributed step, else ``AML_DEBUG_RELAY_UP`` / ``_DOWN``; with
+``--post-mortem`` (the relay of a failure's window) the second pair, ``AML_DEBUG_RELAY_UP_PM``
+/ ``_DOWN_PM`` (``..._PM_<rank>``).
 
 In: the first line of its standard input, this end's Diffie-Hellman secret (hex; the bootstrap
 announces the matching public value in its log, which only the node writes); then frames read
@@ -34,10 +36,16 @@ import time
 
 try:
     from aml_debug_magics.node import relay_wire
-    from aml_debug_magics.node.options import RELAY_DOWN_VARIABLE, RELAY_UP_VARIABLE, relay_chain
+    from aml_debug_magics.node.options import (
+        POST_MORTEM_CHAINS,
+        RELAY_DOWN_VARIABLE,
+        RELAY_UP_VARIABLE,
+        relay_chain,
+    )
 except ImportError:  # shipped into a run's snapshot beside this file
     import aml_debug_relay_wire as relay_wire  # type: ignore[no-redef]
     from aml_debug_options import (  # type: ignore[no-redef]
+        POST_MORTEM_CHAINS,
         RELAY_DOWN_VARIABLE,
         RELAY_UP_VARIABLE,
         relay_chain,
@@ -58,14 +66,20 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--stop-file", default=None)
     parser.add_argument(
+        "--post-mortem", action="store_true",
+        help=f"relay a failure's window: the chains in ${RELAY_UP_VARIABLE}{POST_MORTEM_CHAINS} "
+             f"and ${RELAY_DOWN_VARIABLE}{POST_MORTEM_CHAINS}")
+    parser.add_argument(
         "--silence", type=float,
         default=float(os.environ.get(SILENCE_VARIABLE) or relay_wire.SILENCE_LIMIT),
         help="seconds without a frame from the notebook before the debugger is detached")
     args = parser.parse_args(argv)
-    up = relay_chain(os.environ, RELAY_UP_VARIABLE)  # this rank's own, where each has one
-    down = relay_chain(os.environ, RELAY_DOWN_VARIABLE)
+    chains = POST_MORTEM_CHAINS if args.post_mortem else ""
+    up = relay_chain(os.environ, RELAY_UP_VARIABLE + chains)  # this rank's own, where each has one
+    down = relay_chain(os.environ, RELAY_DOWN_VARIABLE + chains)
     if not up or not down:
-        say(f"${RELAY_UP_VARIABLE} and ${RELAY_DOWN_VARIABLE} must hold the blob URLs")
+        say(f"${RELAY_UP_VARIABLE}{chains} and ${RELAY_DOWN_VARIABLE}{chains} must hold the "
+            "blob URLs")
         return 2
     # the raw descriptor, never sys.stdin: a thread blocked in a buffered read holds its lock,
     # and the interpreter's exit then aborts ("could not acquire lock for <stdin>")

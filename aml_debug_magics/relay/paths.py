@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from aml_debug_magics.errors import DebugInputError
 from aml_debug_magics.failures import first_line
 from aml_debug_magics.node.announce import Announcement
+from aml_debug_magics.node.options import POST_MORTEM_CHAINS
 from aml_debug_magics.relay.blobs import (
     MISSING_ROLE,
     RelayBlobs,
@@ -49,6 +50,8 @@ SWEPT: set[tuple[str, str]] = set()
 _SWEEPING = threading.Lock()
 VIA_STORAGE = "via storage"
 DIRECT = "direct"
+START = "start"  # the relay of a rank's first window
+POST_MORTEM = "post-mortem"  # the relay of its failure's window (a second pair of chains)
 
 
 def choose_paths(
@@ -77,7 +80,8 @@ def choose_paths(
             relayed = [spec for spec in relayed if not _is_parallel(spec)]
             if not relayed:
                 return listening, None, {}
-    paths = RelayPaths(account, request.timeout, notes)
+    paths = RelayPaths(account, request.timeout, notes,
+                       post_mortem=post_mortem_window(request.post_mortem, request.timeout))
     try:
         return request, paths, paths.prepare(relayed, request.ranks)
     except Exception as error:
@@ -128,13 +132,16 @@ class RelayPaths:
     def __init__(
         self, account: Callable[[], StorageAccount], timeout: float,
         notes: list[str] | None = None, *, swept: set[tuple[str, str]] = SWEPT,
+        post_mortem: float = 0.0,
     ) -> None:
         self._account = account
         self._timeout = timeout
         self._notes = notes if notes is not None else []  # a sweep that failed says so here
         self._swept = swept
-        self.blobs: dict[tuple[str, int], RelayBlobs] = {}  # by step and rank
-        self._running: dict[tuple[str, int], StorageRelay] = {}
+        self._post_mortem = post_mortem  # its window's seconds: a second pair per rank, or none
+        # by (step, rank, phase): the phase is START or POST_MORTEM (the relay of a failure)
+        self.blobs: dict[tuple[str, int, str], RelayBlobs] = {}
+        self._running: dict[tuple[str, int, str], StorageRelay] = {}
         self._lock = threading.Lock()
         self._closed = False
 
@@ -149,17 +156,23 @@ class RelayPaths:
             self._sweep_once(account)
         variables: dict[str, dict[str, str]] = {}
         for spec in debugged:
-            lifetime = min(LONGEST_TOKEN, self._timeout + run_limit(spec))
+            lifetime = min(LONGEST_TOKEN, self._timeout + run_limit(spec) + self._post_mortem)
             waiting = waiting_ranks(ranks, spec)
             variables[spec.name] = {}
+            phases = [START, POST_MORTEM] if self._post_mortem > 0 else [START]
             for rank in waiting:
-                name = spec.name if len(waiting) == 1 else f"{spec.name}-rank{rank}"
-                blobs = make_relay_blobs(account, lifetime, name)
-                self.blobs[(spec.name, rank)] = blobs
-                made = blobs.node_environment()
-                if len(waiting) > 1:  # each rank's relay picks its own
-                    made = {f"{variable}_{rank}": url for variable, url in made.items()}
-                variables[spec.name].update(made)
+                for phase in phases:
+                    name = spec.name if len(waiting) == 1 else f"{spec.name}-rank{rank}"
+                    blobs = make_relay_blobs(
+                        account, lifetime, name if phase == START else f"{name}-failed")
+                    self.blobs[(spec.name, rank, phase)] = blobs
+                    made = blobs.node_environment()
+                    if phase == POST_MORTEM:  # the node's relay of a failure reads these
+                        made = {f"{variable}{POST_MORTEM_CHAINS}": url
+                                for variable, url in made.items()}
+                    if len(waiting) > 1:  # each rank's relay picks its own
+                        made = {f"{variable}_{rank}": url for variable, url in made.items()}
+                    variables[spec.name].update(made)
         return variables
 
     def _sweep_once(self, account: StorageAccount) -> None:
@@ -174,11 +187,12 @@ class RelayPaths:
 
     def arrived(
         self, step: str, announcement: Announcement, prober: Callable[[str, int], str],
-        on_end: Callable[[str], None] | None = None,
+        on_end: Callable[[str], None] | None = None, *, post_mortem: bool = False,
     ) -> tuple[Announcement, str, str]:
         """The announcement the row shows, the path in use (``via storage`` or ``direct``) and
         the line that says why. ``on_end(reason)`` is called once if the relay ends by itself
-        (its blobs are deleted then)."""
+        (its blobs are deleted then). ``post_mortem``: the announcement of a failure's window,
+        relayed through the rank's second pair of chains."""
         fell_back = ""
         if announcement.via == "auto":
             host, port = announcement.addresses[0], announcement.port
@@ -186,30 +200,34 @@ class RelayPaths:
             if verdict == "reachable":
                 return announcement, DIRECT, f"{host}:{port} is reachable from this machine"
             fell_back = f"{host}:{port} {verdict} from here; "
-        port = self._start(self._key(step, announcement.rank), announcement.relay_key, on_end)
+        phase = POST_MORTEM if post_mortem else START
+        port = self._start(self._key(step, announcement.rank, phase), announcement.relay_key,
+                           on_end)
         shown = dataclasses.replace(announcement, addresses=("127.0.0.1",), port=port)
         return shown, VIA_STORAGE, (
             f"{fell_back}{VIA_STORAGE}: attach to 127.0.0.1:{port} here; the debugger's bytes "
             "go through the workspace's blob storage, the node opens no port"
         )
 
-    def _key(self, step: str, rank: int) -> tuple[str, int]:
-        """The relay of ``step``'s ``rank``; where the step has one relay, that one (the rank
-        that waits reads the unnumbered variables, whatever its number)."""
+    def _key(self, step: str, rank: int, phase: str = START) -> tuple[str, int, str]:
+        """The relay of ``step``'s ``rank`` in ``phase``; where the step has one waiting rank,
+        its relay (that rank reads the unnumbered variables, whatever its number)."""
         with self._lock:
-            own = [key for key in self.blobs if key[0] == step]
-        if (step, rank) not in self.blobs and len(own) == 1:
+            own = [key for key in self.blobs if key[0] == step and key[2] == phase]
+        if (step, rank, phase) not in self.blobs and len(own) == 1:
             return own[0]
-        return (step, rank)
+        return (step, rank, phase)
 
     def _start(
-        self, key: tuple[str, int], node_key: str | None, on_end: Callable[[str], None] | None
+        self, key: tuple[str, int, str], node_key: str | None,
+        on_end: Callable[[str], None] | None,
     ) -> int:
         def ended(reason: str) -> None:
             if on_end is not None:
                 on_end(reason)
-            threading.Thread(target=self.end_step, args=key, name="aml-debug-relay-end",
-                             daemon=True).start()
+            threading.Thread(target=self.end_step, args=key[:2],
+                             kwargs={"post_mortem": key[2] == POST_MORTEM},
+                             name="aml-debug-relay-end", daemon=True).start()
 
         with self._lock:
             if self._closed:
@@ -218,6 +236,9 @@ class RelayPaths:
                 from aml_debug_magics.relay.end import StorageRelay
 
                 if key not in self.blobs:
+                    if key[2] == POST_MORTEM:
+                        raise RuntimeError(f"rank {key[1]} of {key[0]!r} has no relay for a "
+                                           "post-mortem: the session was started without one")
                     raise RuntimeError(f"rank {key[1]} of {key[0]!r} has no relay: it was not "
                                        "among the --ranks that wait")
                 relay = StorageRelay(*self.blobs[key].notebook_chains(), node_key, ended)
@@ -225,14 +246,19 @@ class RelayPaths:
                 self._running[key] = relay
             return self._running[key].port
 
-    def end_step(self, step: str, rank: int | None = None) -> str:
-        """End the relay of the step's ``rank`` (default: each of the step's) and delete its
-        blobs (a missed window, a closed port); one line saying which stay, and until when,
-        where some could not be deleted, else ""."""
+    def end_step(
+        self, step: str, rank: int | None = None, *, post_mortem: bool | None = None
+    ) -> str:
+        """End the relay of the step's ``rank`` (default: each of the step's), of its first
+        window or (``post_mortem``) of its failure's (default: both), and delete its blobs (a
+        missed window, a closed port); one line saying which stay, and until when, where some
+        could not be deleted, else ""."""
         with self._lock:
             keys = [key for key in {*self._running, *self.blobs} if key[0] == step]
         if rank is not None:
-            keys = [self._key(step, rank)]
+            phases = [START, POST_MORTEM] if post_mortem is None else [
+                POST_MORTEM if post_mortem else START]
+            keys = [self._key(step, rank, phase) for phase in phases]
         left = []
         for key in sorted(keys):
             with self._lock:
@@ -252,6 +278,17 @@ class RelayPaths:
             self._closed = True
             steps = {key[0] for key in {*self._running, *self.blobs}}
         return "; ".join(filter(None, (self.end_step(step) for step in sorted(steps))))
+
+
+def post_mortem_window(post_mortem: str | None, timeout: float) -> float:
+    """The post-mortem's seconds as ``--post-mortem`` gives them (None: the attach window; 0:
+    off), for the tokens of its relay."""
+    if post_mortem is None:
+        return timeout
+    try:
+        return max(0.0, float(post_mortem))
+    except ValueError:  # "off"
+        return 0.0
 
 
 def run_limit(spec: StepSpec) -> float:

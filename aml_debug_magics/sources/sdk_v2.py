@@ -338,7 +338,7 @@ def _placeholder(written_name: str, job_node: JobNode, base_directory: Path) -> 
     name, node = job_node.name, job_node.node
     kind, _, port = written_name.partition(".")
     if kind == "outputs" and port in (node.outputs or {}):
-        return DataFolder(f"{name}.{port}")
+        return DataFolder(f"{name}.{port}", output_kind(node, port))
     if kind == "inputs" and port in (node.inputs or {}):
         value = _value(getattr(node.inputs[port], "_data", None), port, f"node {name!r}",
                        job_node.scope, _folder(getattr(node, "base_path", None) or
@@ -407,6 +407,19 @@ def _parent_input(key: str, port: str, owner: str, scope: _Scope) -> Argument | 
     return value
 
 
+PRIMITIVE_TYPES = ("string", "integer", "number", "boolean")
+
+
+def output_kind(node: Any, port: str) -> str:
+    """What a node's output ``port`` is locally, from the type its component declares: a file
+    (``uri_file``), a value (a primitive type: an mldesigner function's return), else a
+    folder."""
+    declared = str(getattr((getattr(node, "outputs", None) or {}).get(port), "type", "") or "")
+    if declared == "uri_file":
+        return "uri_file"
+    return "primitive" if declared in PRIMITIVE_TYPES else "uri_folder"
+
+
 def _output_folder(node_name: str, port: str, scope: _Scope, owner: str) -> DataFolder:
     """The folder a node's output is: a command node's own, or for a pipeline node, the folder
     of the inner node whose output is bound to that pipeline output."""
@@ -415,7 +428,7 @@ def _output_folder(node_name: str, port: str, scope: _Scope, owner: str) -> Data
                               f"of its pipeline (the nodes are: {', '.join(scope.nodes)})")
     node = scope.nodes[node_name]
     if not _is_pipeline_node(node):
-        return DataFolder(f"{scope.prefix}{node_name}.{port}")
+        return DataFolder(f"{scope.prefix}{node_name}.{port}", output_kind(node, port))
     for inner_name, inner in node.component.jobs.items():
         for inner_port, output in (getattr(inner, "outputs", None) or {}).items():
             bound = getattr(output, "_data", None)

@@ -10,6 +10,7 @@ read ten times a second while a debugged step has not yet said where to attach.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from aml_debug_magics.failures import first_line, user_error
 from aml_debug_magics.logs import RunLogs
-from aml_debug_magics.node.announce import Announcement, AttachOutcome, PortClosed
+from aml_debug_magics.node.announce import Announcement, AttachOutcome, Failure, PortClosed
 from aml_debug_magics.records import Status
 from aml_debug_magics.targets.reachability import reachability
 from aml_debug_magics.targets.statuses import (
@@ -262,6 +263,7 @@ class StepFollower:
         self.status = ""
         self.started_at = time.time()
         self.announced = False
+        self.failed_ranks: set[int] = set()  # ranks in a relayed post-mortem: its window next
         self.never_ran = False  # the whole run ended before this step started
         self.details_due = float("inf")  # asked once the step has started
         self.details_gap = DETAILS_WAITING
@@ -380,7 +382,7 @@ class StepFollower:
             f"to say where to attach, reading {self.logs.describe()}{problem}",
         )
 
-    def _news(self, news: Announcement | AttachOutcome) -> None:
+    def _news(self, news: Announcement | AttachOutcome | PortClosed | Failure) -> None:
         paths = self.target.paths
         if paths is not None and isinstance(news, Announcement) and news.via != "listen":
             self.announced = True
@@ -388,9 +390,15 @@ class StepFollower:
             threading.Thread(target=self._relayed, args=(paths, news), name="aml-debug-relay",
                              daemon=True).start()
             return
+        if paths is not None and isinstance(news, Failure) and news.attach is not None \
+                and news.attach.via != "listen":  # a post-mortem through its own relay
+            self.failed_ranks.add(news.rank)
+            threading.Thread(target=self._relayed_failure, args=(paths, news),
+                             name="aml-debug-relay", daemon=True).start()
+            return
         if paths is not None and isinstance(news, AttachOutcome | PortClosed) and not getattr(
                 news, "attached", False):  # the window missed, or the port closed
-            paths.end_step(self.name, news.rank)
+            paths.end_step(self.name, news.rank, post_mortem=news.rank in self.failed_ranks)
         self.events.step_news(self.name, news)
         if isinstance(news, Announcement):
             self.announced = True
@@ -420,3 +428,26 @@ class StepFollower:
             return
         self.events.step_news(self.name, shown)
         self.events.step_reachability(self.name, news.rank, line, path=path)
+
+    def _relayed_failure(self, paths: RelayPaths, failure: Failure) -> None:
+        """The row of a failed rank shows where to attach for its post-mortem: the node's own
+        address, or this machine's end of the failure's own relay."""
+        attach = failure.attach
+        assert attach is not None
+
+        def ended(reason: str) -> None:
+            self.events.step_news(self.name, PortClosed(
+                f"the storage relay ended: {reason}; the process exits as python would",
+                failure.rank))
+
+        try:
+            shown, path, line = paths.arrived(self.name, attach, self.target.prober, ended,
+                                              post_mortem=True)
+        except Exception as error:
+            self.events.step_news(self.name, failure)
+            self.events.step_reachability(
+                self.name, failure.rank,
+                f"the storage relay of the post-mortem did not start: {first_line(error)}")
+            return
+        self.events.step_news(self.name, dataclasses.replace(failure, attach=shown))
+        self.events.step_reachability(self.name, failure.rank, line, path=path)

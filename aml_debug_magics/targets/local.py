@@ -382,8 +382,13 @@ class LocalPipelineTarget:
         return self.data_root / data.name
 
     def _local_value(self, step: StepSpec, argument: Argument) -> str:
-        """What the step is given here for an argument: data becomes its local path."""
+        """What the step is given here for an argument: data becomes its local path (a
+        ``uri_file`` output the file's own), a primitive output its writer's value."""
         if isinstance(argument, DataFolder):
+            if argument.kind == "primitive" and argument not in step.writes:
+                value = self._primitive_value(argument)
+                if value is not None:
+                    return value
             return str(self.folder_of(argument))
         if isinstance(argument, ExternalInput):
             return str(self.request.input_paths[f"{step.name}.{argument.name}"])
@@ -485,11 +490,29 @@ class LocalPipelineTarget:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(LOCAL_RUN_SITE), path])),
         }
 
+    def _primitive_value(self, data: DataFolder) -> str | None:
+        """The value a node returned for a primitive output: mldesigner writes it into the
+        output's ``output`` file (the folder exists here), or into the path given as a file."""
+        folder = self.folder_of(data)
+        for written in (folder / "output", folder):
+            if written.is_file():
+                return written.read_text()
+        return None
+
     def _run_one(
         self, step: StepSpec, events: DebugSession, layer: job_env.JobLayer | None = None
     ) -> int:
-        for data in step.writes:
-            self.folder_of(data).mkdir(parents=True, exist_ok=True)
+        for data in step.writes:  # a uri_file output is the file itself: only its folder is made
+            made = self.folder_of(data)
+            (made.parent if data.kind == "uri_file" else made).mkdir(parents=True, exist_ok=True)
+        missing = [data.name for data in step.reads
+                   if data.kind == "primitive" and self._primitive_value(data) is None]
+        if missing:
+            events.step_output(step.name, f"[aml-debug] {', '.join(missing)}: the node that "
+                               "writes it left no value (an mldesigner function writes what it "
+                               "returns into its output; a command must write the value into "
+                               "the file output in that output's folder)")
+            return 2
         arguments = [self._local_value(step, a) for a in step.arguments]
         environment = dict(step.environment)
         for data in [*step.reads, *step.writes, *step.external]:
