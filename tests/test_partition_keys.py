@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from conftest import children_of, need_python_script_step, wait_for
 from dap_client import evaluate_at_first_stop
-from IPython.core.error import UsageError
 
 from aml_debug_magics.records import Status
 from aml_debug_magics.session import current_session
@@ -119,22 +118,51 @@ def test_keys_that_are_not_the_dataset_s_partition_keys_fail_the_step_in_one_lin
     assert not any("Traceback" in line for line in lines), lines
 
 
-def test_a_file_input_partitioned_by_keys_is_refused_before_it_runs(ip, project):
+FILES_ENTRY = """\
+import os
+
+def init():
+    pass
+
+def run(mini_batch):
+    return [" ".join(os.path.relpath(path, os.environ["OJ_ROOT"]) for path in mini_batch)]
+"""
+
+
+def test_a_file_input_partitioned_by_keys_gets_one_list_of_files_per_value(
+    ip, project, monkeypatch
+):
+    """A FileDataset with a partition_format, consumed directly: each run() gets the files of
+    one value of the keys, as the SDK's own reader takes the values from their paths."""
+    (project / "Code" / "list_files.py").write_text(FILES_ENTRY)
+    monkeypatch.setenv("OJ_ROOT", str(project / "data" / "oj"))
     assert ip.run_cell(
         "from azureml.core import Dataset, Environment\n"
+        "from azureml.pipeline.core import PipelineData\n"
         "from azureml.pipeline.steps import ParallelRunConfig, ParallelRunStep\n"
-        "images = Dataset.File.from_files('https://example.invalid/img/', validate=False)\n"
-        "config = ParallelRunConfig(source_directory='Code', entry_script='oj_forecast.py',"
-        " partition_keys=['camera'], error_threshold=-1, output_action='summary_only',"
+        "oj_files = Dataset.File.from_files('https://example.invalid/oj/**/*.csv', "
+        "validate=False, partition_format='/{Store}/{Brand}/{file_name}.csv')\n"
+        "listed = PipelineData(name='forecasts')\n"
+        "config = ParallelRunConfig(source_directory='Code', entry_script='list_files.py',"
+        " partition_keys=['Store'], error_threshold=-1, output_action='append_row',"
         " environment=Environment('e'), compute_target='cpu-cluster', node_count=1)\n"
         "file_step = ParallelRunStep(name='files', parallel_run_config=config,"
-        " inputs=[images.as_named_input('images')], allow_reuse=False)\n"
+        " inputs=[oj_files.as_named_input('oj')], output=listed, allow_reuse=False)\n"
     ).success
-    with pytest.raises(UsageError) as refused:
-        ip.run_line_magic("aml_debug_pipeline", "file_step --input images=data")
-    assert str(refused.value) == (
-        "step 'files' partitions a file input by keys (partition_keys), which the local target "
-        "does for tabular inputs only (a TabularDataset, an mltable): use --target azureml")
+    ip.run_line_magic("aml_debug_pipeline", "file_step --input oj=data/oj --timeout 1")
+    session = current_session("pipeline")
+    wait_for(lambda: session.state in ("finished", "failed"), 90, "the step to end")
+    lines = list(session.row("files").last_lines)
+    assert session.state == "finished", lines
+    assert any(line.startswith("[aml-debug] parallel: 2 mini-batch(es), one per value of the "
+                               "partition keys Store") for line in lines), lines
+    stores: dict[str, list[str]] = {}
+    for found in sorted((project / "data" / "oj").glob("*/*/*.csv")):
+        relative = found.relative_to(project / "data" / "oj")
+        stores.setdefault(relative.parts[0], []).append(str(relative))
+    assert output_of(session).read_text().splitlines() == [
+        " ".join(files) for files in stores.values()]
+    assert children_of() == []
 
 
 V2_PIPELINE = """

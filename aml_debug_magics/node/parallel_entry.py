@@ -248,17 +248,51 @@ def _partitioned_table(path: str, name: Optional[str], keys: List[str]) -> Any:
     return table
 
 
+def _partitioned_files(path: str, name: Optional[str], keys: List[str]) -> List[List[str]]:
+    """The files of a partitioned file input, one list per value of ``keys``: the dataset
+    consumed by ``name`` (the run context's ``FileDataset``) lists its files with the values its
+    ``partition_format`` takes from their paths, read by the SDK's own reader; the values in
+    the order of their first file, each list's files in the dataset's order."""
+    dataset = None
+    if name:
+        try:
+            from azureml.core import Run
+        except ImportError:
+            pass
+        else:
+            dataset = (getattr(Run.get_context(), "input_datasets", None) or {}).get(name)
+    known = list(getattr(dataset, "partition_keys", None) or [])
+    missing = [key for key in keys if key not in known]
+    if dataset is None or missing:
+        raise SystemExit(
+            f"partition_keys {keys}: the file input {name or path!r} must be a dataset whose "
+            f"partition_format holds {', '.join(missing or keys)} (its keys: "
+            f"{', '.join(known) or 'none'}), as Azure ML requires")
+    listed = dataset._dataflow.to_pandas_dataframe()  # Path, and a column per partition key
+    groups: Dict[tuple, List[str]] = {}
+    for _, row in listed.iterrows():
+        local = str(row["Path"])
+        local = local[len("file://"):] if local.startswith("file://") else local
+        groups.setdefault(tuple(str(row[key]) for key in keys), []).append(local)
+    return list(groups.values())
+
+
 def partitioned_mini_batches(
-    inputs: List[str], names: List[str], keys: List[str]
+    inputs: List[str], names: List[str], keys: List[str], kind: str = "tabular"
 ) -> List[Any]:
     """One DataFrame per value of ``keys`` in each input (``names``: each input's name in the
     run context, where it has one), as Azure ML's runner forms mini-batches with
     ``partition_keys``: every row of one value together, the keys' columns included, indexed
     from 0. Azure ML does not say in which order the runner hands them out: here the values
-    come in the order of their first row, and each mini-batch's rows in the table's order."""
-    mini_batches = []
+    come in the order of their first row, and each mini-batch's rows in the table's order.
+    A file input (``kind`` "files"): one list of file paths per value (:func:`_partitioned_files`).
+    """
+    mini_batches: List[Any] = []
     for position, path in enumerate(inputs):
         name = names[position] if position < len(names) else None
+        if kind != "tabular":
+            mini_batches += _partitioned_files(path, name, keys)
+            continue
         table = _partitioned_table(path, name, keys)
         for _, rows in table.groupby(keys, sort=False, dropna=False):
             mini_batches.append(rows.reset_index(drop=True))
@@ -462,7 +496,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     mini_batches: Iterator[Any]
     if options.partition_keys:
         formed = partitioned_mini_batches(options.inputs, options.input_names,
-                                          options.partition_keys)
+                                          options.partition_keys, kind)
         say(describe(argv, limit, len(formed)))
         mini_batches = iter(formed)
     else:

@@ -79,7 +79,7 @@ def read_parallel_step(
             "(check the ParallelRunConfig's source_directory and entry_script)"
         )
     kind = "tabular" if step._input_ds_type == "tabular" else "files"
-    keys = _partition_keys(getattr(step, "_partition_keys", None), f"step {step.name!r}", kind)
+    keys = _partition_keys(getattr(step, "_partition_keys", None))
     options: list[Any] = [
         "--entry-script", config.entry_script, "--input-kind", kind,
         *(["--partition-keys", json.dumps(keys)] if keys
@@ -224,8 +224,7 @@ def read_parallel_node(
     data = resolve(f"inputs.{port}")
     declared = (getattr(node.component, "inputs", None) or {}).get(port)
     tabular = str(getattr(declared, "type", "")).lower() == "mltable"
-    keys = _partition_keys(getattr(node, "partition_keys", None), f"node {name!r}",
-                           "tabular" if tabular else "files")
+    keys = _partition_keys(getattr(node, "partition_keys", None))
     options: list[Argument] = [
         "--entry-script", entry, "--input-kind", "tabular" if tabular else "files",
         *(["--partition-keys", json.dumps(keys)] if keys else
@@ -259,10 +258,9 @@ def read_parallel_node(
     )
 
 
-def _partition_keys(keys: Any, what: str, kind: str) -> list[str]:
+def _partition_keys(keys: Any) -> list[str]:
     """A step's or node's ``partition_keys`` as a list (a ``PipelineParameter``'s default is
-    their JSON, as the SDK asks); empty without. The local target partitions tabular inputs
-    (a ``TabularDataset``, an ``mltable``): a file input's are refused in one line."""
+    their JSON, as the SDK asks); empty without."""
     keys = getattr(keys, "default_value", keys)
     if isinstance(keys, str):
         try:
@@ -271,13 +269,7 @@ def _partition_keys(keys: Any, what: str, kind: str) -> list[str]:
             keys = [key.strip() for key in keys.split(",")]
     if keys and not isinstance(keys, list | tuple):
         keys = [keys]
-    keys = [str(key) for key in keys or []]
-    if keys and kind != "tabular":
-        raise DebugInputError(
-            f"{what} partitions a file input by keys (partition_keys), which the local target "
-            "does for tabular inputs only (a TabularDataset, an mltable): use --target azureml"
-        )
-    return keys
+    return [str(key) for key in keys or []]
 
 
 def _failure_options(
