@@ -285,6 +285,11 @@ class DebugSession:
             elif news.attached:
                 row.attached = True
                 row.status = Status.ATTACHED
+            elif row.failure is not None and row.failure.goes_on:  # a runner caught it
+                row.status = Status.RUNNING
+                row.port_closed = True
+                row.detail = redact(f"{row.failure_headline}; no debugger came to the exception "
+                                    "in time: its mini-batch failed, the runner goes on")
             elif row.failure is not None:
                 row.status = Status.TIMED_OUT
                 row.detail = redact(f"{row.failure_headline}; no debugger came to the exception "

@@ -170,6 +170,48 @@ def test_failed_items_past_the_error_threshold_stop_the_step(ip, project):
             in lines_of(session, step))
 
 
+def test_the_first_failed_mini_batch_waits_for_a_debugger_then_the_runner_goes_on(
+    ip, project, capsys
+):
+    """run() raises on two mini-batches after the attach window was missed: the first failure
+    waits at its exception (the row's post-mortem), a debugger stops at the raise in run() with
+    the mini-batch; after it lets go the mini-batch fails as the runner fails it and the runner
+    goes on; the second failure does not wait (once per worker)."""
+    from dap_client import DapClient
+
+    (project / "data" / "digits" / "digit_1.txt").write_text("one")
+    (project / "data" / "digits" / "digit_5.txt").write_text("five")
+    assert ip.run_cell(FILE_STEP.format(threshold=-1, layout=TWO_BY_TWO)).success
+    ip.run_line_magic("aml_debug_pipeline", "batch_step --input digits=data/digits --timeout 0.5 "
+                      "--post-mortem 120")
+    session = current_session("pipeline")
+    step = "digit-identification"
+    row = session.row(step)
+    wait_for(lambda: row.status == Status.POST_MORTEM or session.state in ("finished", "failed"),
+             90, "the first failure's post-mortem")
+    assert row.status == Status.POST_MORTEM, lines_of(session, step)
+    assert row.detail == "ValueError at digit_identification.py:19 in run"
+    config = row.attach_config()
+    client = DapClient.connect(config["connect"]["host"], config["connect"]["port"])
+    try:
+        client.attach(config, {}, exception_filters=["uncaught"])
+        frame = client.wait_stopped(60)
+        assert (frame["source"]["path"], frame["line"]) == (
+            str(project / "Code" / "digit_identification.py"), 19)
+        assert client.evaluate(frame, "[os.path.basename(p) for p in mini_batch]") == (
+            "['digit_1.txt', 'digit_2.txt']")
+    finally:
+        client.close()
+    assert session.wait(90) == "finished", lines_of(session, step)
+    lines = lines_of(session, step)
+    assert ("[aml-debug] parallel run done: 3 mini-batch(es), 2 item(s) succeeded, 3 failed"
+            in lines), "\n".join(lines[-15:])
+    waits = [line for line in capsys.readouterr().out.splitlines()
+             if line.startswith(f"[{step}] failed, waiting for a debugger at the exception")]
+    assert len(waits) == 1, waits  # the second failure, and the retries, did not wait
+    assert children_of() == []
+
+
 def test_mini_batches_is_refused_where_it_cannot_apply(ip, project):
     assert ip.run_cell(FILE_STEP.format(threshold=10, layout=TWO_BY_TWO)).success
     with pytest.raises(UsageError) as refused:

@@ -112,6 +112,9 @@ class Failure:
     pid: int | None = None
     rank: int = 0
     source: str = "aml_debug"
+    # a runner in the script caught it (a parallel run()'s mini-batch failed): the process goes
+    # on after the post-mortem, instead of exiting
+    goes_on: bool = False
 
     def headline(self, root: str | None = None) -> str:
         """``ZeroDivisionError at steps/train.py:42 in fit``: the file relative to ``root``
@@ -154,6 +157,8 @@ def format_failure(failure: Failure) -> str:
         "pid": failure.pid, "rank": failure.rank,
         "attach": _announcement_body(failure.attach) if failure.attach is not None else None,
     }
+    if failure.goes_on:
+        body["goes_on"] = True
     return f"{PREFIX} v{VERSION} failed {json.dumps(body, sort_keys=True)}"
 
 
@@ -240,6 +245,7 @@ def _parse_failure(body: dict) -> Failure | None:
             exception=str(body["exception"]), message=str(body.get("message", "")),
             file=str(body["file"]), line=int(body["line"]), function=str(body["function"]),
             attach=attach, pid=body.get("pid"), rank=int(body.get("rank", 0)),
+            goes_on=bool(body.get("goes_on", False)),
         )
     except (KeyError, TypeError, ValueError):
         return None

@@ -44,6 +44,7 @@ from collections.abc import Callable
 
 try:
     from aml_debug_magics.node import announce, snapshot
+    from aml_debug_magics.node import script as script_module
     from aml_debug_magics.node.announce import emit, say
     from aml_debug_magics.node.debugger import (
         Debugger,
@@ -69,6 +70,7 @@ try:
     from aml_debug_magics.node.script import run_script, script_path
 except ImportError:  # shipped into a run's snapshot beside this file
     import aml_debug_announce as announce  # type: ignore[no-redef]
+    import aml_debug_script as script_module  # type: ignore[no-redef]
     import aml_debug_snapshot as snapshot  # type: ignore[no-redef]
     from aml_debug_announce import emit, say  # type: ignore[no-redef]
     from aml_debug_debugger import (  # type: ignore[no-redef]
@@ -285,6 +287,17 @@ def debug_and_run(options: Options, rank: Rank) -> int:
                 relay_handle.release()
             _post_mortem(error, options, rank, debugger, post_mortem_gates, post_mortem_relays)
 
+        def caught_failure(error: BaseException) -> None:  # the parallel runner caught it
+            if debugger.client_connected() or post_mortem_gates:  # attached, or waited once
+                return
+            if gate_handle is not None:
+                gate_handle.close_now()
+            if relay_handle is not None:
+                relay_handle.release()
+            _post_mortem(error, options, rank, debugger, post_mortem_gates, post_mortem_relays,
+                         goes_on=True)
+
+        script_module.caught_failure = caught_failure
         return run_script(options.script, options.script_args, debugger, module=options.module,
                           post_mortem=post_mortem)
     finally:
@@ -325,7 +338,7 @@ def _write_snapshot(error: BaseException, rank: Rank) -> None:
 
 def _post_mortem(
     error: BaseException, options: Options, rank: Rank, debugger: Debugger,
-    gates: list[GateHandle], relays: list[RelayHandle],
+    gates: list[GateHandle], relays: list[RelayHandle], *, goes_on: bool = False,
 ) -> None:
     """The script failed with nobody attached: say so in a ``failed`` line, and for
     ``--post-mortem`` seconds let a debugger attach and stop at the exception.
@@ -334,13 +347,17 @@ def _post_mortem(
     the failure) behind a new gate on the same address, and with ``--via storage`` or ``auto``
     a relay of its own over the second pair of chains the notebook made for a failure; the
     exception's frames stay alive meanwhile, since ``error`` holds its traceback.
+
+    ``goes_on``: a runner in the script caught ``error`` (a parallel ``run()``): the process
+    goes on after the window instead of exiting, and the ``failed`` line says so.
     """
+    then = "the runner goes on" if goes_on else "the process exits"
     file, line, function = _where_it_failed(error)
     _write_snapshot(error, rank)
     window = options.post_mortem_window
     failure = announce.Failure(
         exception=type(error).__name__, message=str(error), file=file, line=line,
-        function=function, pid=os.getpid(), rank=rank.rank or 0,
+        function=function, pid=os.getpid(), rank=rank.rank or 0, goes_on=goes_on,
     )
     why_not = ""
     if window <= 0:
@@ -354,7 +371,7 @@ def _post_mortem(
                    "--post-mortem off")
     if why_not:
         emit(announce.format_failure(failure))
-        say(f"{failure.headline()}; no post-mortem ({why_not}): the process exits now")
+        say(f"{failure.headline()}; no post-mortem ({why_not}): {then} now")
         return
     deadline = time.time() + window
     relay_handle: RelayHandle | None = None
@@ -367,7 +384,7 @@ def _post_mortem(
             )
         except UsageError as refused:  # the port was taken meanwhile
             emit(announce.format_failure(failure))
-            say(f"{failure.headline()}; no post-mortem ({refused}): the process exits now")
+            say(f"{failure.headline()}; no post-mortem ({refused}): {then} now")
             return
         gates.append(gate)
         if relayed:  # before debugpy starts, which would follow it as the debuggee's child
@@ -398,12 +415,12 @@ def _post_mortem(
         f"on port {gate.port} (--post-mortem)")
     attached = debugger.wait_until(deadline)
     emit(announce.format_outcome(announce.AttachOutcome(attached, os.getpid(), rank.rank or 0)))
+    how = "without the debugger" if goes_on else "as python would"
     if attached:
         debugger.report_uncaught(error)  # the stop; it returns when the debugger lets go
-        say("the debugger let go of the exception: the process exits as python would")
+        say(f"the debugger let go of the exception: {then} {how}")
     else:
-        say(f"no debugger attached within {window:g} s of the failure: the process exits as "
-            "python would")
+        say(f"no debugger attached within {window:g} s of the failure: {then} {how}")
     # the gate is released with the others as the process ends: the debugger's session ends
     # as at any script's end (its continue answered, then terminated), not cut
 

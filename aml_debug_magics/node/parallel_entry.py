@@ -485,6 +485,19 @@ def describe(argv: List[str], limit: Optional[int] = None,
             f"run() per mini-batch, shutdown(){shown}")
 
 
+def _told(error: BaseException) -> None:
+    """A ``run()`` that raised: its traceback, as the runner logs it; then, where the bootstrap
+    runs this runner with a post-mortem, the first one waits there for a debugger (once per
+    worker: the bootstrap's ``caught_failure``) before the mini-batch fails and the runner goes
+    on."""
+    traceback.print_exception(type(error), error, error.__traceback__)
+    sys.stderr.flush()
+    script = sys.modules.get("aml_debug_magics.node.script") or sys.modules.get("aml_debug_script")
+    hook = getattr(script, "caught_failure", None)
+    if hook is not None:
+        hook(error)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     options = parse_options(argv)
@@ -515,7 +528,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         os.environ.setdefault(BATCH_OUTPUT_VARIABLE, os.path.abspath(options.output))
     sys.argv = [os.path.abspath(options.entry_script), *runner_flags(options), *program_arguments]
     return run_mini_batches(
-        EntryScript(options.entry_script), mini_batches,
+        EntryScript(options.entry_script), mini_batches, on_error=_told,
         error_threshold=options.error_threshold, output_file=output_file, limit=limit,
         run_max_try=options.run_max_try, allowed_failed_count=options.allowed_failed_count,
         allowed_failed_percent=options.allowed_failed_percent,

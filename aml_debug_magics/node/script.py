@@ -29,6 +29,12 @@ if TYPE_CHECKING:
     from aml_debug_magics.node import debugger as debugger_module
 
 
+# set by the bootstrap while it runs a script with a post-mortem: a runner in the script (the
+# parallel runner, which catches what run() raises to fail its mini-batch) hands it the first
+# exception it catches, and the process goes on once the post-mortem's window is over
+caught_failure: Callable[[BaseException], None] | None = None
+
+
 def _execute_as_main(path: str) -> None:
     """What ``python path`` does: a fresh ``__main__`` that stays (pickling and multiprocessing
     find it), ``__file__`` absolute, ``sys.argv[0]`` as typed. ``runpy.run_path`` would rewrite
