@@ -11,6 +11,7 @@ bootstrap, whose snapshot lines the row read from its output.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -42,7 +43,8 @@ FIT_LINE, MAIN_LINE = 3, 12  # the raise in fit(), and main()'s call of it
 def lab(tmp_path_factory):
     pytest.importorskip("playwright", reason="playwright is a test dependency")
     root = tmp_path_factory.mktemp("lab_snapshot")
-    shutil.copy(REPO / "notebooks" / TUTORIAL, root / f"lab_{TUTORIAL}")
+    for name in ("lab", "nb7"):
+        shutil.copy(REPO / "notebooks" / TUTORIAL, root / f"{name}_{TUTORIAL}")
     with jupyter_lab(root) as started:
         yield started
 
@@ -57,8 +59,13 @@ def browser(lab):
         launched.close()
 
 
-def test_show_frames_opens_the_snapshot_read_only(lab, browser, tmp_path):
-    path = f"lab/workspaces/snapshot/tree/lab_{TUTORIAL}"
+@pytest.mark.parametrize("ui, path", [
+    ("jupyterlab", f"lab/workspaces/snapshot/tree/lab_{TUTORIAL}"),
+    ("notebook7", f"notebooks/nb7_{TUTORIAL}"),
+])
+def test_show_frames_opens_the_snapshot_read_only(lab, browser, tmp_path, ui, path):
+    """The screenshot is kept in the test's folder (and JupyterLab's written to
+    $AML_DEBUG_SNAPSHOT_SCREENSHOT when set, for docs/snapshot.png)."""
     try:
         with notebook(browser, lab, "127.0.0.1", path) as page:
             panel = panel_of(page, "%aml_debug_run")
@@ -84,7 +91,10 @@ def test_show_frames_opens_the_snapshot_read_only(lab, browser, tmp_path):
                            ".aml-dbg-raised", ".aml-dbg-evaluate"):
                 assert view.locator(hidden).is_hidden(), hidden
             assert value_of(variable(view, "Locals of fit/batch")) == "[]"
-            view.screenshot(path=str(tmp_path / "snapshot.png"))
+            view.screenshot(path=str(tmp_path / f"snapshot-{ui}.png"))
+            if ui == "jupyterlab" and os.environ.get("AML_DEBUG_SNAPSHOT_SCREENSHOT"):
+                shutil.copy(tmp_path / f"snapshot-{ui}.png",
+                            os.environ["AML_DEBUG_SNAPSHOT_SCREENSHOT"])
 
             toggle_breakpoint(view, 2)  # read-only: the gutter sends nothing
             view.locator(".aml-dbg-frame", has_text="main").click()
