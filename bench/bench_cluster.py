@@ -17,6 +17,12 @@ simulated control plane (0.4 s of Queued/Preparing), the log upload (chunks ever
 the follower's discovery. So that the last can be told apart, each round also times, from the
 magic call, when the announcement reached the log blob: no reader of the log can know sooner,
 and "attachable" against it is what discovery costs. Medians of ``--rounds``.
+
+Then the post-mortem: each round runs a script that misses its window and raises
+(``--timeout 0.5 --post-mortem 60``) and times, from the raise (the script prints the clock
+just before it; the node shares this machine's clock), when the ``failed`` line reached the
+log blob and when the row showed the failure (*failed, waiting for a debugger at the
+exception*).
 """
 
 from __future__ import annotations
@@ -41,10 +47,14 @@ from conftest import ship_node_files  # noqa: E402
 from netns import skip_without_namespaces  # noqa: E402
 from simcluster import SimCluster  # noqa: E402
 
+from aml_debug_magics.records import Status  # noqa: E402
 from aml_debug_magics.session import current_session  # noqa: E402
 from aml_debug_magics.targets import workspace  # noqa: E402
 
 SCRIPT = "print('hello from the node', flush=True)\n"
+FAILS = ("import time\ntime.sleep(1)  # past the attach window\n"
+         "print('raising at', time.time(), flush=True)\n1 / 0\n")
+FAILED_AT: list[float] = []  # when a chunk holding the failed line reached a log blob
 
 
 def answers(host: str, port: int) -> bool:
@@ -75,6 +85,8 @@ def appended_and_timed(append):
         append(log, text)
         if "AML_DEBUG v1 announce" in text:
             ANNOUNCED_AT.append(time.monotonic())
+        if "AML_DEBUG v1 failed" in text:
+            FAILED_AT.append(time.time())
     return append_and_time
 
 
@@ -93,6 +105,26 @@ def magic_round(shell, azurite, root: Path) -> tuple[float, float, float]:
         attachable = time.monotonic() - started
         shell.run_line_magic("aml_debug_run", "--stop")
         return address, attachable, ANNOUNCED_AT[0] - started
+    finally:
+        cluster.close()
+
+
+def failure_round(shell, azurite, root: Path) -> tuple[float, float]:
+    """Seconds from the raise until the failed line is in the log blob, and until the row says
+    the step failed and waits at its exception."""
+    cluster = SimCluster(azurite, root)
+    workspace.SdkWorkspace = lambda user_workspace: cluster
+    try:
+        FAILED_AT.clear()
+        shell.run_line_magic("aml_debug_run", "--target azureml --workspace ws --timeout 0.5 "
+                             "--post-mortem 60 failing")
+        row = current_session("run").rows[0]
+        until(lambda: row.status == Status.POST_MORTEM)
+        shown = time.time()
+        raised = float(next(line.split()[-1] for line in row.last_lines
+                            if line.startswith("raising at")))
+        shell.run_line_magic("aml_debug_run", "--stop")
+        return FAILED_AT[0] - raised, shown - raised
     finally:
         cluster.close()
 
@@ -135,6 +167,7 @@ def main() -> None:
         root = Path(scratch)
         (root / "app").mkdir()
         (root / "app" / "job.py").write_text(SCRIPT)
+        (root / "app" / "fails.py").write_text(FAILS)
         os.chdir(root)
         process, azurite = start_azurite(root / "azurite")
         config = Config()
@@ -144,7 +177,9 @@ def main() -> None:
         shell.run_line_magic("config", "AmlDebugMagics.view = 'text'")
         shell.run_cell("from azureml.core import ScriptRunConfig\n"
                        "config = ScriptRunConfig(source_directory='app', script='job.py',"
-                       " compute_target='cpu-cluster')\nws = object()")
+                       " compute_target='cpu-cluster')\nws = object()\n"
+                       "failing = ScriptRunConfig(source_directory='app', script='fails.py',"
+                       " compute_target='cpu-cluster')")
         try:
             floors = []
             for n in range(rounds):
@@ -153,6 +188,8 @@ def main() -> None:
                 floors.append(floor_round(azurite, root / f"floor{n}"))
             sys.stdout = open(os.devnull, "w")  # the text view's lines
             measured = [magic_round(shell, azurite, root / f"round{n}") for n in range(rounds)]
+            failures = [failure_round(shell, azurite, root / f"failure{n}")
+                        for n in range(rounds)]
             sys.stdout = sys.__stdout__
         finally:
             shell.run_line_magic("unload_ext", "aml_debug_magics")
@@ -169,6 +206,11 @@ def main() -> None:
           f"({attachable / floor:.2f}x the floor)")
     print(f"magic call -> announcement in the log blob: {in_blob:.2f} s; attachable "
           f"{attachable - in_blob:.2f} s after it ({attachable / in_blob:.2f}x)")
+    failed_in_blob = statistics.median(f[0] for f in failures)
+    failed_shown = statistics.median(f[1] for f in failures)
+    print(f"post-mortem: raise -> failed line in the log blob: {failed_in_blob:.2f} s; "
+          f"raise -> the row shows the failure: {failed_shown:.2f} s "
+          f"({failed_shown - failed_in_blob:.2f} s after the blob had it)")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@
    encode it into log lines, and its size (JSON, and as encoded lines). Target < 1 s.
 3. From the raise to the ``failed`` line (debugpy started anew behind a new gate), and from a
    debug-protocol attach to the stop at the exception.
+4. On the local target through the magic (``%aml_debug_run --timeout 0.5 --post-mortem 60``):
+   from the raise (the script prints the clock just before it) until the row shows the failure.
+   The simulated cluster's figure is ``bench_cluster.py``'s last line.
 """
 
 from __future__ import annotations
@@ -140,6 +143,45 @@ def failure_to_stop(python: str, folder: str) -> None:
           f"stop at the exception: {(stopped - attach_start) * 1000:.0f} ms")
 
 
+def failure_to_row(rounds: int, folder: str) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    from aml_debug_magics.records import Status
+    from aml_debug_magics.session import current_session
+
+    Path(folder, "fails_late.py").write_text(
+        "import time\ntime.sleep(1)  # past the attach window\n"
+        "print('raising at', time.time(), flush=True)\n1 / 0\n")
+    config = Config()
+    config.HistoryAccessor.enabled = False
+    shell = InteractiveShell.instance(config=config)
+    shell.run_line_magic("load_ext", "aml_debug_magics")
+    shell.run_line_magic("config", "AmlDebugMagics.view = 'text'")
+    here = os.getcwd()
+    os.chdir(folder)
+    shown = []
+    try:
+        sys.stdout = open(os.devnull, "w")  # the text view's lines
+        for _ in range(rounds):
+            shell.run_line_magic("aml_debug_run", "--timeout 0.5 --post-mortem 60 fails_late.py")
+            row = current_session("run").rows[0]
+            deadline = time.monotonic() + 120
+            while row.status != Status.POST_MORTEM and time.monotonic() < deadline:
+                time.sleep(0.002)
+            seen = time.time()
+            raised = float(next(line.split()[-1] for line in row.last_lines
+                                if line.startswith("raising at")))
+            shown.append(seen - raised)
+            shell.run_line_magic("aml_debug_run", "--stop")
+    finally:
+        sys.stdout = sys.__stdout__
+        shell.run_line_magic("unload_ext", "aml_debug_magics")
+        os.chdir(here)
+    print(f"4. local target: raise -> the row shows the failure: "
+          f"{statistics.median(shown) * 1000:.0f} ms (median of {rounds})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--python", default=sys.executable)
@@ -149,6 +191,7 @@ def main() -> None:
         overhead(args.python, args.rounds, folder)
         snapshot_figures()
         failure_to_stop(args.python, folder)
+        failure_to_row(args.rounds, folder)
 
 
 if __name__ == "__main__":
