@@ -563,6 +563,9 @@ def test_a_step_that_fails_after_its_window_waits_at_the_exception_on_its_node(
     (project / "train" / "train.py").write_text(TRAIN_FAILS)
     session, train = debug_train(ip, timeout=1, options="--post-mortem 120")
     wait_for(lambda: train.status == Status.POST_MORTEM, 120, "the post-mortem")
+    assert ("a debugged step that fails waits up to 120 s at its exception for a debugger, its "
+            "node kept on your compute quota meanwhile (--post-mortem off opts out)") in \
+        session.note  # what it costs, said at the submit
     assert train.detail == f"ZeroDivisionError at train.py:{TRAIN_FAILS_RAISE} in fit"
     assert train.address.split(":")[0] == cluster.nodes[0].address
     config = train.attach_config()

@@ -124,7 +124,7 @@ class AzureMLTarget:
         portal = getattr(self.run, "get_portal_url", lambda: "")()
         allow = self.request.allow
         warning = [f"--allow {allow}: {ANYONE_MAY_ATTACH}"] if admits_everyone(allow) else []
-        note = "; ".join([*warning, f"run {self.run.id}: {portal}", *self.notes])
+        note = "; ".join([*warning, f"run {self.run.id}: {portal}", *filter(None, self.notes)])
         events.target_note(note)
         try:
             RunFollower(

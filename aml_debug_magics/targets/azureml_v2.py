@@ -33,6 +33,7 @@ from aml_debug_magics.targets.bootstrap_command import BOOTSTRAP
 from aml_debug_magics.targets.environment import (
     azureml_bootstrap_options,
     parallel_worker_environment,
+    post_mortem_note,
     shipped_bootstrap,
     shipped_debugpy_note,
 )
@@ -147,6 +148,7 @@ def debug_ready_v2(
     shim = any(spec.debug and parallel.is_parallel_node(spec.sdk_object) for spec in specs)
     with shipped_bootstrap(folders, parallel.SHIPPED_NAMES if shim else None, with_debugpy=True):
         notes.append(shipped_debugpy_note())
+        notes.append(post_mortem_note(request.post_mortem, request.timeout))
         yield submitted
 
 

@@ -125,6 +125,16 @@ def shipped_debugpy_note() -> str:
             "environment is submitted as it is")
 
 
+def post_mortem_note(post_mortem: str | None, timeout: float) -> str:
+    """What the post-mortem costs on Azure ML, for the panel ("" when it is off)."""
+    if post_mortem == "off":
+        return ""
+    window = timeout if post_mortem is None else float(post_mortem)
+    return (f"a debugged step that fails waits up to {window:g} s at its exception for a "
+            "debugger, its node kept on your compute quota meanwhile (--post-mortem off opts "
+            "out)")
+
+
 @contextlib.contextmanager
 def shipped_bootstrap(
     folders: list[Path], extra: dict[str, str] | None = None, *, with_debugpy: bool = False

@@ -24,6 +24,7 @@ from aml_debug_magics.targets.bootstrap_command import BOOTSTRAP
 from aml_debug_magics.targets.environment import (
     azureml_bootstrap_options,
     parallel_worker_environment,
+    post_mortem_note,
     shipped_bootstrap,
     shipped_debugpy_note,
 )
@@ -175,6 +176,7 @@ def debug_ready(
         with shipped_bootstrap(folders, parallel.SHIPPED_NAMES if shim else None,
                                with_debugpy=True):
             notes.append(shipped_debugpy_note())
+            notes.append(post_mortem_note(request.post_mortem, request.timeout))
             if request.submitted is not None:  # its graph checks the bootstrap is in place
                 yield pipeline_to_submit(request.submitted, objects)
             else:
