@@ -315,7 +315,9 @@ class DebugSession:
         row.failure = failure
         row.attached = False
         if failure.attach is None:
-            row.detail = redact(f"{row.failure_headline}; no post-mortem: the script exits")
+            then = ("its mini-batch failed, the runner goes on" if failure.goes_on
+                    else "no post-mortem: the script exits")
+            row.detail = redact(f"{row.failure_headline}; {then}")
             return
         row.announcement = failure.attach
         row.port_closed = False

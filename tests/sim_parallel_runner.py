@@ -7,7 +7,9 @@ Run with the arguments a ``ParallelRunStep`` built (``--scoring_module_name``,
 input is found by name in ``AZUREML_DATAREFERENCE_NAME`` (where the cluster "mounted" it). It
 starts ``--process_count_per_node`` worker processes; each imports the entry script by module
 name, calls ``init()`` once, ``run()`` on its share of the mini-batches (lists of file paths),
-appends what run() returns to the output file, and ``shutdown()`` if there is one. Without
+appends what run() returns to the output file, and ``shutdown()`` if there is one. A run() that
+raises fails its mini-batch's items, counted against ``--error_threshold`` as Azure ML documents
+it (past it the job is aborted; -1 ignores every failure). Without
 ``--process_count_per_node`` there is one worker per core, as on Azure ML. Every process
 prints which worker it is. Python 3.8+, standard library only.
 """
@@ -17,6 +19,7 @@ import importlib
 import os
 import subprocess
 import sys
+import traceback
 
 
 def options(argv):
@@ -26,6 +29,7 @@ def options(argv):
     parser.add_argument("--process_count_per_node", type=int, default=os.cpu_count())
     parser.add_argument("--output")
     parser.add_argument("--append_row_file_name", default="parallel_run_step.txt")
+    parser.add_argument("--error_threshold", type=int, default=-1)
     known, _ = parser.parse_known_args(argv)
     names = [argv[i + 1] for i, flag in enumerate(argv) if flag.startswith("--input_fds_")]
     return known, names
@@ -45,10 +49,19 @@ def worker(index, count, argv):
     sys.path.insert(0, os.getcwd())
     module = importlib.import_module(os.path.splitext(known.scoring_module_name)[0])
     module.init()
+    failed = 0
     for number, batch in enumerate(mini_batches(names, known.mini_batch_size)):
         if number % count != index:
             continue
-        result = module.run(batch)
+        try:
+            result = module.run(batch)
+        except Exception:
+            traceback.print_exc()
+            failed += len(batch)
+            if 0 <= known.error_threshold < failed:
+                print(f"sim runner: {failed} failed, past error_threshold", flush=True)
+                sys.exit(1)
+            continue
         if known.output:
             path = os.path.join(known.output, known.append_row_file_name)
             with open(path, "a") as output:

@@ -286,6 +286,29 @@ def test_on_the_cluster_the_debug_copy_runs_one_worker_and_stops_in_its_run(
         "digit_identification.py", "iris_score.py"]
 
 
+def test_on_the_cluster_the_workers_first_failed_run_is_named_on_the_row_with_its_snapshot(
+    ip, project, make_cluster  # noqa: F811
+):
+    """Under Azure ML's runner (the stand-in) a run() that raises fails its mini-batch and the
+    runner goes on: the worker's first failure reaches the row, with its snapshot, and the
+    step still ends as the runner ends it."""
+    (project / "data" / "digits" / "digit_2.txt").write_text("two")
+    make_cluster(datasets={"digits": project / "data" / "digits"})
+    assert ip.run_cell(FILE_STEP.format(threshold=-1, layout=TWO_BY_TWO) + "ws = object()\n"
+                       ).success
+    ip.run_line_magic("aml_debug_pipeline",
+                      "batch_step --target azureml --workspace ws --timeout 1")
+    session = current_session("pipeline")
+    row = session.row("digit-identification")
+    wait_for(lambda: row.failure is not None or session.state in ("finished", "failed"),
+             120, "the failure to reach the row")
+    assert row.failure is not None, list(row.last_lines)
+    assert row.failure.goes_on and row.failure.attach is None
+    wait_for(lambda: row.snapshot is not None, 60, "the snapshot")
+    assert row.snapshot["frames"][-1]["function"] == "run"
+    assert session.wait(90) == "finished", list(row.last_lines)
+
+
 def test_an_sdk_v2_parallel_node_runs_its_mini_batches_under_the_debugger(ip, tmp_path):
     """``parallel_run_function``'s node in a ``@dsl.pipeline``: its ``uri_folder`` input in
     mini-batches of 2 files, ``program_arguments`` with their placeholders filled in for

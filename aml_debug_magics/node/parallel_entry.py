@@ -539,16 +539,42 @@ def main(argv: Optional[List[str]] = None) -> int:
 # Imported by Azure ML's runner in place of the user's entry script
 
 
+_told_once: List[bool] = []
+
+
+def _tell_first_failure(error: BaseException) -> None:
+    """The worker's first ``run()`` failure under Azure ML's runner: its snapshot and the
+    ``failed`` line (no wait here: the runner goes on, and says so), so that the row names it
+    and Show frames reads it. Never raises: the runner's own handling comes next."""
+    if _told_once:
+        return
+    _told_once.append(True)
+    try:
+        bootstrap = _bootstrap()
+        file, line, function = bootstrap._where_it_failed(error)
+        for part in bootstrap.snapshot.encode_lines(bootstrap.snapshot.take(error)):
+            bootstrap.announce.emit(part)
+        bootstrap.announce.emit(bootstrap.announce.format_failure(bootstrap.announce.Failure(
+            exception=type(error).__name__, message=str(error), file=file, line=line,
+            function=function, pid=os.getpid(), goes_on=True)))
+    except Exception as failed:
+        say(f"could not tell run()'s failure: {type(failed).__name__}: {failed}")
+
+
+def _bootstrap() -> ModuleType:
+    try:
+        from aml_debug_magics.node import bootstrap
+    except ImportError:  # shipped next to aml_debug_bootstrap.py
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import aml_debug_bootstrap as bootstrap  # type: ignore[no-redef]
+    return bootstrap
+
+
 def _debugged_worker() -> "tuple[Callable[[], bool], EntryScript]":
     """Start debugpy in this worker (the user's script is not loaded yet); returns the wait
     for a debugger and the user's entry script."""
     here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        from aml_debug_magics.node import bootstrap
-    except ImportError:  # shipped next to aml_debug_bootstrap.py
-        sys.path.insert(0, here)
-        import aml_debug_bootstrap as bootstrap  # type: ignore[no-redef]
-
+    bootstrap = _bootstrap()
     script = os.path.join(here, os.environ["AML_DEBUG_USER_SCRIPT"])
     say("debug copy of a parallel step: one node, one worker process; init() waits for a "
         "debugger")
@@ -574,7 +600,11 @@ elif __name__ != "aml_debug_magics.node.parallel_entry" and os.environ.get("AML_
         _user_entry.init()
 
     def run(mini_batch: Any) -> Any:
-        return _user_entry.run(mini_batch)
+        try:
+            return _user_entry.run(mini_batch)
+        except Exception as error:  # Azure ML's runner fails the mini-batch and goes on
+            _tell_first_failure(error)
+            raise
 
     def shutdown() -> None:
         _user_entry.shutdown()
