@@ -212,6 +212,49 @@ def test_the_first_failed_mini_batch_waits_for_a_debugger_then_the_runner_goes_o
     assert children_of() == []
 
 
+HELPER_ENTRY = """\
+import os
+
+if "AZUREML_RUN_ID" in os.environ:  # on Azure ML: the runner's helper (the samples' test)
+    from azureml_user.parallel_run import EntryScript
+
+
+def init():
+    EntryScript().logger.info("init in %s", EntryScript().agent_name)
+
+
+def run(mini_batch):
+    helper = EntryScript()
+    names = [os.path.basename(path) for path in mini_batch]
+    with open(os.path.join(helper.output_dir, "seen.txt"), "a") as seen:
+        seen.write(" ".join(names) + "\\n")
+    helper.logger.info("ran %d files", len(mini_batch))
+    return names
+"""
+
+
+def test_an_entry_script_gets_the_runners_helper_as_on_azure_ml(ip, project):
+    """The published samples import ``azureml_user.parallel_run.EntryScript`` where
+    AZUREML_RUN_ID is set (as it is here, as on Azure ML): its logger's lines reach the row, and
+    a file written into its output_dir lands in the step's output folder, beside append_row's."""
+    (project / "Code" / "digit_identification.py").write_text(HELPER_ENTRY)
+    assert ip.run_cell(FILE_STEP.format(threshold=-1, layout=TWO_BY_TWO)).success
+    ip.run_line_magic("aml_debug_pipeline", "batch_step --input digits=data/digits --timeout 1")
+    session = current_session("pipeline")
+    step = "digit-identification"
+    assert session.wait(90) == "finished", lines_of(session, step)
+    lines = lines_of(session, step)
+    assert any(line.endswith("|ParallelRunStep|init()|INFO|init in process000") for line in lines)
+    assert sum(line.endswith("|run()|INFO|ran 2 files") for line in lines) == 2
+    output = data_root(session) / "inferences"
+    assert (output / "seen.txt").read_text().splitlines() == [
+        "digit_1.txt digit_2.txt", "digit_3.txt digit_4.txt", "digit_5.txt"]
+    assert (output / "digit_results.txt").read_text().split() == [
+        f"digit_{n}.txt" for n in range(1, 6)]
+    assert sorted(p.name for p in (project / "Code").iterdir()) == [
+        "digit_identification.py", "iris_score.py"]
+
+
 def test_mini_batches_is_refused_where_it_cannot_apply(ip, project):
     assert ip.run_cell(FILE_STEP.format(threshold=10, layout=TWO_BY_TWO)).success
     with pytest.raises(UsageError) as refused:

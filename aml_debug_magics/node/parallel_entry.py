@@ -96,6 +96,80 @@ class EntryScript:
             shutdown()
 
 
+class RunnerHelper:
+    """What ``from azureml_user.parallel_run import EntryScript`` gives an entry script under
+    Azure ML's runner, as this runner gives it here: one instance per process (``EntryScript()``
+    is always the same object), ``logger`` (the ``ParallelRunStep`` logger, its lines in the
+    step's output here), ``output_dir`` (the step's output folder, where ``append_row`` writes),
+    ``log_dir`` and ``working_dir``, ``agent_name``. The folders without an output are temporary
+    ones, never in the code folder."""
+
+    _made: "Optional[RunnerHelper]" = None
+    output: Optional[str] = None  # the step's output folder, set by main()
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "RunnerHelper":
+        if RunnerHelper._made is None:
+            RunnerHelper._made = super().__new__(cls)
+            RunnerHelper._made._folders = {}
+        return RunnerHelper._made
+
+    def __init__(self, logging_level: Any = None) -> None:
+        self.logging_level = logging_level or "INFO"
+
+    def __reduce__(self) -> Any:
+        return (self.__class__, ())
+
+    def _folder(self, kind: str) -> str:
+        if kind not in self._folders:
+            import tempfile
+
+            self._folders[kind] = tempfile.mkdtemp(prefix=f"aml_debug_parallel_{kind}_")
+        return self._folders[kind]
+
+    @property
+    def logger(self) -> Any:
+        import logging
+
+        logger = logging.getLogger("ParallelRunStep")
+        if not logger.handlers:
+            handler = logging.StreamHandler(sys.stdout)
+            handler.setFormatter(logging.Formatter(
+                "%(asctime)s|%(name)s|%(funcName)s()|%(levelname)s|%(message)s"))
+            logger.addHandler(handler)
+            logger.setLevel(self.logging_level)
+        return logger
+
+    @property
+    def output_dir(self) -> str:
+        return os.path.abspath(RunnerHelper.output) if RunnerHelper.output else \
+            self._folder("output")
+
+    @property
+    def log_dir(self) -> str:
+        return self._folder("logs")
+
+    @property
+    def working_dir(self) -> str:
+        return os.getcwd()
+
+    @property
+    def agent_name(self) -> str:
+        return "process000"  # one worker process here
+
+
+def offer_runner_helper(output: Optional[str]) -> None:
+    """Make ``azureml_user.parallel_run`` importable in this process, as Azure ML's runner does
+    on a node, unless something of that name is importable already."""
+    RunnerHelper.output = output
+    if importlib.util.find_spec("azureml_user") is not None:
+        return
+    package, module = ModuleType("azureml_user"), ModuleType("azureml_user.parallel_run")
+    package.__path__ = []  # a package, with the one module
+    module.EntryScript = RunnerHelper  # type: ignore[attr-defined]
+    package.parallel_run = module  # type: ignore[attr-defined]
+    sys.modules["azureml_user"], sys.modules["azureml_user.parallel_run"] = package, module
+
+
 # ---------------------------------------------------------------------------------------------
 # Mini-batches, formed as the runner forms them
 
@@ -527,6 +601,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if options.output:  # where a batch deployment's script writes files of its own
         os.environ.setdefault(BATCH_OUTPUT_VARIABLE, os.path.abspath(options.output))
     sys.argv = [os.path.abspath(options.entry_script), *runner_flags(options), *program_arguments]
+    offer_runner_helper(options.output)
     return run_mini_batches(
         EntryScript(options.entry_script), mini_batches, on_error=_told,
         error_threshold=options.error_threshold, output_file=output_file, limit=limit,
