@@ -329,26 +329,41 @@ def test_on_the_cluster_the_debug_copy_runs_one_worker_and_stops_in_its_run(
         "digit_identification.py", "iris_score.py"]
 
 
-def test_on_the_cluster_the_workers_first_failed_run_is_named_on_the_row_with_its_snapshot(
+def test_on_the_cluster_the_workers_first_failed_run_waits_at_its_exception_then_goes_on(
     ip, project, make_cluster  # noqa: F811
 ):
     """Under Azure ML's runner (the stand-in) a run() that raises fails its mini-batch and the
-    runner goes on: the worker's first failure reaches the row, with its snapshot, and the
-    step still ends as the runner ends it."""
+    runner goes on: the worker's first failure reaches the row with its snapshot and waits on
+    the worker's port; a debugger from here stops at the raise with the mini-batch; after it
+    lets go, the runner goes on and the step ends as the runner ends it."""
+    from dap_client import DapClient
+
     (project / "data" / "digits" / "digit_2.txt").write_text("two")
     make_cluster(datasets={"digits": project / "data" / "digits"})
     assert ip.run_cell(FILE_STEP.format(threshold=-1, layout=TWO_BY_TWO) + "ws = object()\n"
                        ).success
     ip.run_line_magic("aml_debug_pipeline",
-                      "batch_step --target azureml --workspace ws --timeout 1")
+                      "batch_step --target azureml --workspace ws --timeout 1 --post-mortem 90")
     session = current_session("pipeline")
     row = session.row("digit-identification")
-    wait_for(lambda: row.failure is not None or session.state in ("finished", "failed"),
-             120, "the failure to reach the row")
-    assert row.failure is not None, list(row.last_lines)
-    assert row.failure.goes_on and row.failure.attach is None
+    wait_for(lambda: row.status == Status.POST_MORTEM or session.state in ("finished", "failed"),
+             120, "the failure's post-mortem")
+    assert row.status == Status.POST_MORTEM, list(row.last_lines)
+    assert row.failure.goes_on and row.detail == "ValueError at digit_identification.py:19 in run"
     wait_for(lambda: row.snapshot is not None, 60, "the snapshot")
     assert row.snapshot["frames"][-1]["function"] == "run"
+    config = row.attach_config()
+    client = DapClient.connect(config["connect"]["host"], config["connect"]["port"])
+    try:
+        client.attach(config, {}, exception_filters=["uncaught"])
+        frame = client.wait_stopped(60)
+        assert (frame["source"]["path"], frame["line"]) == (
+            str(project / "Code" / "digit_identification.py"), 19)
+        assert client.evaluate(frame, "[p.rsplit('/', 1)[1] for p in mini_batch]") == (
+            "['digit_1.txt', 'digit_2.txt']")
+        client.resume()
+    finally:
+        client.close()
     assert session.wait(90) == "finished", list(row.last_lines)
 
 

@@ -98,7 +98,7 @@ except ImportError:  # shipped into a run's snapshot beside this file
 
 __all__ = [
     "ENTRY_SHIPPED_NAMES", "SHIPPED_NAMES", "SOURCE_ROOT_VARIABLE", "debug_and_run",
-    "debug_in_this_process", "main",
+    "debug_in_this_process", "main", "post_mortem_in_this_process",
 ]
 
 SHIPPED_NAMES = {  # file in aml_debug_magics/node/ -> its name in a run's snapshot
@@ -474,20 +474,19 @@ def debug_in_this_process(
     gate_handle.tell(f"upstream {upstream}")
     if adapter_marker:
         gate_handle.tell(f"adapter {adapter_marker}")
-    _announce(
-        announce.Announcement(
-            addresses=tuple(node_addresses(address.host)),
-            port=gate_handle.port,
-            attach_deadline=round(deadline, 3) if deadline else None,
-            pid=os.getpid(),
-            script=os.path.abspath(script),
-            cwd=os.getcwd(),
-            hostname=socket.gethostname(),
-            just_my_code=just_my_code,
-            source_root=os.path.abspath(source_root) if source_root else None,
-        ),
-        timeout or 0,
+    announcement = announce.Announcement(
+        addresses=tuple(node_addresses(address.host)),
+        port=gate_handle.port,
+        attach_deadline=round(deadline, 3) if deadline else None,
+        pid=os.getpid(),
+        script=os.path.abspath(script),
+        cwd=os.getcwd(),
+        hostname=socket.gethostname(),
+        just_my_code=just_my_code,
+        source_root=os.path.abspath(source_root) if source_root else None,
     )
+    _announce(announcement, timeout or 0)
+    _IN_THIS_PROCESS.update(debugger=debugger, announcement=announcement)
 
     debugger.absorb_script_calls((address.host, gate_handle.port))  # the guide's score.py
 
@@ -510,6 +509,42 @@ def debug_in_this_process(
     if not deadline:
         wait()
     return wait
+
+
+_IN_THIS_PROCESS: dict = {}  # debug_in_this_process's debugger and announcement
+
+
+def post_mortem_in_this_process(error: BaseException, window: float) -> None:
+    """A runner in this process (started with :func:`debug_in_this_process`) caught ``error``:
+    a parallel ``run()`` under Azure ML's runner. Its snapshot and the ``failed`` line (the
+    runner goes on), offering the same port for ``window`` seconds; a debugger that attaches
+    then is stopped at the exception. With a debugger attached already, or no window: the
+    lines only."""
+    debugger = _IN_THIS_PROCESS.get("debugger")
+    announcement = _IN_THIS_PROCESS.get("announcement")
+    file, line, function = _where_it_failed(error)
+    for part in snapshot.encode_lines(snapshot.take(error), 0):
+        emit(part)
+    failure = announce.Failure(
+        exception=type(error).__name__, message=str(error), file=file, line=line,
+        function=function, pid=os.getpid(), goes_on=True,
+    )
+    if debugger is None or announcement is None or window <= 0 or debugger.client_connected():
+        emit(announce.format_failure(failure))
+        return
+    deadline = time.time() + window
+    attach = dataclasses.replace(announcement, attach_deadline=round(deadline, 3))
+    emit(announce.format_failure(dataclasses.replace(failure, attach=attach)))
+    say(f"{failure.headline()}: waiting up to {window:g} s for a debugger at the exception "
+        f"on port {announcement.port} (--post-mortem); then the runner goes on")
+    debugger.begin_wait()
+    attached = debugger.wait_until(deadline)
+    emit(announce.format_outcome(announce.AttachOutcome(attached, os.getpid(), 0)))
+    if attached:
+        debugger.report_uncaught(error)  # the stop; it returns when the debugger lets go
+        say("the debugger let go of the exception: the runner goes on without the debugger")
+    else:
+        say(f"no debugger attached within {window:g} s of the failure: the runner goes on")
 
 
 def main(argv: list[str] | None = None) -> int:

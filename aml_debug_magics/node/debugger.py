@@ -149,8 +149,7 @@ class Debugger:
         # the last wait's cancel stays on debugpy's waiter until the next wait begins; a cancel
         # before that must raise, as it does before a first wait, so that it is tried again
         vars(debugpy.server.api.wait_for_client).pop("cancel", None)
-        self._cancelled = False
-        self._wait_number += 1
+        self.begin_wait()
         port, marker = self.listen_on_loopback()
         return port, marker or ""
 
@@ -209,6 +208,12 @@ class Debugger:
             pydevd.start_client = original
         send_without_delay()
         return True
+
+    def begin_wait(self) -> None:
+        """A wait to come after an earlier one ended: that one's cancel and deadline are not
+        its own."""
+        self._cancelled = False
+        self._wait_number += 1
 
     def wait_until(self, deadline: float) -> bool:
         """Wait for a debugger's configurationDone until ``deadline``; True if one attached.

@@ -618,20 +618,18 @@ _told_once: List[bool] = []
 
 
 def _tell_first_failure(error: BaseException) -> None:
-    """The worker's first ``run()`` failure under Azure ML's runner: its snapshot and the
-    ``failed`` line (no wait here: the runner goes on, and says so), so that the row names it
-    and Show frames reads it. Never raises: the runner's own handling comes next."""
+    """The worker's first ``run()`` failure under Azure ML's runner: its snapshot, the
+    ``failed`` line and the post-mortem's wait on the worker's port (``AML_DEBUG_POST_MORTEM``
+    seconds, else the attach window), then the runner goes on. Never raises: the runner's own
+    handling comes next."""
     if _told_once:
         return
     _told_once.append(True)
+    given = os.environ.get("AML_DEBUG_POST_MORTEM", "")
     try:
-        bootstrap = _bootstrap()
-        file, line, function = bootstrap._where_it_failed(error)
-        for part in bootstrap.snapshot.encode_lines(bootstrap.snapshot.take(error)):
-            bootstrap.announce.emit(part)
-        bootstrap.announce.emit(bootstrap.announce.format_failure(bootstrap.announce.Failure(
-            exception=type(error).__name__, message=str(error), file=file, line=line,
-            function=function, pid=os.getpid(), goes_on=True)))
+        window = (0.0 if given == "off" else float(given) if given
+                  else float(os.environ.get("AML_DEBUG_TIMEOUT", "300")))
+        _bootstrap().post_mortem_in_this_process(error, window)
     except Exception as failed:
         say(f"could not tell run()'s failure: {type(failed).__name__}: {failed}")
 

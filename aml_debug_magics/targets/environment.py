@@ -205,6 +205,7 @@ def parallel_worker_environment(request: DebugRequest, entry_script: str) -> dic
         "AML_DEBUG_TIMEOUT": f"{request.timeout:g}",
         "AML_DEBUG_JUST_MY_CODE": "1" if request.just_my_code else "0",
         "AML_DEBUG_ALLOW": allowed_sources(request.allow),
+        "AML_DEBUG_POST_MORTEM": request.post_mortem or "",  # "": the attach window
     }
 
 
