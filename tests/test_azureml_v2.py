@@ -210,6 +210,15 @@ def test_debugging_one_node_leaves_the_nodes_sharing_its_component_as_they_are(i
     current_session("job").stop()
 
 
+def first_difference(first: object, second: object, where: str = "") -> str:
+    """Where two submitted job dicts first differ, and the two values there."""
+    if isinstance(first, dict) and isinstance(second, dict):
+        for key in sorted(set(first) | set(second), key=str):
+            if first.get(key) != second.get(key):
+                return first_difference(first.get(key), second.get(key), f"{where}.{key}")
+    return f"{where}: {first!r} != {second!r}"
+
+
 def test_the_users_job_is_never_changed_so_the_cell_runs_again(ip, project):
     assert ip.run_cell(SHARED_COMPONENT).success
     job = ip.user_ns["pipeline_job"]
@@ -223,7 +232,7 @@ def test_the_users_job_is_never_changed_so_the_cell_runs_again(ip, project):
         sent = jobs.submitted[-1].as_given["jobs"]["train_split"]["component"]
         assert sent["code"] == str(project / "split")  # a folder to upload, not an ARM id
     first, second = (s.as_given for s in jobs.submitted)
-    assert first == second
+    assert first == second, first_difference(first, second)
     # the shipped files leave the code folder once the upload is over (right after the submit)
     wait_for(lambda: sorted(p.name for p in (project / "split").iterdir()) == ["split.py"], 30,
              "the shipped files to leave the code folder after the upload")

@@ -57,10 +57,20 @@ def test_tutorial_runs_top_to_bottom(notebook, tmp_path, monkeypatch):
             "current_session('deploy').send_test_request().join(120)\n"
             "print(current_session('deploy').service.response)"
         ))
+    from jupyter_client.manager import KernelManager
+
+    # the kernel's channels over unix sockets: a TCP port picked free here can be taken by
+    # another test process before the kernel binds it ("Address already in use")
+    kernel = KernelManager(kernel_name="python3", transport="ipc", ip=str(tmp_path / "kernel"))
     client = nbclient.NotebookClient(
-        document, timeout=600, kernel_name="python3", resources={"metadata": {"path": tmp_path}}
+        document, km=kernel, timeout=600, kernel_name="python3",
+        resources={"metadata": {"path": tmp_path}},
     )
-    client.execute()  # raises CellExecutionError on the first failing cell
+    try:
+        client.execute()  # raises CellExecutionError on the first failing cell
+    finally:
+        if kernel.has_kernel:  # a kernel manager handed in is not shut down by nbclient
+            kernel.shutdown_kernel()
     outputs = [output for cell in document.cells if cell.cell_type == "code"
                for output in cell.get("outputs", [])]
     texts = [output.get("text", "") + str(output.get("data", {}).get("text/plain", ""))
