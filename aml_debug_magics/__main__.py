@@ -46,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     process = LocalProcess(
         script, timeout=options.timeout, listen=f"127.0.0.1:{options.port}", cwd=script.parent,
         on_line=lambda line: print(line, flush=True), on_news=show,
-    ).start()
-    try:
+    )
+    try:  # a Ctrl-C as soon as the announcement shows may come while start() still returns
+        process.start()
         return process.wait()
     except KeyboardInterrupt:
         return 130
