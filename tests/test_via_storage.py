@@ -488,7 +488,7 @@ def test_a_frame_appended_with_the_nodes_token_ends_the_relay_and_the_row_says_s
             return [line for line in printed
                     if line.startswith("[train]") and "storage relay ended" in line]
 
-        wait_for(closed, 30, "the row to say the relay ended")
+        wait_for(closed, 90, "the row to say the relay ended")
         assert all("- the storage relay ended: the relay's stream was tampered with" in line
                    and line.endswith("the script runs on") for line in closed()), closed()
         seen = client.wait_closed(30)
