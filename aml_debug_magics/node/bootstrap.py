@@ -98,7 +98,7 @@ except ImportError:  # shipped into a run's snapshot beside this file
 
 __all__ = [
     "ENTRY_SHIPPED_NAMES", "SHIPPED_NAMES", "SOURCE_ROOT_VARIABLE", "debug_and_run",
-    "debug_in_this_process", "main", "post_mortem_in_this_process",
+    "debug_in_this_process", "failure_of", "main", "post_mortem_in_this_process",
 ]
 
 SHIPPED_NAMES = {  # file in aml_debug_magics/node/ -> its name in a run's snapshot
@@ -514,6 +514,19 @@ def debug_in_this_process(
 _IN_THIS_PROCESS: dict = {}  # debug_in_this_process's debugger and announcement
 
 
+def failure_of(error: BaseException, *, goes_on: bool = False) -> announce.Failure:
+    """``error`` as the ``failed`` line tells it (no window offered yet), its snapshot written
+    into the log first: for code that catches the exception itself (a scoring worker, a
+    parallel runner)."""
+    file, line, function = _where_it_failed(error)
+    for part in snapshot.encode_lines(snapshot.take(error), 0):
+        emit(part)
+    return announce.Failure(
+        exception=type(error).__name__, message=str(error), file=file, line=line,
+        function=function, pid=os.getpid(), goes_on=goes_on,
+    )
+
+
 def post_mortem_in_this_process(error: BaseException, window: float) -> None:
     """A runner in this process (started with :func:`debug_in_this_process`) caught ``error``:
     a parallel ``run()`` under Azure ML's runner. Its snapshot and the ``failed`` line (the
@@ -522,13 +535,7 @@ def post_mortem_in_this_process(error: BaseException, window: float) -> None:
     lines only."""
     debugger = _IN_THIS_PROCESS.get("debugger")
     announcement = _IN_THIS_PROCESS.get("announcement")
-    file, line, function = _where_it_failed(error)
-    for part in snapshot.encode_lines(snapshot.take(error), 0):
-        emit(part)
-    failure = announce.Failure(
-        exception=type(error).__name__, message=str(error), file=file, line=line,
-        function=function, pid=os.getpid(), goes_on=True,
-    )
+    failure = failure_of(error, goes_on=True)
     if debugger is None or announcement is None or window <= 0 or debugger.client_connected():
         emit(announce.format_failure(failure))
         return

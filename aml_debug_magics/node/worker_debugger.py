@@ -196,12 +196,5 @@ def _stop_at(debugpy, excinfo) -> None:  # type: ignore[no-untyped-def]
 
 
 def _write_failure(error: BaseException) -> None:
-    announce, snapshot = bootstrap.announce, bootstrap.snapshot
-    file, line, function = bootstrap._where_it_failed(error)
-    for part in snapshot.encode_lines(snapshot.take(error)):
-        announce.emit(part)
-    announce.emit(announce.format_failure(announce.Failure(
-        exception=type(error).__name__, message=str(error), file=file, line=line,
-        function=function, pid=os.getpid(),
-    )))
+    bootstrap.announce.emit(bootstrap.announce.format_failure(bootstrap.failure_of(error)))
 
