@@ -47,6 +47,7 @@ it, also when the test fails).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import os
@@ -496,10 +497,14 @@ class StorageRoute:
                 threading.Thread(target=_pump_bytes, args=(source, sink), daemon=True).start()
 
     def close(self) -> None:
-        self._server.close()
+        # shut down before closing: a thread blocked in accept() or recv() on Linux wakes only
+        # then, and the far end sees the connection end instead of waiting out its timeout
         with self._lock:
-            for sock in self._sockets:
-                sock.close()
+            sockets = [self._server, *self._sockets]
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
 
 
 def _pump_bytes(source: socket.socket, sink: socket.socket) -> None:

@@ -365,6 +365,7 @@ def sim_cluster(azurite, tmp_path, monkeypatch, bare_python):
     from netns import namespaces, skip_without_namespaces
     from simcluster import SimCluster
 
+    from aml_debug_magics.session import stop_all
     from aml_debug_magics.targets import azureml_v2, follow, workspace
 
     skip_without_namespaces()
@@ -373,6 +374,7 @@ def sim_cluster(azurite, tmp_path, monkeypatch, bare_python):
     monkeypatch.setattr(azureml_v2, "V2Workspace", lambda ml_client: cluster)
     monkeypatch.setattr(follow, "POLL_SLOW", 1.0)
     yield cluster
+    stop_all()  # the sessions end (and delete their relay blobs) while the storage is there
     cluster.close()
     assert namespaces() == []
 

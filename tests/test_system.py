@@ -23,7 +23,7 @@ from simcluster import SimCluster
 
 from aml_debug_magics.node.announce import Announcement
 from aml_debug_magics.records import Status
-from aml_debug_magics.session import current_session
+from aml_debug_magics.session import current_session, stop_all
 from aml_debug_magics.targets import follow, reachability, workspace
 
 PREP = textwrap.dedent(
@@ -80,6 +80,7 @@ def make_cluster(azurite, tmp_path, monkeypatch):
     monkeypatch.setattr(follow, "POLL_SLOW", 1.0)
 
     yield make
+    stop_all()  # the sessions end (and delete their relay blobs) while the storage is there
     for cluster in made:
         cluster.close()
     assert namespaces() == []
