@@ -421,10 +421,20 @@ def test_a_countdown_that_fails_says_so_in_one_line(capsys):
 # -- python -m aml_debug_magics ---------------------------------------------------------------
 
 
+def in_a_terminal() -> None:
+    """A command typed in a terminal gets Ctrl-C's SIGINT with its default action, also when the
+    tests run as a background job of a non-interactive shell (which starts them with SIGINT
+    ignored, and Python then never turns it into KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_python_m_with_no_arguments_prints_usage_and_where_to_attach():
     demo = subprocess.Popen(
         [sys.executable, "-m", "aml_debug_magics"], cwd=REPO, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        stderr=subprocess.STDOUT, text=True,
+        # a demo that does not end dumps its threads on SIGABRT, for the failure's message
+        env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONFAULTHANDLER": "1"},
+        preexec_fn=in_a_terminal,
     )
     seen: list[str] = []
     try:
@@ -437,7 +447,14 @@ def test_python_m_with_no_arguments_prints_usage_and_where_to_attach():
         assert "usage: python -m aml_debug_magics" in text
         assert "Attach a debugger to 127.0.0.1:" in text
         demo.send_signal(signal.SIGINT)  # the user's Ctrl-C
-        assert demo.wait(30) == 130
+        try:
+            code = demo.wait(30)
+        except subprocess.TimeoutExpired:
+            demo.send_signal(signal.SIGABRT)
+            raise AssertionError(
+                "the demo did not end on Ctrl-C; its threads:\n" + demo.stdout.read()
+            ) from None
+        assert code == 130
         assert "Traceback" not in demo.stdout.read()
     finally:
         if demo.poll() is None:
