@@ -17,6 +17,7 @@ from conftest import children_of, port_refuses, wait_for
 from dap_client import DapClient
 from IPython.core.error import UsageError
 
+from aml_debug_magics.deploy.local import post_json
 from aml_debug_magics.records import Status
 from aml_debug_magics.session import current_session
 
@@ -85,12 +86,22 @@ def read_in_run(session, script, line: int, *expressions: str) -> list[str]:
     return values
 
 
+def debugger_loaded(pid: int) -> bool:
+    """Whether the process has pydevd (debugpy's debugger) loaded: its compiled tracer is
+    mapped once it is imported."""
+    return "pydevd" in Path(f"/proc/{pid}/maps").read_text()
+
+
 def test_a_request_stops_in_run_and_gets_its_prediction(ip, app):
     session = deploy(ip)
     row = session.rows[0]
     wait_for(lambda: session.service.health == "healthy", 60, "the server to be healthy")
     wait_for(lambda: row.announcement, 30, "the worker to announce the debugger")
     assert session.service.scoring_url.startswith("http://127.0.0.1:")
+    # nobody attached yet: the worker serves without the debugger, which starts on attach
+    assert post_json(session.service.scoring_url, '{"data": [[2, 3]]}', timeout=60) == (
+        200, '{"prediction": [7.0]}')
+    assert not debugger_loaded(row.announcement.pid)
     assert read_in_run(session, app / "app" / "score.py", RUN_BREAK, "data", "model",
                        "prediction") == ["[[2, 3]]", "{'w': [0.5, 2.0]}", "[7.0]"]
     assert session.service.response == 'HTTP 200: {"prediction": [7.0]}'

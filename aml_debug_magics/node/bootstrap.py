@@ -50,6 +50,7 @@ try:
         Debugger,
         GateHandle,
         RelayHandle,
+        absorb_script_calls,
         bind_public_port,
         hide_from_debugger,
         import_debugpy,
@@ -77,6 +78,7 @@ except ImportError:  # shipped into a run's snapshot beside this file
         Debugger,
         GateHandle,
         RelayHandle,
+        absorb_script_calls,
         bind_public_port,
         hide_from_debugger,
         import_debugpy,
@@ -99,6 +101,7 @@ except ImportError:  # shipped into a run's snapshot beside this file
 __all__ = [
     "ENTRY_SHIPPED_NAMES", "SHIPPED_NAMES", "SOURCE_ROOT_VARIABLE", "debug_and_run",
     "debug_in_this_process", "failure_of", "main", "post_mortem_in_this_process",
+    "trace_this_thread",
 ]
 
 SHIPPED_NAMES = {  # file in aml_debug_magics/node/ -> its name in a run's snapshot
@@ -455,6 +458,7 @@ _GATES_OF_THIS_PROCESS: list[GateHandle] = []
 def debug_in_this_process(
     listen: str, script: str, timeout: float | None, *, just_my_code: bool = True,
     source_root: str | None = None, follow_children: bool = True, allow: str = "any",
+    this_thread_only: bool = False, on_demand: bool = False,
 ) -> Callable[[], bool]:
     """Start debugpy in this process behind the gate and announce it, for code the bootstrap
     does not run itself (a scoring script inside the inference server's worker).
@@ -463,17 +467,43 @@ def debug_in_this_process(
     came. The port stays open for the life of the process either way, so a debugger can attach
     later; the gate ends debugpy's adapter when the process ends, and admits the sources
     ``allow`` names (``--allow``'s form). Without ``follow_children``
-    debugpy answers from this process, which then starts sooner (``listen_on_loopback``).
+    debugpy answers from this process, which then starts sooner (``listen_on_loopback``, as
+    ``this_thread_only``). ``on_demand`` (with neither a ``timeout`` nor ``follow_children``):
+    the port is announced at once, and debugpy is imported and listens only once a debugger
+    comes to the gate, so a process nobody debugs never pays for it; the threads that run the
+    user's code call :func:`trace_this_thread` to be traced from then on.
     """
     address = parse_address(listen, "--listen")
     deadline = time.time() + timeout if timeout else None
     gate_handle = GateHandle(bind_public_port(address), allow=allow)
     _GATES_OF_THIS_PROCESS.append(gate_handle)  # its control socket must live as long as we do
-    debugger = Debugger()
-    upstream, adapter_marker = debugger.listen_on_loopback(in_process=not follow_children)
-    gate_handle.tell(f"upstream {upstream}")
-    if adapter_marker:
-        gate_handle.tell(f"adapter {adapter_marker}")
+    public = (address.host, gate_handle.port)
+
+    def start_debugger() -> Debugger:
+        debugger = Debugger()
+        upstream, adapter_marker = debugger.listen_on_loopback(
+            in_process=not follow_children, this_thread_only=this_thread_only)
+        gate_handle.tell(f"upstream {upstream}")
+        if adapter_marker:
+            gate_handle.tell(f"adapter {adapter_marker}")
+        _IN_THIS_PROCESS["debugger"] = debugger
+        return debugger
+
+    def tell_when_attached(debugger: Debugger) -> None:  # one may attach at any time while serving
+        def tell() -> None:
+            if debugger.wait_forever():
+                emit(announce.format_outcome(announce.AttachOutcome(True, os.getpid(), 0)))
+
+        hide_from_debugger(threading.Thread(target=tell, name="aml-debug-attached")).start()
+
+    on_demand = on_demand and not deadline and not follow_children
+    this_thread_only = this_thread_only or on_demand  # started on a helper thread
+    if on_demand:  # the script's own debugpy calls are absorbed before debugpy is started
+        absorb_script_calls(import_debugpy(), public)
+        gate_handle.when_wanted(lambda: _telling_failure(
+            "start the debugger", lambda: tell_when_attached(start_debugger())))
+    else:
+        debugger = start_debugger()
     announcement = announce.Announcement(
         addresses=tuple(node_addresses(address.host)),
         port=gate_handle.port,
@@ -486,13 +516,11 @@ def debug_in_this_process(
         source_root=os.path.abspath(source_root) if source_root else None,
     )
     _announce(announcement, timeout or 0)
-    _IN_THIS_PROCESS.update(debugger=debugger, announcement=announcement)
+    _IN_THIS_PROCESS["announcement"] = announcement
+    if on_demand:
+        return lambda: False
 
-    debugger.absorb_script_calls((address.host, gate_handle.port))  # the guide's score.py
-
-    def tell_when_attached() -> None:  # a debugger may attach at any time while serving
-        if debugger.wait_forever():
-            emit(announce.format_outcome(announce.AttachOutcome(True, os.getpid(), 0)))
+    debugger.absorb_script_calls(public)  # the guide's score.py
 
     def wait() -> bool:
         attached = False
@@ -501,14 +529,33 @@ def debug_in_this_process(
             emit(announce.guide_line_after_wait(attached))
             emit(announce.format_outcome(announce.AttachOutcome(attached, os.getpid(), 0)))
         if not attached:
-            hide_from_debugger(
-                threading.Thread(target=tell_when_attached, name="aml-debug-attached", daemon=True)
-            ).start()
+            tell_when_attached(debugger)
         return attached
 
     if not deadline:
         wait()
     return wait
+
+
+def _telling_failure(what: str, action: Callable[[], None]) -> None:
+    try:
+        action()
+    except Exception as error:  # on a helper thread: one line, the script goes on
+        say(f"could not {what}: {type(error).__name__}: {error}")
+
+
+def trace_this_thread() -> None:
+    """Put the calling thread under the debugger once :func:`debug_in_this_process` started
+    it on demand; nothing before that, nor on a thread already traced."""
+    if "debugger" not in _IN_THIS_PROCESS or getattr(_TRACED, "done", False):
+        return
+    _TRACED.done = True
+    import debugpy
+
+    debugpy.debug_this_thread()
+
+
+_TRACED = threading.local()  # whether trace_this_thread put this thread under the debugger
 
 
 _IN_THIS_PROCESS: dict = {}  # debug_in_this_process's debugger and announcement

@@ -109,12 +109,15 @@ class Debugger:
             debugpy.server.api.ensure_logging.ensured = True
         self.debugpy = debugpy
         # debugpy's own calls, kept: absorb_script_calls replaces the module's for the script
-        self._wait_for_client = debugpy.wait_for_client
-        self._listen = debugpy.listen
+        own = getattr(debugpy, OWN_CALLS, {})
+        self._wait_for_client = own.get("wait_for_client", debugpy.wait_for_client)
+        self._listen = own.get("listen", debugpy.listen)
         self._cancelled = False
         self._wait_number = 0  # a deadline timer of an earlier wait must not end a later one
 
-    def listen_on_loopback(self, *, in_process: bool = False) -> tuple[int, str | None]:
+    def listen_on_loopback(
+        self, *, in_process: bool = False, this_thread_only: bool = False
+    ) -> tuple[int, str | None]:
         """Start debugpy on a loopback port; return it and the marker in its adapter's env
         (None when this process answers debuggers itself).
 
@@ -122,10 +125,13 @@ class Debugger:
         it spawns and waits for (0.3 s to 0.5 s of a Python start on the path to the first
         answer of a scoring worker); the price is that processes this one starts are not
         followed. Needs debugpy 1.8.22, the first to say which port it took; an older one
-        gets the adapter.
+        gets the adapter. ``this_thread_only``: debugpy traces only the calling thread, until
+        another calls ``debugpy.debug_this_thread()`` (a helper thread that starts it beside
+        a server's imports, which tracing would slow).
         """
         if in_process and self._answers_in_process():
-            _, port = self._listen(("127.0.0.1", 0), in_process_debug_adapter=True)
+            with self._tracing_only_this_thread(this_thread_only):
+                _, port = self._listen(("127.0.0.1", 0), in_process_debug_adapter=True)
             send_without_delay()
             return port, None
         marker = uuid.uuid4().hex
@@ -253,27 +259,25 @@ class Debugger:
         except RuntimeError:  # debugpy drops a cancel that comes before its wait: cancel it again
             self._schedule(0.05, self.cancel_wait)
 
+    @staticmethod
+    @contextlib.contextmanager
+    def _tracing_only_this_thread(only: bool) -> Iterator[None]:
+        if not only:
+            yield
+            return
+        import debugpy.server.api as server
+
+        settrace = server._settrace
+        server._settrace = lambda *args, **kwargs: settrace(
+            *args, **{**kwargs, "trace_only_current_thread": True}
+        )
+        try:
+            yield
+        finally:
+            server._settrace = settrace
+
     def absorb_script_calls(self, public: tuple[str, int]) -> None:
-        """Make the script's own debugpy calls (the guide's boilerplate) harmless.
-
-        ``listen()`` works once per process and the guide's ``wait_for_client()`` never times
-        out; this process already listens, and its wait is over by the time the script runs.
-        """
-
-        def listen(*args: object, **kwargs: object) -> tuple[str, int]:
-            say("the script called debugpy.listen(); already listening, so the call is skipped")
-            return public
-
-        def connect(*args: object, **kwargs: object) -> None:
-            say("the script called debugpy.connect(); already set up, so the call is skipped")
-
-        def wait_for_client() -> None:
-            say("the script called debugpy.wait_for_client(); the wait is already over")
-
-        wait_for_client.cancel = lambda: None  # type: ignore[attr-defined]
-        self.debugpy.listen = listen
-        self.debugpy.connect = connect
-        self.debugpy.wait_for_client = wait_for_client
+        absorb_script_calls(self.debugpy, public)
 
     @staticmethod
     def _schedule(delay: float, action) -> None:  # type: ignore[no-untyped-def]
@@ -313,6 +317,37 @@ class Debugger:
             say(f"could not stop tracing: {error}")
 
 
+OWN_CALLS = "_aml_debug_own_calls"  # on the debugpy module: its calls absorb_script_calls replaced
+
+
+def absorb_script_calls(debugpy: types.ModuleType, public: tuple[str, int]) -> None:
+    """Make the script's own debugpy calls (the guide's boilerplate) harmless; debugpy's own
+    are kept on the module under ``OWN_CALLS``, for a :class:`Debugger` made later.
+
+    ``listen()`` works once per process and the guide's ``wait_for_client()`` never times
+    out; this process already listens (or debugpy listens once a debugger comes), and its wait
+    is over by the time the script runs.
+    """
+
+    def listen(*args: object, **kwargs: object) -> tuple[str, int]:
+        say("the script called debugpy.listen(); already listening, so the call is skipped")
+        return public
+
+    def connect(*args: object, **kwargs: object) -> None:
+        say("the script called debugpy.connect(); already set up, so the call is skipped")
+
+    def wait_for_client() -> None:
+        say("the script called debugpy.wait_for_client(); the wait is already over")
+
+    wait_for_client.cancel = lambda: None  # type: ignore[attr-defined]
+    if not hasattr(debugpy, OWN_CALLS):
+        setattr(debugpy, OWN_CALLS, {"listen": debugpy.listen, "connect": debugpy.connect,
+                                     "wait_for_client": debugpy.wait_for_client})
+    debugpy.listen = listen
+    debugpy.connect = connect
+    debugpy.wait_for_client = wait_for_client
+
+
 class GateHandle:
     """The script's side of the gate process (``gate.py``): starts it, tells it what it needs."""
 
@@ -349,16 +384,25 @@ class GateHandle:
 
     def when_gone(self, action: Callable[[], None]) -> None:
         """Call ``action`` if the gate process ends before we tell it to (then the port is
-        gone): the gate never writes to the control socket, so its end reads as EOF."""
+        gone): its end of the control socket reads as EOF."""
+        self._watch(gone=action)
 
+    def when_wanted(self, action: Callable[[], None]) -> None:
+        """Call ``action`` (on a thread of its own) once a debugger waits for debugpy, which
+        then is to listen and be told with ``upstream``."""
+        self._watch(wanted=action)
+
+    def _watch(self, *, gone: Callable[[], None] | None = None,
+               wanted: Callable[[], None] | None = None) -> None:
         def watch() -> None:
             try:
-                while self._control.recv(1):
-                    pass
+                while chunk := self._control.recv(64):  # "wanted\n", at most once
+                    if wanted is not None and b"wanted" in chunk:
+                        wanted()
             except OSError:
                 pass
-            if not self._closing:
-                action()
+            if gone is not None and not self._closing:
+                gone()
 
         self._watcher = hide_from_debugger(threading.Thread(target=watch, name="aml-debug-gate"))
         self._watcher.start()

@@ -36,4 +36,5 @@ run = driver_module.run
 def init():
     if _wait_in_init:
         _wait_for_debugger()
+    worker_debugger.trace_this_thread()  # a debugger that came since the worker started
     return driver_module.init()

@@ -103,7 +103,9 @@ class DebugGate:
     Commands arrive on the control socket, one a line: ``upstream PORT`` (debugpy's loopback
     port), ``adapter MARKER`` (the value of ``ADAPTER_MARKER`` in the adapter's environment),
     ``close`` (the deadline passed: close everything now). End of input means the script is
-    over: stop accepting, let open sessions finish, then end the adapter.
+    over: stop accepting, let open sessions finish, then end the adapter. The gate writes one
+    line back, ``wanted``, when a debugger is waiting for debugpy to listen (a script may start
+    debugpy only then).
     """
 
     def __init__(
@@ -129,6 +131,7 @@ class DebugGate:
         self._adapter_marker: str | None = None
         self._pending: dict[socket.socket, tuple[str, bytes, float]] = {}
         self._waiting: list[tuple[socket.socket, str, bytes]] = []  # spoke before debugpy was up
+        self._wanted = False  # "wanted" written
         self._peers: dict[socket.socket, socket.socket] = {}
         self._draining_since: float | None = None
 
@@ -250,8 +253,19 @@ class DebugGate:
             conn.close()
         elif self._upstream_port is None:
             self._waiting.append((conn, who, seen))
+            self._want()
         else:
             self._forward(conn, who, seen)
+
+    def _want(self) -> None:
+        """Tell the script, once, that a debugger waits for debugpy."""
+        if self._wanted or self._control is None:
+            return
+        self._wanted = True
+        try:
+            self._control.sendall(b"wanted\n")
+        except OSError:
+            pass
 
     def _forward(self, conn: socket.socket, who: str, seen: bytes) -> None:
         try:

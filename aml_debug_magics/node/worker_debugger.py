@@ -11,18 +11,18 @@ before the scoring script's ``init()``; :func:`run_with_failures_told`, the scor
 
 debugpy answers debuggers from the worker itself (with debugpy 1.8.22 or later), without the
 adapter process it would otherwise spawn and wait for, unless ``AML_DEBUG_FOLLOW_CHILDREN=1``
-asks for processes the scoring script starts to be debugged too. Started where the worker is
-forked (:func:`start_in_each_worker`, called by ``deploy/serve.py`` in the server's main
-process), debugpy is imported and listening while the worker still imports the server, instead
-of after it (``bench/bench_deploy.py`` measures what that saves). The start
-runs in a thread of its own and traces only that thread; the worker's main thread, which calls
-``init()`` and ``run()``, and every other thread are put under the debugger when the main thread
-picks the result up, after the server's imports, which tracing would slow. Standard library and
-debugpy only: it is shipped into images as ``aml_debug_worker_debugger.py``, where it starts when
-``entry.py`` asks.
+asks for processes the scoring script starts to be debugged too. The port is bound and announced
+where the worker is forked (:func:`start_in_each_worker`, called by ``deploy/serve.py`` in the
+server's main process), while the worker still imports the server. debugpy itself is imported
+and listens only once a debugger comes to the port (the gate holds it meanwhile), so a worker
+nobody debugs serves at the server's own speed; with ``AML_DEBUG_WAIT_IN_INIT=1`` it starts at
+once, beside the server's imports. Either way the start runs on a thread of its own and traces
+only that thread; the thread that calls ``init()`` or ``run()`` puts itself and every other
+thread under the debugger when it finds debugpy started (:func:`trace_this_thread`, one check
+per call). Standard library and debugpy only: it is shipped into images as
+``aml_debug_worker_debugger.py``, where it starts when ``entry.py`` asks.
 """
 
-import contextlib
 import functools
 import os
 import sys
@@ -49,20 +49,22 @@ def _start(beside_the_worker: bool = False) -> None:
     listen = os.environ["AML_DEBUG_LISTEN"]
     wait_in_init = os.environ.get("AML_DEBUG_WAIT_IN_INIT") == "1"
     try:
-        with _tracing_this_thread_only(beside_the_worker):
-            wait = bootstrap.debug_in_this_process(
-                listen,
-                user_script(),
-                float(os.environ.get("AML_DEBUG_TIMEOUT", "300")) if wait_in_init else None,
-                just_my_code=os.environ.get("AML_DEBUG_JUST_MY_CODE", "1") == "1",
-                # the folder the scoring code sits in, for the path mapping: the app root in
-                # an image
-                source_root=os.environ.get(bootstrap.SOURCE_ROOT_VARIABLE)
-                or os.environ.get("AML_APP_ROOT") or _here,
-                # debugpy answers from the worker, which then serves sooner, unless processes
-                # the scoring script starts are to be debugged too
-                follow_children=os.environ.get(FOLLOW_CHILDREN) == "1",
-            )
+        wait = bootstrap.debug_in_this_process(
+            listen,
+            user_script(),
+            float(os.environ.get("AML_DEBUG_TIMEOUT", "300")) if wait_in_init else None,
+            just_my_code=os.environ.get("AML_DEBUG_JUST_MY_CODE", "1") == "1",
+            # the folder the scoring code sits in, for the path mapping: the app root in an image
+            source_root=os.environ.get(bootstrap.SOURCE_ROOT_VARIABLE)
+            or os.environ.get("AML_APP_ROOT") or _here,
+            # debugpy answers from the worker, which then serves sooner, unless processes the
+            # scoring script starts are to be debugged too
+            follow_children=os.environ.get(FOLLOW_CHILDREN) == "1",
+            # beside the worker's imports, which tracing would slow
+            this_thread_only=beside_the_worker,
+            # without a wait in init(), debugpy starts once a debugger comes to the port
+            on_demand=True,
+        )
         _outcome.append(wait)
     except BaseException as error:  # raised again in the worker's main thread
         _outcome.append(error)
@@ -97,35 +99,15 @@ def debugger_of_this_worker():  # type: ignore[no-untyped-def]
     outcome = _outcome[0]
     if isinstance(outcome, BaseException):
         raise outcome
-    if _starter is not None:  # started beside: now this thread, which scores, and all others
-        import debugpy
-
-        debugpy.debug_this_thread()
+    trace_this_thread()  # started beside, or on demand already: now this thread and all others
     return outcome
 
 
-@contextlib.contextmanager
-def _tracing_this_thread_only(beside_the_worker: bool):  # type: ignore[no-untyped-def]
-    """Started beside the worker's main thread, debugpy would trace it at once, and with it the
-    rest of the server's imports (slower by more than the early start wins); it traces only the
-    starting thread until ``debugger_of_this_worker`` puts every thread under it."""
-    if not beside_the_worker:
-        yield
-        return
-    # as the debugger's own start sets it, but before pydevd's import, which reads it: no
-    # four lines of "Debugger warning" about frozen modules in the worker's output
-    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-    bootstrap.import_debugpy()
-    import debugpy.server.api as server
-
-    settrace = server._settrace
-    server._settrace = lambda *args, **kwargs: settrace(
-        *args, **{**kwargs, "trace_only_current_thread": True}
-    )
-    try:
-        yield
-    finally:
-        server._settrace = settrace
+def trace_this_thread() -> None:
+    """Put the calling thread (the one about to run ``init()`` or ``run()``) under the debugger,
+    if debugpy was started beside it or on demand since; a check and nothing more otherwise."""
+    if os.environ.get("AML_DEBUG_LISTEN"):
+        bootstrap.trace_this_thread()
 
 
 # The call between the server and run(), compiled under a name debugpy leaves out of every stack
@@ -135,6 +117,7 @@ def _tracing_this_thread_only(beside_the_worker: bool):  # type: ignore[no-untyp
 _TOLD_CALL = """\
 def told(run):
     def run_told(*args, **kwargs):
+        trace()
         try:
             return run(*args, **kwargs)
         except Exception as error:
@@ -161,7 +144,7 @@ def run_with_failures_told(run):  # type: ignore[no-untyped-def]
     """
     if not os.environ.get("AML_DEBUG_LISTEN"):
         return run
-    namespace = {"tell": _tell}
+    namespace = {"tell": _tell, "trace": bootstrap.trace_this_thread}
     exec(compile(_TOLD_CALL, _TOLD_CALL_NAME, "exec"), namespace)
     return functools.wraps(run)(namespace["told"](run))
 
@@ -171,8 +154,8 @@ def _tell(error: BaseException) -> None:
     outer = error.__traceback__
     inner = outer.tb_next if outer is not None and outer.tb_next is not None else outer
     debugpy = sys.modules.get("debugpy")
-    try:
-        if debugpy is not None and debugpy.is_client_connected():
+    try:  # without pydevd debugpy never started (on demand): nobody is attached
+        if "pydevd" in sys.modules and debugpy is not None and debugpy.is_client_connected():
             _stop_at(debugpy, (type(error), error, inner))
             return
         with _telling:
