@@ -27,6 +27,8 @@ if [ ! -x /usr/bin/chromium ]; then
     fi
 fi
 
+echo "aml-debug: Azurite, the bundler and Chromium ready after $SECONDS s" >&2
+
 find_python() {  # the newest pyenv build of $1 (like 3.10), else python$1 on PATH
     local root build
     for root in "$(pyenv root 2>/dev/null || true)" "${PYENV_ROOT:-}" "$HOME/.pyenv"; do
@@ -49,7 +51,9 @@ for version in ${AML_DEBUG_PYTHONS:-3.11 3.10 3.12}; do
         continue
     fi
     echo "aml-debug: installing into $venv (Python $version)" >&2
+    began=$SECONDS
     (PYTHON="$python" VENV="$venv" EXTRAS="test,v2" source scripts/_env.sh)
+    echo "aml-debug: $venv ready in $((SECONDS - began)) s" >&2
     ready+=("$version")
 done
 for version in "${ready[@]}"; do
@@ -62,9 +66,12 @@ for version in "${ready[@]}"; do
         selection=(-m every_python)
         echo "aml-debug: Python $version: the every_python tests (AML_DEBUG_FULL=1 runs all)" >&2
     fi
+    began=$SECONDS
     "$venv/bin/python" -m pytest -p no:cacheprovider -n "${AML_DEBUG_WORKERS:-2}" \
         "${selection[@]}" "$@" || failed+=("$version")
+    echo "aml-debug: Python $version: $((SECONDS - began)) s in the tests" >&2
 done
+echo "aml-debug: $SECONDS s in all" >&2
 if [ ${#missing[@]} -gt 0 ]; then
     echo "aml-debug: SKIPPED: no tests ran on Python ${missing[*]} (not on this machine)" >&2
 fi

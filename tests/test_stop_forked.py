@@ -33,7 +33,7 @@ FORKS_AND_EXITS = textwrap.dedent(
 FORKS_AND_WAITS = textwrap.dedent(
     """\
     import subprocess, time
-    child = subprocess.Popen(["bash", "-c", "trap '' TERM; echo child ready; exec sleep 600"])
+    child = subprocess.Popen(["bash", "-c", "trap '' TERM; echo SIGTERM trapped; exec sleep 600"])
     print("child", child.pid, flush=True)
     time.sleep(600)
     """
@@ -48,8 +48,16 @@ def running(pid: int) -> bool:
     return state not in (b"Z", b"X")
 
 
+def printed_child(row) -> int | None:
+    """The pid the script printed (``child PID``), once it has."""
+    return next((int(line.split()[1]) for line in row.last_lines
+                 if line.startswith("child ") and line.split()[1].isdigit()), None)
+
+
 def child_of(row) -> int:
-    return next(int(line.split()[1]) for line in row.last_lines if line.startswith("child "))
+    child = printed_child(row)
+    assert child is not None, f"the script printed no child: {list(row.last_lines)}"
+    return child
 
 
 @pytest.fixture
@@ -103,7 +111,9 @@ def test_stop_ends_a_child_that_ignores_sigterm(ip, project):
     ip.run_line_magic("aml_debug_job", "job --timeout 1")
     session = current_session("job")
     row = session.rows[0]
-    wait_for(lambda: "child ready" in row.last_lines, 60, "the child to start")
+    # the child's line and the script's come in either order
+    wait_for(lambda: "SIGTERM trapped" in row.last_lines and printed_child(row), 60,
+             "the child to start")
     child = child_of(row)
     try:
         ip.run_line_magic("aml_debug_job", "--stop")
