@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import wait_for
+from dap_client import DapClient
 
 from aml_debug_magics.session import current_session
 
@@ -31,6 +32,14 @@ def test_the_worker_prints_no_debugger_warning(ip, tmp_path, monkeypatch):
         wait_for(lambda: row.announcement, 30, "the worker to announce the debugger")
         wait_for(lambda: any("ready for serving traffic" in line for line in row.last_lines),
                  30, "the worker to say it serves")
+        # debugpy starts in the worker when a debugger comes: one does, and is attached
+        config = row.attach_config()
+        client = DapClient.connect(config["connect"]["host"], config["connect"]["port"])
+        try:
+            client.attach(config, {})
+            wait_for(lambda: row.attached, 30, "the row to say a debugger attached")
+        finally:
+            client.close()
         assert not [line for line in row.last_lines if "Debugger warning" in line]
     finally:
         ip.run_line_magic("aml_debug_deploy", "--stop")
