@@ -52,7 +52,9 @@ for version in ${AML_DEBUG_PYTHONS:-3.11 3.10 3.12}; do
     fi
     echo "aml-debug: installing into $venv (Python $version)" >&2
     began=$SECONDS
-    (PYTHON="$python" VENV="$venv" EXTRAS="test,v2" source scripts/_env.sh)
+    # compiled as pip leaves an install (uv does not by default): with PYTHONDONTWRITEBYTECODE
+    # set, every kernel, server and script the tests start would compile what it imports anew
+    (PYTHON="$python" VENV="$venv" EXTRAS="test,v2" UV_COMPILE_BYTECODE=1 source scripts/_env.sh)
     echo "aml-debug: $venv ready in $((SECONDS - began)) s" >&2
     ready+=("$version")
 done
