@@ -11,16 +11,50 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 _counter = itertools.count(1)
+# one file per /30 in use, named by its index and holding the pid that made it: test processes
+# running side by side (and other test runs) never hand out the same link-local subnet
+SUBNETS = Path(tempfile.gettempdir()) / "aml-debug-netns-subnets"
+
+
+def _take_subnet() -> tuple[int, str, str]:
+    """A /30 inside 169.254.1.0 - 169.254.253.255 nobody else holds: its index and its two
+    addresses. Released with :func:`_release_subnet`."""
+    SUBNETS.mkdir(exist_ok=True)
+    while True:
+        index = random.randrange(64, 254 * 64)  # 169.254.0.x is reserved by some stacks
+        claim = SUBNETS / str(index)
+        try:
+            with open(claim, "x") as file:
+                file.write(str(os.getpid()))
+        except FileExistsError:
+            try:
+                holder = int(claim.read_text() or 0)
+                os.kill(holder, 0)
+                continue  # held by a live process
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                claim.unlink(missing_ok=True)  # its process is gone: free again
+                continue
+            except PermissionError:
+                continue
+        third, fourth = divmod(4 * index, 256)
+        return index, f"169.254.{third}.{fourth + 1}", f"169.254.{third}.{fourth + 2}"
+
+
+def _release_subnet(index: int) -> None:
+    (SUBNETS / str(index)).unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -53,10 +87,7 @@ def node_network() -> Iterator[Node]:
     number = next(_counter)
     tag = f"{os.getpid() % 100000}x{number}"
     namespace, host_end = f"amldbg{tag}", f"amlh{tag}"[:15]
-    subnet = 4 * ((os.getpid() * 7 + number) % 16000)  # a /30 inside 169.254.0.0/16
-    third, fourth = divmod(subnet, 256)
-    third += 1  # 169.254.0.x is reserved by some stacks
-    gateway, address = f"169.254.{third}.{fourth + 1}", f"169.254.{third}.{fourth + 2}"
+    subnet, gateway, address = _take_subnet()
     try:
         _ip("netns", "add", namespace)
         _ip("link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", namespace)
@@ -69,6 +100,7 @@ def node_network() -> Iterator[Node]:
         yield Node(namespace, address, gateway, host_end)
     finally:
         _remove(namespace, host_end)
+        _release_subnet(subnet)
 
 
 def _remove(namespace: str, host_end: str) -> None:
@@ -99,9 +131,7 @@ def side_client(node: Node) -> Iterator[Node]:
     number = next(_counter)
     tag = f"{os.getpid() % 100000}c{number}"
     namespace, node_end = f"amldbg{tag}", f"eth{number % 9 + 1}"
-    third, fourth = divmod(4 * ((os.getpid() * 11 + number + 8000) % 16000), 256)
-    third += 1
-    node_side, client = f"169.254.{third}.{fourth + 1}", f"169.254.{third}.{fourth + 2}"
+    subnet, node_side, client = _take_subnet()
     try:
         _ip("netns", "add", namespace)
         _ip("link", "add", node_end, "netns", node.namespace, "type", "veth", "peer", "name",
@@ -114,3 +144,4 @@ def side_client(node: Node) -> Iterator[Node]:
     finally:
         subprocess.run(["ip", "-n", node.namespace, "link", "del", node_end], capture_output=True)
         _remove(namespace, "")
+        _release_subnet(subnet)
