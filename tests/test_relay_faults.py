@@ -106,13 +106,16 @@ def refused(port: int) -> bool:
 @pytest.mark.parametrize("version", ["3.8", "3.13"])
 @pytest.mark.parametrize("forged", ["unsealed", "sealed with a guessed key"])
 def test_a_frame_appended_with_the_nodes_token_never_reaches_the_debugger(
-    version, forged, tmp_path, storage  # noqa: F811
+    version, forged, tmp_path, storage, monkeypatch  # noqa: F811
 ):
     """The attack: a DATA frame on channel 1 carrying an ``output`` event and a
     ``runInTerminal`` request, appended to "up" with the node's token. The frame fails its
     check: nothing of it reaches the client, the relay ends saying the stream was tampered
     with, the port refuses a re-attach, and the node is told (CLOSE, BYE): its debugger
-    detaches and the paused script runs to its end."""
+    detaches and the paused script runs to its end. (An unsealed frame lacks the tag the
+    reader waits for: with the paused node appending nothing after it, it ends as a frame that
+    never completes, after ``PARTIAL_LIMIT``, shortened here.)"""
+    monkeypatch.setattr(relay_wire, "PARTIAL_LIMIT", 2.0)
     session = Attached(tmp_path, storage, version)
     try:
         payload = OUTPUT + RUN_IN_TERMINAL
