@@ -182,6 +182,14 @@ def open_debug_here(page, panel):
     return view
 
 
+def written_json(path: Path):
+    """The JSON in ``path`` once it is whole; None before."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def debug_the_script(page, view, folder: Path, screenshot: Path) -> None:
     """In the view of the tutorial's train.py, from its stop before the first line to its end."""
     script = folder / "tutorial_debugger" / "train.py"
@@ -242,8 +250,9 @@ def debug_the_script(page, view, folder: Path, screenshot: Path) -> None:
     page.keyboard.press("Shift+F11")
     stopped_at(view, line_of(script, "weights = train("), "<module>")
     page.keyboard.press("F5")
-    wait_for(output.exists, STEP / 1000, "the script's output file")
-    assert json.loads(output.read_text())["layers"] == [16, 32, 8]
+    # the file exists before the script has written it whole
+    wait_for(lambda: written_json(output), STEP / 1000, "the script's output file")
+    assert written_json(output)["layers"] == [16, 32, 8]
     wait_for(lambda: view.get_attribute("data-status") == "ended", STEP / 1000,
              "the view to say the script ended")
 
