@@ -104,6 +104,7 @@ def test_a_request_stops_in_run_and_gets_its_prediction(ip, app):
     assert not debugger_loaded(row.announcement.pid)
     assert read_in_run(session, app / "app" / "score.py", RUN_BREAK, "data", "model",
                        "prediction") == ["[[2, 3]]", "{'w': [0.5, 2.0]}", "[7.0]"]
+    assert debugger_loaded(row.announcement.pid)  # what the check above looks for, once attached
     assert session.service.response == 'HTTP 200: {"prediction": [7.0]}'
     assert row.status == Status.ATTACHED and row.attached  # the row says so, not only Output
     # the first debugger detached: a second one attaches to the same worker and stops again

@@ -475,6 +475,8 @@ def debug_in_this_process(
     """
     address = parse_address(listen, "--listen")
     deadline = time.time() + timeout if timeout else None
+    on_demand = on_demand and not deadline and not follow_children
+    this_thread_only = this_thread_only or on_demand  # started on the gate's watcher thread
     gate_handle = GateHandle(bind_public_port(address), allow=allow)
     _GATES_OF_THIS_PROCESS.append(gate_handle)  # its control socket must live as long as we do
     public = (address.host, gate_handle.port)
@@ -496,12 +498,15 @@ def debug_in_this_process(
 
         hide_from_debugger(threading.Thread(target=tell, name="aml-debug-attached")).start()
 
-    on_demand = on_demand and not deadline and not follow_children
-    this_thread_only = this_thread_only or on_demand  # started on a helper thread
+    def start_when_wanted() -> None:
+        try:
+            tell_when_attached(start_debugger())
+        except Exception as error:  # on the gate's watcher thread: one line, the script goes on
+            say(f"could not start the debugger: {type(error).__name__}: {error}")
+
     if on_demand:  # the script's own debugpy calls are absorbed before debugpy is started
         absorb_script_calls(import_debugpy(), public)
-        gate_handle.when_wanted(lambda: _telling_failure(
-            "start the debugger", lambda: tell_when_attached(start_debugger())))
+        gate_handle.when_wanted(start_when_wanted)
     else:
         debugger = start_debugger()
     announcement = announce.Announcement(
@@ -537,22 +542,19 @@ def debug_in_this_process(
     return wait
 
 
-def _telling_failure(what: str, action: Callable[[], None]) -> None:
-    try:
-        action()
-    except Exception as error:  # on a helper thread: one line, the script goes on
-        say(f"could not {what}: {type(error).__name__}: {error}")
-
-
 def trace_this_thread() -> None:
     """Put the calling thread under the debugger once :func:`debug_in_this_process` started
-    it on demand; nothing before that, nor on a thread already traced."""
+    it on demand; nothing before that, nor on a thread already traced. Never raises: it runs
+    on the way into the user's ``init()`` and ``run()``, whose outcome it must not change."""
     if "debugger" not in _IN_THIS_PROCESS or getattr(_TRACED, "done", False):
         return
     _TRACED.done = True
-    import debugpy
+    try:
+        import debugpy
 
-    debugpy.debug_this_thread()
+        debugpy.debug_this_thread()
+    except Exception as error:
+        say(f"could not put this thread under the debugger: {type(error).__name__}: {error}")
 
 
 _TRACED = threading.local()  # whether trace_this_thread put this thread under the debugger
